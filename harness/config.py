@@ -1,0 +1,273 @@
+"""Experiment files: YAML loading (safe_load) and the validated sections of a run spec."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from harness.errors import ConfigError, allowed, did_you_mean
+from harness.methods import METHODS, Method, MethodOptions
+from harness.registry import UnknownName
+from harness.schema import Section, validate_section
+
+
+class ModelCfg(Section):
+    name: str = Field("smollm2-135m", description="built-in alias, local folder or HF hub id")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    load_in_4bit: bool = False
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+class DataCfg(Section):
+    name: str = Field("chatterbot", description="registered dataset: chatterbot, file, hf")
+    path: str | None = None  # file path (file) or dataset id (hf)
+    split: str = "train"  # hf: which split to read
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    n_train: int | None = Field(None, gt=0, description="training examples; None: the whole train pool")
+    n_val: int = Field(64, gt=0)
+    n_test: int = Field(64, ge=0)
+    split_seed: int = 0  # fixed per experiment so validation tokens are identical across runs
+    template: Literal["auto", "chat", "plain"] = "auto"
+    system_prompt: str | None = None
+
+
+class TrainCfg(Section):
+    max_steps: int | None = Field(40, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    micro_batch: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    seq_len: int = Field(256, ge=16)
+    packing: bool = True  # padding-free: a micro-batch is one row, attention kept per example
+    gradient_checkpointing: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optimizer: str = "adamw_torch"
+    log_every: int = Field(1, gt=0)
+    save_weights: Literal["adapter", "all", "none"] = "adapter"  # adapter: keep PEFT adapters, not full copies
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self):
+        if self.epochs is not None and self.max_steps is not None and "max_steps" in self.model_fields_set:
+            raise ValueError("set either `max_steps` or `epochs`, not both")
+        if self.epochs is not None and "max_steps" not in self.model_fields_set:
+            object.__setattr__(self, "max_steps", None)
+        return self
+
+
+class EvalCfg(Section):
+    every_steps: int | None = Field(None, gt=0, description="periodic validation loss; None: only at the end")
+    batch_size: int = Field(8, gt=0)
+    latency: bool = True
+    latency_prompts: int = Field(4, gt=0)
+    latency_new_tokens: int = Field(16, ge=2)
+
+
+class TrackingCfg(Section):
+    backend: Literal["wandb", "none"] = "wandb"
+    project: str = "ftbench"
+    entity: str | None = None
+    tags: list[str] = []
+
+
+class MethodCfg(BaseModel):
+    """A method name plus that method's validated options."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    options: MethodOptions
+
+    @property
+    def cls(self) -> type[Method]:
+        return METHODS.get(self.name)
+
+    def build(self) -> Method:
+        return self.cls(self.options)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, **self.options.model_dump()}
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "model": ModelCfg,
+    "data": DataCfg,
+    "train": TrainCfg,
+    "eval": EvalCfg,
+    "tracking": TrackingCfg,
+}
+RUN_KEYS = [*SECTIONS, "method", "seed"]
+
+
+class RunConfig(BaseModel):
+    """One fully resolved run: what the child process executes."""
+
+    model_config = ConfigDict(frozen=True)
+    model: ModelCfg
+    data: DataCfg
+    method: MethodCfg
+    train: TrainCfg
+    eval: EvalCfg
+    tracking: TrackingCfg
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model.model_dump(),
+            "data": self.data.model_dump(),
+            "method": self.method.as_dict(),
+            "train": self.train.model_dump(),
+            "eval": self.eval.model_dump(),
+            "tracking": self.tracking.model_dump(),
+            "seed": self.seed,
+        }
+
+
+def normalize(section: str, value: Any) -> Any:
+    """Expand shorthands: `model: NAME`, `method: NAME`, `data: NAME`, `tracking: none`."""
+    if isinstance(value, str):
+        if section in ("model", "method", "data"):
+            return {"name": value}
+        if section == "tracking":
+            return {"backend": value}
+    return value
+
+
+def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
+    """Validate a raw run dict (sections as plain dicts) into a RunConfig.
+
+    Args:
+        raw: mapping with keys among model, data, method, train, eval, tracking, seed.
+        file: the experiment file, for messages.
+        where: a prefix naming the grid point, for messages.
+
+    Raises:
+        ConfigError: every problem found, each naming its dotted field.
+    """
+    problems: list[tuple[str, str, str]] = []
+    for key in raw:
+        if key not in RUN_KEYS:
+            problems.append((file, f"{where}{key}", f"unknown key `{key}`.{did_you_mean(key, RUN_KEYS)} {allowed(RUN_KEYS)}"))
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        data = normalize(name, raw.get(name) or {})
+        if not isinstance(data, dict):
+            problems.append((file, f"{where}{name}", f"must be a mapping, but got {data!r}"))
+            continue
+        try:
+            sections[name] = validate_section(cls, data, file=file, prefix=f"{where}{name}")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    method = None
+    try:
+        method = _build_method(normalize("method", raw.get("method") or {"name": "lora"}), file=file, where=where)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        problems.append((file, f"{where}seed", f"must be a non-negative integer, but got {seed!r}"))
+    if problems:
+        raise ConfigError(problems)
+    model = sections["model"]
+    if method.cls.requires_4bit and not model.load_in_4bit:
+        model = model.model_copy(update={"load_in_4bit": True})
+    if method.cls.forbids_4bit and model.load_in_4bit:
+        raise ConfigError.one(
+            file, f"{where}model.load_in_4bit",
+            f"method `{method.name}` trains the base weights, which cannot be 4-bit; use qlora or set it false",
+        )
+    return RunConfig(model=model, method=method, seed=seed, **{k: v for k, v in sections.items() if k != "model"})
+
+
+def _build_method(data: Any, *, file: str, where: str) -> MethodCfg:
+    field = f"{where}method"
+    if not isinstance(data, dict) or "name" not in data:
+        raise ConfigError.one(file, field, f"must be a method name or a mapping with `name`, but got {data!r}")
+    data = dict(data)
+    name = data.pop("name")
+    try:
+        cls = METHODS.get(name)
+    except UnknownName as exc:
+        raise ConfigError.one(file, f"{field}.name", str(exc)) from None
+    for key in data:
+        if key not in cls.Options.model_fields:
+            names = list(cls.Options.model_fields)
+            raise ConfigError.one(
+                file, f"{field}.{key}",
+                f"option `{key}` does not belong to method `{name}`.{did_you_mean(key, names)} "
+                + (allowed(names) if names else f"Method `{name}` takes no options."),
+            )
+    options = validate_section(cls.Options, data, file=file, prefix=field)
+    return MethodCfg(name=name, options=options)
+
+
+# --- experiment files -------------------------------------------------------------------------
+
+EXPERIMENT_KEYS = ["name", "description", "plugins", "base", "grid"]
+
+
+class Experiment(BaseModel):
+    """An experiment file: a base run plus grid axes (expanded by `harness.grid`)."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    file: str
+    description: str = ""
+    plugins: list[str] = []
+    base: dict
+    grid: dict
+
+
+def load_yaml(path: Path) -> Any:
+    """Read YAML with safe_load; a missing file or a syntax error becomes a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError.one(str(path), "", "file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError.one(str(path), "", f"malformed YAML: {line}{problem}") from None
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Load an experiment file and check its top-level shape (sections are checked per grid point).
+
+    Raises:
+        ConfigError: missing file, malformed YAML, unknown top-level keys.
+    """
+    path = Path(path)
+    doc = load_yaml(path)
+    file = str(path)
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise ConfigError.one(file, "", f"must be a mapping with keys {', '.join(EXPERIMENT_KEYS)}")
+    problems = [
+        (file, key, f"unknown top-level key `{key}`.{did_you_mean(key, EXPERIMENT_KEYS)} {allowed(EXPERIMENT_KEYS)}")
+        for key in doc if key not in EXPERIMENT_KEYS
+    ]
+    for key, kind in (("base", dict), ("grid", dict), ("plugins", list)):
+        if doc.get(key) is not None and not isinstance(doc[key], kind):
+            problems.append((file, key, f"must be a {'mapping' if kind is dict else 'list'}, but got {doc[key]!r}"))
+    if problems:
+        raise ConfigError(problems)
+    return Experiment(
+        name=str(doc.get("name") or path.stem),
+        file=file,
+        description=str(doc.get("description") or ""),
+        plugins=[str(p) for p in doc.get("plugins") or []],
+        base=copy.deepcopy(doc.get("base") or {}),
+        grid=copy.deepcopy(doc.get("grid") or {}),
+    )

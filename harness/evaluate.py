@@ -1,0 +1,37 @@
+"""Held-out evaluation: token-weighted loss and perplexity on the validation split."""
+
+from __future__ import annotations
+
+import math
+
+
+def token_loss(model, examples: list[dict], collator, batch_size: int, device: str) -> tuple[float, int]:
+    """Mean negative log-likelihood per response token over `examples`, and the token count.
+
+    Token-weighted (sum of NLL / number of label tokens), unlike the Trainer's mean of batch means,
+    so perplexities of runs with different batching compare.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collator(examples[start:start + batch_size]).items()}
+            labels = batch.pop("labels")
+            logits = model(**batch).logits[:, :-1].float()
+            target = labels[:, 1:]
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+            ).item()
+            count += int((target != -100).sum())
+    model.train(was_training)
+    return (total / count if count else float("nan")), count
+
+
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss), or None when the loss is missing or too large to exponentiate."""
+    if loss is None or not math.isfinite(loss) or loss > 700:
+        return None
+    return math.exp(loss)

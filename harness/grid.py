@@ -1,0 +1,296 @@
+"""Pure grid expansion: an experiment's base + axes + overrides → an ordered list of RunSpecs."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from harness.config import RUN_KEYS, SECTIONS, Experiment, RunConfig, build_run_config, normalize
+from harness.errors import ConfigError, allowed, did_you_mean
+from harness.methods import METHODS
+
+SEED_KEYS = ("seed", "seeds")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One grid axis: each value is a list of (dotted key, value) assignments."""
+
+    label: str
+    values: list[list[tuple[str, Any]]]
+    when: dict[str, list] | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A resolved grid point: what to run, under which id, and what varies."""
+
+    experiment: str
+    run_id: str
+    slug: str
+    config: RunConfig
+    varied: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"experiment": self.experiment, "run_id": self.run_id, "slug": self.slug,
+                "varied": self.varied, **self.config.as_dict()}
+
+
+# --- dotted access ------------------------------------------------------------------------------
+
+def _canonical(key: str) -> str:
+    return "seed" if key in SEED_KEYS else key
+
+
+def get_dotted(raw: dict, key: str) -> Any:
+    """Read `key` ("method", "method.r", "seed") from a raw run dict; `method` reads its name."""
+    parts = _canonical(key).split(".")
+    node: Any = normalize(parts[0], raw.get(parts[0]))
+    if len(parts) == 1 and parts[0] in ("method", "model", "data"):
+        return node.get("name") if isinstance(node, dict) else node
+    for part in parts[1:]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    """Assign `value` at dotted `key` in a raw run dict (in place).
+
+    Setting `method` to another method keeps the base options that method accepts, so
+    `method: {name: lora, r: 16}` with a grid over [lora, qlora] gives both r=16.
+    """
+    parts = _canonical(key).split(".")
+    top = parts[0]
+    if len(parts) == 1:
+        if top == "method":
+            raw["method"] = _switch_method(normalize("method", raw.get("method") or {}), normalize("method", value))
+        elif top in ("model", "data") and isinstance(value, str):
+            raw[top] = {**normalize(top, raw.get(top) or {}), "name": value}
+        else:
+            raw[top] = copy.deepcopy(value)
+        return
+    node = raw.setdefault(top, {})
+    node = raw[top] = normalize(top, node) if not isinstance(node, dict) else node
+    for part in parts[1:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _switch_method(old: dict, new: Any) -> Any:
+    if not isinstance(new, dict) or not isinstance(old, dict) or "name" not in new:
+        return new
+    name = new["name"]
+    keep = {}
+    if name in METHODS:
+        accepted = METHODS.get(name).Options.model_fields
+        keep = {k: v for k, v in old.items() if k != "name" and k in accepted}
+    return {"name": name, **keep, **{k: v for k, v in new.items() if k != "name"}}
+
+
+# --- axes -----------------------------------------------------------------------------------------
+
+def _is_path(key: str) -> bool:
+    return _canonical(key).split(".")[0] in RUN_KEYS
+
+
+def parse_axes(grid: dict, *, file: str) -> list[Axis]:
+    """Read the `grid:` mapping into Axis objects.
+
+    A key that is a dotted config path is a plain axis (`method.r: [4, 8]`), optionally
+    `{values: [...], when: {method: [lora, qlora]}}`; any other key names a paired axis whose
+    values are mappings of dotted keys that move together.
+
+    Raises:
+        ConfigError: empty axes, unknown keys, malformed conditions.
+    """
+    axes, problems = [], []
+    for label, spec in grid.items():
+        label = str(label)
+        where = f"grid.{label}"
+        when = None
+        values = spec
+        if isinstance(spec, dict) and "values" in spec:
+            extra = set(spec) - {"values", "when"}
+            if extra:
+                problems.append((file, where, f"unknown key(s) {sorted(extra)}; an axis mapping takes `values` and `when`"))
+                continue
+            values, when = spec["values"], spec.get("when")
+            if when is not None:
+                if not isinstance(when, dict) or not when:
+                    problems.append((file, f"{where}.when", "must map config keys to a value or a list of values"))
+                    continue
+                bad = [k for k in when if not _is_path(str(k))]
+                if bad:
+                    problems.append((file, f"{where}.when.{bad[0]}", f"not a config key. {allowed(RUN_KEYS)}"))
+                    continue
+                when = {str(k): v if isinstance(v, list) else [v] for k, v in when.items()}
+        elif isinstance(spec, str) and _is_path(label):
+            values = [spec]  # `method.alpha: 2*r` — one value, usually an expression
+        if not isinstance(values, list):
+            values = [values]
+        if not values:
+            problems.append((file, where, "empty axis: give at least one value"))
+            continue
+        if _is_path(label):
+            axes.append(Axis(label=label, values=[[(label, v)] for v in values], when=when))
+            continue
+        if not all(isinstance(v, dict) and v for v in values):
+            names = sorted({*RUN_KEYS, "seeds"})
+            problems.append((file, where, f"unknown grid axis `{label}`.{did_you_mean(label, names)} "
+                             "A plain axis is a config key (" + ", ".join(names) + ", or a dotted key inside one); "
+                             "any other name is a paired axis whose values are mappings of config keys."))
+            continue
+        paired = []
+        for i, value in enumerate(values):
+            bad = [k for k in value if not _is_path(str(k))]
+            if bad:
+                problems.append((file, f"{where}[{i}].{bad[0]}", f"not a config key. {allowed(RUN_KEYS)}"))
+            paired.append([(str(k), v) for k, v in value.items()])
+        axes.append(Axis(label=label, values=paired, when=when))
+    if problems:
+        raise ConfigError(problems)
+    return axes
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """Parse `key=value` overrides (values read as YAML scalars/lists).
+
+    Raises:
+        ConfigError: an item without `=`, or a key that no config has.
+    """
+    out, problems = [], []
+    for item in items:
+        if "=" not in item:
+            problems.append(("SET", item, "must look like key=value, e.g. train.max_steps=500"))
+            continue
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        problem = _check_key(key)
+        if problem:
+            problems.append(("SET", key, problem))
+        out.append((key, value))
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _check_key(key: str) -> str | None:
+    parts = _canonical(key).split(".")
+    top, rest = parts[0], parts[1:]
+    keys = sorted({*RUN_KEYS, "seeds"})
+    if top not in RUN_KEYS:
+        return f"no such key `{top}`.{did_you_mean(top, keys)} {allowed(keys)}"
+    if not rest:
+        return None
+    if top in SECTIONS:
+        names = list(SECTIONS[top].model_fields)
+    elif top == "method":
+        names = sorted({"name", *(f for m in METHODS.names() for f in METHODS.get(m).Options.model_fields)})
+    else:
+        return f"`{top}` has no sub-keys"
+    if rest[0] not in names or len(rest) > 1:
+        return f"no such key `{key}`.{did_you_mean(rest[0], names)} {allowed(names)}"
+    return None
+
+
+# --- expansion ------------------------------------------------------------------------------------
+
+def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[RunSpec]:
+    """Expand an experiment into validated RunSpecs, in a stable order, without duplicates.
+
+    Raises:
+        ConfigError: every problem of every grid point, all at once.
+    """
+    file = experiment.file
+    axes = parse_axes(experiment.grid, file=file)
+    base = {k: normalize(k, v) for k, v in copy.deepcopy(experiment.base).items()}
+    for key, value in parse_overrides(overrides or []):
+        axis_labels = {a.label: i for i, a in enumerate(axes)}
+        if key in axis_labels:
+            ax = axes[axis_labels[key]]
+            vals = value if isinstance(value, list) else [value]
+            axes[axis_labels[key]] = Axis(label=key, values=[[(key, v)] for v in vals], when=ax.when)
+        else:
+            axes = [_drop_key(a, key) for a in axes]
+            set_dotted(base, key, value)
+    points: list[tuple[dict, list[tuple[str, Any]]]] = []
+    seen = set()
+    for combo in itertools.product(*[a.values for a in axes]):
+        raw = copy.deepcopy(base)
+        applied: list[tuple[str, Any]] = []
+        for axis, assignments in zip(axes, combo):
+            if axis.when and not all(get_dotted(raw, k) in v for k, v in axis.when.items()):
+                continue
+            for key, value in assignments:
+                set_dotted(raw, key, value)
+                applied.append((key, value))
+        marker = json.dumps(applied, sort_keys=True, default=str)
+        if marker not in seen:
+            seen.add(marker)
+            points.append((raw, applied))
+    problems: list[tuple[str, str, str]] = []
+    specs: list[RunSpec] = []
+    ids: set[str] = set()
+    for raw, applied in points:
+        where = "" if not applied else "[" + ", ".join(f"{k}={v}" for k, v in applied) + "] "
+        try:
+            config = build_run_config(raw, file=file, where=where)
+        except ConfigError as exc:
+            problems.extend(p for p in exc.problems if p not in problems)
+            continue
+        spec = make_spec(experiment.name, config, dict(applied))
+        if spec.run_id not in ids:
+            ids.add(spec.run_id)
+            specs.append(spec)
+    if problems:
+        raise ConfigError(problems)
+    return specs
+
+
+def _drop_key(axis: Axis, key: str) -> Axis:
+    """An override of a key fixed inside a paired axis wins over the axis."""
+    values = [[(k, v) for k, v in vals if _canonical(k) != _canonical(key)] for vals in axis.values]
+    return Axis(label=axis.label, values=values, when=axis.when)
+
+
+def spec_hash(config: RunConfig) -> str:
+    """Stable short hash of everything that affects a run's result (tracking excluded)."""
+    payload = {k: v for k, v in config.as_dict().items() if k != "tracking"}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+_COVERED = {"method", "method.name", "method.r", "method.alpha", "data.n_train", "seed", "seeds"}
+
+
+def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
+    """A readable name such as `lora-r8-a16-n256-s0`."""
+    parts = [config.method.build().slug()]
+    if config.data.n_train:
+        parts.append(f"n{config.data.n_train}")
+    for key, value in varied.items():
+        if key in _COVERED:
+            continue
+        last = key.split(".")[-1]
+        if isinstance(value, bool):
+            parts.append(last if value else f"no_{last}")
+        else:
+            text = str(value).rstrip("/").split("/")[-1]
+            parts.append(f"{last}{text}")
+    parts.append(f"s{config.seed}")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
+
+
+def make_spec(experiment: str, config: RunConfig, varied: dict[str, Any]) -> RunSpec:
+    slug = make_slug(config, varied)
+    return RunSpec(experiment=experiment, run_id=f"{slug}-{spec_hash(config)}", slug=slug, config=config, varied=varied)

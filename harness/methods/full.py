@@ -1,0 +1,20 @@
+"""Full fine-tuning: every weight of the model is trained."""
+
+from __future__ import annotations
+
+from harness.methods.base import Method, register
+
+
+class Full(Method):
+    name = "full"
+    description = "all weights trained; the checkpoint is the whole model"
+    forbids_4bit = True
+    saves_full_model = True
+
+    def apply(self, model, ctx):
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+
+
+register(Full)

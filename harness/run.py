@@ -1,0 +1,116 @@
+"""One run, in its own process: model → method → data → train → measure → result.json.
+
+Usage (by the executor): `python -m harness.run RUN_DIR`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from harness import store
+from harness.config import RunConfig, build_run_config
+from harness.plugins import import_plugins
+
+
+@dataclass
+class RunContext:
+    """What a method may need to know about the run it is part of."""
+
+    spec: RunConfig
+    run_dir: Path
+    device: str
+    total_steps: int
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the sweep that started us dies, so no orphan run keeps going."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def classify(exc: BaseException) -> str:
+    """Map an exception to a result status."""
+    from harness.train import Diverged
+
+    if isinstance(exc, Diverged):
+        return "diverged"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return "oom"
+    return "failed"
+
+
+def error_record(exc: BaseException) -> dict:
+    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()[-25:]
+    return {"type": type(exc).__name__, "message": str(exc), "traceback_tail": "\n".join(tail)}
+
+
+def execute(run_dir: Path) -> dict:
+    """Run the spec in `run_dir` and write result.json (always, whatever happens). Returns it."""
+    run_dir = Path(run_dir)
+    raw = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    wall0 = time.perf_counter()
+    started = now()
+    metrics: dict = {key: None for key in store.METRIC_KEYS}
+    status, error, device, tracker = "ok", None, None, None
+    try:
+        import_plugins(raw.get("plugins") or [], base=raw.get("experiment_dir"))
+        spec = build_run_config({k: raw[k] for k in ("model", "data", "method", "train", "eval", "tracking", "seed")},
+                                file=str(run_dir / "spec.yaml"))
+        from harness import tracking
+
+        tracker = tracking.start(spec.tracking, experiment=raw["experiment"], slug=raw["slug"],
+                                 method=spec.method.name, spec=raw)
+        from harness.recipe import train_and_measure
+
+        device = train_and_measure(spec, run_dir, metrics, tracker)
+    except BaseException as exc:  # every failure is recorded; KeyboardInterrupt too, then re-raised
+        status, error = classify(exc), error_record(exc)
+        logging.getLogger("ftbench").error("run %s: %s", status, error["traceback_tail"])
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        metrics["wall_s"] = round(time.perf_counter() - wall0, 3)
+        result = store.make_result(raw, status=status, error=error, metrics=metrics,
+                                   env=_env(device), started_at=started, finished_at=now())
+        if tracker is not None:
+            try:
+                tracker.summary(metrics)
+                tracker.finish(status)
+            except Exception as exc:  # the tracker must never cost us the result
+                logging.getLogger("ftbench").warning("tracker failed: %s", exc)
+        store.write_json_atomic(run_dir / "result.json", result)
+    return result
+
+
+def _env(device):
+    from harness.measure import env_info
+
+    return env_info(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = execute(Path(argv[0]))
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Strict, validated config sections: unknown keys are errors and numbers may be expressions."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from harness.errors import ConfigError, allowed, did_you_mean
+from harness.expr import ExprError, evaluate
+
+
+def _is_numeric(annotation: Any) -> bool:
+    if annotation in (int, float):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(a in (int, float) for a in args)
+    if origin is typing.Annotated:
+        return _is_numeric(typing.get_args(annotation)[0])
+    return False
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are rejected; numeric fields accept arithmetic
+    expressions over the section's other numeric fields (e.g. `alpha: 2*r`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_expressions(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        numeric = {n for n, f in cls.model_fields.items() if _is_numeric(f.annotation)}
+        names: dict[str, float] = {}
+        for name in numeric:
+            value = data.get(name, cls.model_fields[name].default)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                names[name] = value
+        out = dict(data)
+        for name in numeric:
+            value = data.get(name)
+            if isinstance(value, str):
+                try:
+                    out[name] = evaluate(value, {k: v for k, v in names.items() if k != name})
+                except ExprError as exc:
+                    raise ValueError(f"`{name}`: {exc}") from None
+        return out
+
+
+def validate_section(cls: type[BaseModel], data: Any, *, file: str, prefix: str) -> BaseModel:
+    """Validate `data` as `cls`, turning pydantic errors into a ConfigError naming each field.
+
+    Raises:
+        ConfigError: listing every problem, with "did you mean" for misspelt keys.
+    """
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from(exc, cls, file=file, prefix=prefix)) from None
+
+
+def problems_from(exc: ValidationError, cls: type[BaseModel], *, file: str, prefix: str) -> list[tuple[str, str, str]]:
+    """Convert a pydantic ValidationError into (file, dotted field, message) triples."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        field = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(cls, loc[:-1])
+            names = list(owner.model_fields) if owner else []
+            msg = f"unknown key `{loc[-1]}`.{did_you_mean(loc[-1], names)} {allowed(names)}"
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            if err["type"] not in ("value_error", "assertion_error", "missing"):
+                msg += f", but got {err.get('input')!r}"
+        problems.append((file, field, msg))
+    return problems
+
+
+def _model_at(cls: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    for part in loc:
+        field = cls.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *typing.get_args(ann)]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        cls = nxt
+    return cls

@@ -1,0 +1,195 @@
+"""The results store: one directory per run, claimed by a lock, finished by an atomic result.json."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RESULTS_ENV = "FTBENCH_RESULTS"
+
+METRIC_KEYS = [
+    "train_loss", "eval_loss", "eval_ppl", "train_tokens", "train_tokens_per_s",
+    "step_ms_p50", "step_ms_p90", "peak_mem_train_mb", "peak_mem_eval_mb",
+    "infer_prefill_ms", "infer_decode_ms_per_token", "trainable_params", "total_params",
+    "trainable_pct", "adapter_bytes", "load_s", "train_s", "eval_s", "wall_s",
+]
+STATUSES = ("ok", "failed", "oom", "diverged")
+
+
+def results_root() -> Path:
+    """Where results live: $FTBENCH_RESULTS or ./results."""
+    return Path(os.environ.get(RESULTS_ENV, "results"))
+
+
+def experiment_dir(experiment: str, root: Path | None = None) -> Path:
+    return (root or results_root()) / experiment
+
+
+def run_dir(experiment: str, run_id: str, root: Path | None = None) -> Path:
+    return experiment_dir(experiment, root) / run_id
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_result(directory: Path) -> dict | None:
+    """The run's result.json, or None for an unfinished run."""
+    path = Path(directory) / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def status_of(directory: Path) -> str:
+    """`new` (no directory), `unfinished`, or the recorded status."""
+    directory = Path(directory)
+    if not directory.exists():
+        return "new"
+    result = read_result(directory)
+    return result["status"] if result else "unfinished"
+
+
+@dataclass
+class Claim:
+    """An exclusive claim on one run, held through an flock on results/<exp>/.locks/<run_id>.lock.
+
+    The kernel drops the lock when every process holding the file dies, so a SIGKILLed sweep
+    never leaves a stale claim behind.
+    """
+
+    path: Path
+    fd: int
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+
+
+def try_claim(experiment: str, run_id: str, root: Path | None = None) -> Claim | None:
+    """Take the run's lock without waiting; None when another sweep holds it."""
+    lock_dir = experiment_dir(experiment, root) / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / f"{run_id}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return Claim(path=path, fd=fd)
+
+
+def archive(directory: Path) -> Path:
+    """Move a finished run aside (never delete it) before a forced rerun; returns the new path."""
+    directory = Path(directory)
+    target = directory.parent / ".archive" / f"{directory.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while target.exists():
+        n += 1
+        target = target.with_name(f"{target.name}.{n}")
+    shutil.move(str(directory), str(target))
+    return target
+
+
+def prepare_run_dir(directory: Path, spec: dict) -> None:
+    """Create a clean run directory holding spec.yaml (an unfinished one is wiped first)."""
+    directory = Path(directory)
+    if directory.exists():
+        if read_result(directory) is not None:
+            raise FileExistsError(f"{directory} is finished; archive it before rerunning")
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def iter_results(experiment: str, root: Path | None = None) -> list[dict]:
+    """Every finished run of an experiment, ordered by start time."""
+    base = experiment_dir(experiment, root)
+    if not base.is_dir():
+        return []
+    results = [r for d in sorted(base.iterdir()) if d.is_dir() and not d.name.startswith(".")
+               for r in [read_result(d)] if r is not None]
+    return sorted(results, key=lambda r: r.get("started_at") or "")
+
+
+def find_run(run: str, root: Path | None = None) -> Path | None:
+    """Find a run directory by full run id, slug or hash, across experiments."""
+    base = root or results_root()
+    if not base.is_dir():
+        return None
+    for exp in sorted(base.iterdir()):
+        if not exp.is_dir():
+            continue
+        for d in sorted(exp.iterdir()):
+            if d.is_dir() and not d.name.startswith(".") and (
+                d.name == run or d.name.rsplit("-", 1)[0] == run or d.name.endswith(f"-{run}")
+            ):
+                return d
+    return None
+
+
+def _flatten(prefix: str, value: Any, out: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def load(experiment: str, root: Path | None = None):
+    """All finished runs of `experiment` as a pandas DataFrame, one row per run.
+
+    Columns: run_id, slug, status, error_type, error, started_at, finished_at, the spec flattened
+    (`method.name`, `method.r`, `train.lr`, ...), and each metric under its own name.
+    """
+    import pandas as pd
+
+    rows = []
+    for r in iter_results(experiment, root):
+        row: dict[str, Any] = {
+            "run_id": r["run_id"], "experiment": r["experiment"], "slug": r["slug"], "status": r["status"],
+            "error_type": (r.get("error") or {}).get("type"), "error": (r.get("error") or {}).get("message"),
+            "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
+        }
+        _flatten("", {k: v for k, v in (r.get("spec") or {}).items() if k not in ("experiment", "run_id", "slug", "varied")}, row)
+        for key in METRIC_KEYS:
+            row[key] = (r.get("metrics") or {}).get(key)
+        for key, value in (r.get("metrics") or {}).items():
+            row.setdefault(key, value)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def make_result(spec: dict, *, status: str, error: dict | None, metrics: dict, env: dict,
+                started_at: str | None, finished_at: str | None) -> dict:
+    """A result.json record with every contract key present (metrics missing → null)."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, but got status={status!r}")
+    return {
+        "run_id": spec.get("run_id"), "experiment": spec.get("experiment"), "slug": spec.get("slug"),
+        "status": status, "error": error, "spec": spec,
+        "metrics": {**{key: None for key in METRIC_KEYS}, **metrics},
+        "env": env, "started_at": started_at, "finished_at": finished_at,
+    }

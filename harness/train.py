@@ -1,0 +1,114 @@
+"""Training: the transformers Trainer plus callbacks for what it does not record."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainStats:
+    step_ms: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+class MetricsLog(TrainerCallback):
+    """Writes each logged step to metrics.jsonl and the tracker; stops on a non-finite loss."""
+
+    def __init__(self, path: Path, tracker, stats: TrainStats):
+        self.path = Path(path)
+        self.tracker = tracker
+        self.stats = stats
+        self._last = (time.perf_counter(), 0)
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        self.stats.step_ms.append((time.perf_counter() - self._t0) * 1000)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = dict(logs or {})
+        if "loss" not in logs:
+            return
+        now, tokens = time.perf_counter(), state.num_input_tokens_seen
+        row = {
+            "step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
+            "loss": logs.get("loss"), "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+            "tokens": tokens, "tokens_per_s": (tokens - self._last[1]) / max(now - self._last[0], 1e-9),
+        }
+        self._last = (now, tokens)
+        write_metric(self.path, row)
+        self.tracker.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=state.global_step)
+        loss = row["loss"]
+        if loss is None or not math.isfinite(loss):
+            raise Diverged(f"training loss became {loss} at step {state.global_step}")
+        self.stats.losses.append(loss)
+
+
+class PeriodicEval(TrainerCallback):
+    """Every `every` steps, the token-weighted validation loss goes to metrics.jsonl and the tracker."""
+
+    def __init__(self, every: int, evaluate: Callable[[Any], float], path: Path, tracker):
+        self.every, self.evaluate, self.path, self.tracker = every, evaluate, Path(path), tracker
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            loss = self.evaluate(model)
+            write_metric(self.path, {"step": state.global_step, "eval_loss": loss})
+            self.tracker.log({"eval/loss": loss}, step=state.global_step)
+
+
+def write_metric(path: Path, row: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def training_args(cfg, *, out_dir: Path, seed: int, device: str, packing: bool) -> TrainingArguments:
+    """TrainingArguments from a TrainCfg; checkpoints are ours to save, so the Trainer saves none."""
+    t = cfg
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        num_train_epochs=t.epochs or 1,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,
+        per_device_train_batch_size=t.micro_batch,
+        gradient_accumulation_steps=t.grad_accum,
+        activation_checkpointing=t.gradient_checkpointing,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
+        logging_steps=t.log_every,
+        logging_nan_inf_filter=False,  # a NaN must reach our callback, not be averaged away
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        # packed batches have no padding: every token is real; padded ones count attention_mask
+        include_num_input_tokens_seen="all" if packing else "non_padding",
+    )
+
+
+def build_trainer(model, args: TrainingArguments, train_set: list[dict], collator, *,
+                  callbacks: list, optimizer=None) -> Trainer:
+    return Trainer(
+        model=model, args=args, train_dataset=train_set, data_collator=collator,
+        callbacks=callbacks, optimizers=(optimizer, None),
+    )
