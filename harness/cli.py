@@ -1,0 +1,136 @@
+"""The `ftbench` command line: run (sweep), ls, show."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import ConfigError
+
+EXPERIMENTS_DIR = Path("experiments")
+
+
+def _experiment_path(name: str) -> Path:
+    """`peft_comparison` → experiments/peft_comparison.yaml; paths pass through."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return EXPERIMENTS_DIR / f"{name}.yaml"
+
+
+def cmd_run(args) -> int:
+    from harness import preflight, store
+    from harness.config import load_experiment
+    from harness.grid import expand
+    from harness.plugins import import_plugins
+    from harness.report.table import runs_table
+
+    console = Console()
+    path = _experiment_path(args.experiment)
+    experiment = load_experiment(path)
+    import_plugins(experiment.plugins, base=path.parent, file=str(path))
+    specs = expand(experiment, args.set)
+    root = Path(args.results) if args.results else store.results_root()
+    preflight.check(specs, file=str(path))
+    if args.dry_run:
+        console.print(_grid_table(specs, root))
+        counts = {}
+        for s in specs:
+            st = store.status_of(store.run_dir(s.experiment, s.run_id, root))
+            counts[st] = counts.get(st, 0) + 1
+        console.print(f"{len(specs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + " (dry run: nothing started)")
+        return 0
+    from harness.executor import LocalExecutor
+
+    executor = LocalExecutor(workers=args.workers, force=args.force, retry_failed=args.retry_failed, root=root)
+    results = executor.run(specs, plugins=experiment.plugins, experiment_dir=str(path.parent.resolve()))
+    console.print(runs_table(results, title=f"{experiment.name}: {len(results)} runs"))
+    bad = [r for r in results if r is None or r["status"] != "ok"]
+    if bad:
+        console.print(f"[red]{len(bad)} of {len(results)} runs did not finish ok[/] (see `ftbench show RUN_ID`)")
+    return 1 if bad else 0
+
+
+def _grid_table(specs, root) -> Table:
+    from harness import store
+
+    axes = list(dict.fromkeys(k for s in specs for k in s.varied))
+    table = Table(header_style="bold")
+    for col in ("slug", "run id", *axes, "status"):
+        table.add_column(col)
+    for s in specs:
+        status = store.status_of(store.run_dir(s.experiment, s.run_id, root))
+        status = {"ok": "done"}.get(status, status)
+        table.add_row(s.slug, s.run_id.rsplit("-", 1)[1], *[str(s.varied.get(a, "")) for a in axes], status)
+    return table
+
+
+def cmd_ls(args) -> int:
+    from harness import store
+    from harness.report.table import runs_table
+
+    root = Path(args.results) if args.results else store.results_root()
+    results = store.iter_results(args.experiment, root)
+    if not results:
+        print(f"no finished runs for experiment `{args.experiment}` under {root}", file=sys.stderr)
+        return 2
+    Console().print(runs_table(results, title=f"{args.experiment}: {len(results)} runs"))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from harness import store
+
+    root = Path(args.results) if args.results else store.results_root()
+    directory = store.find_run(args.run_id, root)
+    if directory is None:
+        print(f"no run `{args.run_id}` under {root}", file=sys.stderr)
+        return 2
+    result = store.read_result(directory)
+    if result is None:
+        print(f"{directory}: unfinished (no result.json)", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftbench", description="Benchmark LLM fine-tuning methods.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or --dry-run) an experiment grid")
+    run.add_argument("experiment", help="experiments/NAME.yaml, or just NAME")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. train.max_steps=500 (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="print the expanded grid and run nothing")
+    run.add_argument("--workers", type=int, default=None, help="runs at once (default: one per GPU, 1 on CPU)")
+    run.add_argument("--force", action="store_true", help="rerun finished runs (old results are archived)")
+    run.add_argument("--retry-failed", action="store_true", help="rerun failed/oom/diverged runs")
+    run.add_argument("--results", default=None, help="results root (default: $FTBENCH_RESULTS or ./results)")
+    run.set_defaults(func=cmd_run)
+    ls = sub.add_parser("ls", help="one line per finished run of an experiment")
+    ls.add_argument("experiment")
+    ls.add_argument("--results", default=None)
+    ls.set_defaults(func=cmd_ls)
+    show = sub.add_parser("show", help="the whole record of one run (id, slug or hash)")
+    show.add_argument("run_id")
+    show.add_argument("--results", default=None)
+    show.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
