@@ -15,6 +15,12 @@ from harness.errors import ConfigError
 EXPERIMENTS_DIR = Path("experiments")
 
 
+def _console(stderr: bool = False) -> Console:
+    """A console that keeps tables readable when output goes to a file or CI log."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=200)
+
+
 def _experiment_path(name: str) -> Path:
     """`peft_comparison` → experiments/peft_comparison.yaml; paths pass through."""
     path = Path(name)
@@ -30,7 +36,7 @@ def cmd_run(args) -> int:
     from harness.plugins import import_plugins
     from harness.report.table import runs_table
 
-    console = Console()
+    console = _console()
     path = _experiment_path(args.experiment)
     experiment = load_experiment(path)
     import_plugins(experiment.plugins, base=path.parent, file=str(path))
@@ -47,7 +53,8 @@ def cmd_run(args) -> int:
         return 0
     from harness.executor import LocalExecutor
 
-    executor = LocalExecutor(workers=args.workers, force=args.force, retry_failed=args.retry_failed, root=root)
+    executor = LocalExecutor(workers=args.workers, force=args.force, retry_failed=args.retry_failed, root=root,
+                             console=_console(stderr=True))
     results = executor.run(specs, plugins=experiment.plugins, experiment_dir=str(path.parent.resolve()))
     console.print(runs_table(results, title=f"{experiment.name}: {len(results)} runs"))
     bad = [r for r in results if r is None or r["status"] != "ok"]
@@ -79,7 +86,7 @@ def cmd_ls(args) -> int:
     if not results:
         print(f"no finished runs for experiment `{args.experiment}` under {root}", file=sys.stderr)
         return 2
-    Console().print(runs_table(results, title=f"{args.experiment}: {len(results)} runs"))
+    _console().print(runs_table(results, title=f"{args.experiment}: {len(results)} runs"))
     return 0
 
 
@@ -130,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: unfinished runs are rerun by the next sweep", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ class LocalExecutor:
                       TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=True) as progress:
             overall = progress.add_task("runs", total=len(specs))
             done_ids: set[str] = set()
+            executed = 0
             waiting_logged: set[str] = set()
             while pending or running:
                 progressed = False
@@ -92,7 +93,7 @@ class LocalExecutor:
                     else:
                         done_ids.add(spec.run_id)
                         progress.advance(overall)
-                        self._print_line(spec, self._status(spec), "skipped (finished)")
+                        self._print_line(spec, self._status(spec), "skipped (finished)", len(done_ids), len(specs))
                 for job in list(running):
                     self._update(progress, job)
                     if job.proc.poll() is None:
@@ -105,7 +106,12 @@ class LocalExecutor:
                     progress.remove_task(job.task)
                     progress.advance(overall)
                     done_ids.add(job.spec.run_id)
-                    self._print_line(job.spec, result["status"], f"{time.monotonic() - job.started:.1f}s")
+                    executed += 1
+                    left = len(specs) - len(done_ids)
+                    eta = (time.monotonic() - start) / executed * left / self.workers
+                    self._print_line(job.spec, result["status"],
+                                     f"{time.monotonic() - job.started:.1f}s" + (f", ETA {eta / 60:.1f} min" if left else ""),
+                                     len(done_ids), len(specs))
                 if not progressed:
                     time.sleep(self.poll_s)
         self.console.print(f"[dim]sweep finished in {time.monotonic() - start:.1f}s[/]")
@@ -173,9 +179,9 @@ class LocalExecutor:
             progress.update(job.task, total=last["max_steps"], completed=last["step"],
                             description=f"  {job.spec.slug} loss {last.get('loss') or float('nan'):.3f}")
 
-    def _print_line(self, spec: RunSpec, status: str, note: str) -> None:
+    def _print_line(self, spec: RunSpec, status: str, note: str, done: int, total: int) -> None:
         colour = {"ok": "green", "failed": "red", "oom": "red", "diverged": "yellow"}.get(status, "white")
-        self.console.print(f"[{colour}]{status:>8}[/] {spec.slug}  [dim]{spec.run_id}  {note}[/]")
+        self.console.print(f"[{done}/{total}] [{colour}]{status:>8}[/] {spec.slug}  [dim]{spec.run_id}  {note}[/]")
 
 
 def _tail(path: Path, lines: int) -> str:

@@ -18,6 +18,7 @@ _BINARY = {
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCS = {"min": min, "max": max, "sqrt": math.sqrt, "int": int, "round": round, "log2": math.log2}
 _MAX_POWER = 64
+_MAX_BITS = 1024  # results beyond float range are never a sensible config value
 
 
 class ExprError(ValueError):
@@ -37,7 +38,12 @@ def evaluate(text: str, names: dict[str, float] | None = None) -> float | int:
         tree = ast.parse(str(text).strip(), mode="eval")
     except SyntaxError as exc:
         raise ExprError(f"`{text}` is not an arithmetic expression ({exc.msg})") from None
-    value = _eval(tree.body, names, text)
+    try:
+        value = _eval(tree.body, names, text)
+    except ExprError:
+        raise
+    except (ArithmeticError, ValueError, TypeError) as exc:  # e.g. sqrt(-1), int(inf), max()
+        raise ExprError(f"`{text}` cannot be evaluated: {exc}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise ExprError(f"`{text}` evaluates to {value}")
     return value
@@ -53,7 +59,9 @@ def _eval(node: ast.AST, names: dict[str, float], text: str):
         return names[node.id]
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _eval(node.left, names, text), _eval(node.right, names, text)
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_POWER:
+        if isinstance(node.op, ast.Pow) and (
+            abs(right) > _MAX_POWER or (abs(left) > 1 and abs(right) * math.log2(abs(left)) > _MAX_BITS)
+        ):  # (2**64)**64)**64... would otherwise build integers of gigabytes
             raise ExprError(f"exponent {right} too large in `{text}`")
         try:
             return _BINARY[type(node.op)](left, right)

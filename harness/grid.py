@@ -229,7 +229,8 @@ def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[R
     for combo in itertools.product(*[a.values for a in axes]):
         raw = copy.deepcopy(base)
         applied: list[tuple[str, Any]] = []
-        for axis, assignments in zip(axes, combo):
+        # conditional axes last, so a `when` sees the values the other axes give this point
+        for axis, assignments in sorted(zip(axes, combo), key=lambda pair: pair[0].when is not None):
             if axis.when and not all(get_dotted(raw, k) in v for k, v in axis.when.items()):
                 continue
             for key, value in assignments:

@@ -95,7 +95,7 @@ def _datasets(spec, tokenizer) -> tuple[list[dict], list[dict]]:
 
 def _save(method, model, run_dir: Path, policy: str) -> int:
     """Save the trained weights and return their size; full-model copies are kept only on `all`."""
-    keep = policy == "all" or (policy == "adapter" and not getattr(method, "saves_full_model", False))
+    keep = policy == "all" or (policy == "adapter" and not method.saves_full_model)
     target = run_dir / "adapter" if keep else Path(tempfile.mkdtemp(prefix="weights-", dir=run_dir))
     try:
         method.save(model, target)

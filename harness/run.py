@@ -61,7 +61,11 @@ def error_record(exc: BaseException) -> dict:
 
 
 def execute(run_dir: Path) -> dict:
-    """Run the spec in `run_dir` and write result.json (always, whatever happens). Returns it."""
+    """Run the spec in `run_dir` and write result.json, whatever the run raised. Returns it.
+
+    Only an interrupt (Ctrl-C, SystemExit) leaves the run without a result, so the next sweep
+    reruns it instead of skipping it as finished.
+    """
     run_dir = Path(run_dir)
     raw = yaml.safe_load((run_dir / "spec.yaml").read_text())
     wall0 = time.perf_counter()
@@ -79,22 +83,19 @@ def execute(run_dir: Path) -> dict:
         from harness.recipe import train_and_measure
 
         device = train_and_measure(spec, run_dir, metrics, tracker)
-    except BaseException as exc:  # every failure is recorded; KeyboardInterrupt too, then re-raised
+    except Exception as exc:  # every failure is recorded and the sweep goes on
         status, error = classify(exc), error_record(exc)
         logging.getLogger("ftbench").error("run %s: %s", status, error["traceback_tail"])
-        if not isinstance(exc, Exception):
-            raise
-    finally:
-        metrics["wall_s"] = round(time.perf_counter() - wall0, 3)
-        result = store.make_result(raw, status=status, error=error, metrics=metrics,
-                                   env=_env(device), started_at=started, finished_at=now())
-        if tracker is not None:
-            try:
-                tracker.summary(metrics)
-                tracker.finish(status)
-            except Exception as exc:  # the tracker must never cost us the result
-                logging.getLogger("ftbench").warning("tracker failed: %s", exc)
-        store.write_json_atomic(run_dir / "result.json", result)
+    metrics["wall_s"] = round(time.perf_counter() - wall0, 3)
+    result = store.make_result(raw, status=status, error=error, metrics=metrics,
+                               env=_env(device), started_at=started, finished_at=now())
+    if tracker is not None:
+        try:
+            tracker.summary(metrics)
+            tracker.finish(status)
+        except Exception as exc:  # the tracker must never cost us the result
+            logging.getLogger("ftbench").warning("tracker failed: %s", exc)
+    store.write_json_atomic(run_dir / "result.json", result)
     return result
 
 
