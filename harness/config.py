@@ -190,10 +190,10 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
 
 def _build_method(data: Any, *, file: str, where: str) -> MethodCfg:
     field = f"{where}method"
-    if not isinstance(data, dict) or "name" not in data:
+    if not isinstance(data, dict):
         raise ConfigError.one(file, field, f"must be a method name or a mapping with `name`, but got {data!r}")
     data = dict(data)
-    name = data.pop("name")
+    name = data.pop("name", "lora")
     try:
         cls = METHODS.get(name)
     except UnknownName as exc:

@@ -1,0 +1,147 @@
+"""harness.cli: every bad input is one clear message (file + dotted field), exit code 2, no traceback."""
+
+import json
+
+import pytest
+
+from conftest import run_cli, run_dirs, tiny_base, write_experiment
+
+
+def dry_run(path, results, *extra):
+    return run_cli("run", str(path), "--dry-run", "--results", str(results), *extra)
+
+
+def assert_config_error(res, path, *needles):
+    assert res.code == 2, res.out + res.err
+    assert "Traceback" not in res.err + res.out
+    assert res.err.startswith("error: ")
+    if path is not None:
+        assert str(path) in res.err
+    for needle in needles:
+        assert needle in res.err, res.err
+
+
+@pytest.mark.parametrize("case, base, grid, extra, needles", [
+    ("unknown top-level key", None, None, {"grdi": {"seeds": [0]}}, ["`grdi`", "Did you mean `grid`?"]),
+    ("unknown nested key", {"train": {"max_step": 5}}, None, {}, ["`train.max_step`", "Did you mean `max_steps`?"]),
+    ("unknown method", {"method": "lorra"}, None, {}, ["`method.name`", "unknown method `lorra`", "Did you mean `lora`?"]),
+    ("unknown method in grid", None, {"method": ["lora", "qlroa"]}, {},
+     ["[method=qlroa] method.name", "Did you mean `qlora`?"]),
+    ("option of another method", {"method": {"name": "full", "r": 8}}, None, {},
+     ["`method.r`", "does not belong to method `full`"]),
+    ("rank zero", {"method": {"name": "lora", "r": 0, "alpha": 16}}, None, {}, ["`method.r`", "greater than 0"]),
+    ("negative rank in grid", None, {"method.r": [8, -1]}, {}, ["[method.r=-1] method.r"]),
+    ("empty grid axis", None, {"method.r": []}, {}, ["`grid.method.r`", "empty axis"]),
+    ("n_train larger than the data", {"data": {"name": "chatterbot", "n_train": 100000}}, None, {},
+     ["`data.n_train`", "larger than the training pool"]),
+    ("missing data file", {"data": {"name": "file", "path": "nope.jsonl"}}, None, {},
+     ["`data.path`", "nope.jsonl", "does not exist"]),
+    ("unknown model alias", {"model": "smollm-135m"}, None, {}, ["`model.name`", "Did you mean `smollm2-135m`?"]),
+    ("missing local model folder", {"model": "./no/such/model"}, None, {},
+     ["`model.name`", "./no/such/model", "does not exist"]),
+    ("bad expression", {"method": {"name": "lora", "alpha": "__import__('os')"}}, None, {}, ["method"]),
+    ("overflowing expression", {"method": {"name": "lora", "alpha": "1e300**2"}}, None, {}, ["method", "too large"]),
+    ("math error in expression", {"train": {"lr": "sqrt(-1)"}}, None, {}, ["train", "cannot be evaluated"]),
+    ("unknown dataset", {"data": {"name": "chaterbot"}}, None, {}, ["data.name", "chatterbot"]),
+])
+def test_validation_errors(tmp_path, case, base, grid, extra, needles):
+    full_base = tiny_base(**(base or {}))
+    path = write_experiment(tmp_path / "exp", "bad", base=full_base, grid=grid, **extra)
+    assert_config_error(dry_run(path, tmp_path / "results"), path, *needles)
+
+
+def test_data_file_with_wrong_fields(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"q": f"question {i}", "a": f"answer {i}"}) + "\n" for i in range(50)))
+    path = write_experiment(tmp_path, "bad", base=tiny_base(data={"name": "file", "path": str(data)}))
+    assert_config_error(dry_run(path, tmp_path / "results"), path, "`data.prompt_field`", "no field `prompt`", "'q'")
+    # mapping the fields makes the same file valid
+    fixed = write_experiment(tmp_path, "good", base=tiny_base(
+        data={"name": "file", "path": str(data), "prompt_field": "q", "response_field": "a", "n_val": 8}))
+    res = dry_run(fixed, tmp_path / "results")
+    assert res.code == 0, res.err
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("base:\n  model: tiny-smollm2\n  train: {max_steps: 3\ngrid:\n  seeds: [0\n")
+    assert_config_error(dry_run(path, tmp_path / "results"), path, "malformed YAML", "line")
+
+
+def test_missing_experiment_file(tmp_path):
+    assert_config_error(dry_run(tmp_path / "nope.yaml", tmp_path / "results"), tmp_path / "nope.yaml", "file not found")
+
+
+def test_set_override_of_unknown_key(tmp_path):
+    path = write_experiment(tmp_path, "ok", base=tiny_base())
+    res = dry_run(path, tmp_path / "results", "--set", "train.nope=1")
+    assert_config_error(res, None, "train.nope", "SET")
+    res = dry_run(path, tmp_path / "results", "--set", "train.max_step=1")
+    assert_config_error(res, None, "train.max_step", "Did you mean `max_steps`?")
+
+
+def test_set_override_with_bad_value(tmp_path):
+    path = write_experiment(tmp_path, "ok", base=tiny_base())
+    assert_config_error(dry_run(path, tmp_path / "results", "--set", "train.lr=-1"), path, "train.lr")
+
+
+def test_many_problems_reported_together(tmp_path):
+    path = write_experiment(tmp_path, "bad", base=tiny_base(train={"max_step": 5, "lr": 0}, model="smollm-135m"))
+    res = dry_run(path, tmp_path / "results")
+    assert_config_error(res, path, "train.max_step", "train.lr")
+
+
+def test_unknown_method_fails_before_any_run(tmp_path):
+    results = tmp_path / "results"
+    path = write_experiment(tmp_path, "early", base=tiny_base(), grid={"method": ["lora", "lorra"]})
+    res = run_cli("run", str(path), "--results", str(results))  # not a dry run
+    assert_config_error(res, path, "unknown method `lorra`")
+    assert run_dirs(results, "early") == []
+
+
+def test_plugin_that_does_not_exist(tmp_path):
+    path = write_experiment(tmp_path, "p", base=tiny_base(), plugins=["missing_plugin.py"])
+    assert_config_error(dry_run(path, tmp_path / "results"), path, "plugins[0]", "does not exist")
+
+
+def test_dry_run_lists_the_grid_and_starts_nothing(tmp_path):
+    results = tmp_path / "results"
+    path = write_experiment(tmp_path, "dry", base=tiny_base(), grid={"method": ["full", "lora"], "seeds": [0, 1]})
+    res = dry_run(path, results)
+    assert res.code == 0, res.err
+    for slug in ("full-n16-s0", "full-n16-s1", "lora-r4-a8-n16-s0", "lora-r4-a8-n16-s1"):
+        assert slug in res.out
+    assert "4 runs: 4 new" in res.out
+    assert run_dirs(results, "dry") == []
+
+
+def test_dry_run_counts_finished_runs(tiny_sweep):
+    res = dry_run(tiny_sweep.path, tiny_sweep.results)
+    assert res.code == 0
+    assert "2 runs: 2 ok" in res.out
+
+
+def test_ls_and_show(tiny_sweep):
+    res = run_cli("ls", "tiny", "--results", str(tiny_sweep.results))
+    assert res.code == 0
+    for spec in tiny_sweep.specs:
+        assert spec.slug in res.out
+    spec = tiny_sweep.by_method("lora")
+    for key in (spec.run_id, spec.slug, spec.run_id.rsplit("-", 1)[1]):
+        res = run_cli("show", key, "--results", str(tiny_sweep.results))
+        assert res.code == 0
+        assert json.loads(res.out)["run_id"] == spec.run_id
+    assert run_cli("show", "nope", "--results", str(tiny_sweep.results)).code == 2
+    assert run_cli("ls", "nope", "--results", str(tiny_sweep.results)).code == 2
+
+
+def test_module_entry_point(tmp_path):
+    import subprocess
+
+    from conftest import PROJECT_ROOT, PYTHON
+
+    path = write_experiment(tmp_path, "bad", base=tiny_base(train={"max_step": 5}))
+    proc = subprocess.run([PYTHON, "-m", "harness", "run", str(path), "--dry-run", "--results", str(tmp_path)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "train.max_step" in proc.stderr and "Traceback" not in proc.stderr
