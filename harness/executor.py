@@ -108,7 +108,7 @@ class LocalExecutor:
                     done_ids.add(job.spec.run_id)
                     executed += 1
                     left = len(specs) - len(done_ids)
-                    eta = (time.monotonic() - start) / executed * left / self.workers
+                    eta = (time.monotonic() - start) / executed * left  # wall time per run already reflects workers
                     self._print_line(job.spec, result["status"],
                                      f"{time.monotonic() - job.started:.1f}s" + (f", ETA {eta / 60:.1f} min" if left else ""),
                                      len(done_ids), len(specs))
