@@ -53,6 +53,15 @@ class Method:
         """Save the trained weights (safetensors) into `out_dir`."""
         model.save_pretrained(out_dir, safe_serialization=True)
 
+    def load(self, base_model: "torch.nn.Module", artifact_dir: Path, ctx: Any) -> "torch.nn.Module":
+        """Rebuild the trained model from an untouched base model and what `save` wrote.
+
+        The default reads a peft adapter folder.
+        """
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, str(artifact_dir))
+
     def slug(self) -> str:
         parts = [self.name]
         for option, prefix in self.slug_fields:

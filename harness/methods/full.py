@@ -16,5 +16,10 @@ class Full(Method):
             param.requires_grad_(True)
         return model
 
+    def load(self, base_model, artifact_dir, ctx):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(artifact_dir, dtype=base_model.dtype).to(base_model.device)
+
 
 register(Full)
