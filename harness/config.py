@@ -177,7 +177,10 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
         problems.append((file, f"{where}seed", f"must be a non-negative integer, but got {seed!r}"))
     if problems:
         raise ConfigError(problems)
-    model = sections["model"]
+    model, train = sections["model"], sections["train"]
+    if not method.cls.supports_packing and train.packing:
+        # virtual tokens are prepended per sequence: a packed row would share one prompt
+        sections["train"] = train.model_copy(update={"packing": False})
     if method.cls.requires_4bit and not model.load_in_4bit:
         model = model.model_copy(update={"load_in_4bit": True})
     if method.cls.forbids_4bit and model.load_in_4bit:
@@ -198,8 +201,9 @@ def _build_method(data: Any, *, file: str, where: str) -> MethodCfg:
         cls = METHODS.get(name)
     except UnknownName as exc:
         raise ConfigError.one(file, f"{field}.name", str(exc)) from None
+    open_options = cls.Options.model_config.get("extra") == "allow"  # e.g. `peft`: checked by the class itself
     for key in data:
-        if key not in cls.Options.model_fields:
+        if key not in cls.Options.model_fields and not open_options:
             names = list(cls.Options.model_fields)
             raise ConfigError.one(
                 file, f"{field}.{key}",

@@ -20,7 +20,9 @@ def token_loss(model, examples: list[dict], collator, batch_size: int, device: s
         for start in range(0, len(examples), batch_size):
             batch = {k: v.to(device) for k, v in collator(examples[start:start + batch_size]).items()}
             labels = batch.pop("labels")
-            logits = model(**batch, use_cache=False).logits[:, :-1].float()  # a cache disables packed-sequence masks
+            logits = model(**batch, use_cache=False).logits  # a cache disables packed-sequence masks
+            # prompt-tuning methods return logits for their virtual tokens too: keep the real positions
+            logits = logits[:, -labels.size(1):][:, :-1].float()
             target = labels[:, 1:]
             total += torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"

@@ -1,6 +1,7 @@
 """harness.methods: every registered built-in method adapts the tiny model and trains one step."""
 
 import math
+import re
 
 import pytest
 
@@ -13,43 +14,101 @@ from harness.run import RunContext
 
 BUILT_IN = [n for n in METHODS.names() if METHODS.get(n).__module__.startswith("harness.methods.")]
 
+#: method → (options for the tiny model, regex every trainable parameter name must match; None: all)
+TABLE = {
+    "full": ({}, None),
+    "lora": ({}, r"\.lora_[AB]\."),
+    "qlora": ({}, r"\.lora_[AB]\."),
+    "rslora": ({}, r"\.lora_[AB]\."),
+    "loraplus": ({}, r"\.lora_[AB]\."),
+    "dora": ({}, r"\.lora_([AB]\.|magnitude_vector)"),
+    "qdora": ({}, r"\.lora_([AB]\.|magnitude_vector)"),
+    "loha": ({}, r"\.hada_w[12]_[ab]\."),
+    "lokr": ({}, r"\.lokr_w[12]"),
+    "vera": ({"r": 16}, r"\.vera_lambda_[bd]\."),
+    "adalora": ({"init_r": 8, "target_r": 4}, r"\.lora_[ABE]\."),
+    "ia3": ({}, r"\.ia3_l\."),
+    "qia3": ({}, r"\.ia3_l\."),
+    "prompt_tuning": ({"num_virtual_tokens": 4}, r"^prompt_encoder\."),
+    "prefix_tuning": ({"num_virtual_tokens": 4}, r"^prompt_encoder\."),
+    "p_tuning": ({"num_virtual_tokens": 4}, r"^prompt_encoder\."),
+    "llama_adapter": ({"adapter_len": 4, "adapter_layers": 1}, r"\.adaption_(prompt|gate)$"),
+    "peft": ({"config": "LilyConfig", "r": 4, "target_modules": "all-linear"}, r"\.lily_"),
+}
+
 
 def test_built_in_methods():
     assert {"full", "lora", "qlora"} <= set(BUILT_IN)
 
 
-@pytest.mark.parametrize("name", BUILT_IN)
-def test_method_applies_and_trains(name, tmp_path):
-
+def _setup(name, tmp_path):
     cls = METHODS.get(name)
+    options = TABLE.get(name, ({}, None))[0]
     spec = build_run_config({"model": {"name": "tiny-smollm2", "load_in_4bit": cls.requires_4bit},
-                             "method": name, "tracking": "none"}, file="test")
+                             "method": {"name": name, **options}, "tracking": "none"}, file="test")
+    ctx = RunContext(spec=spec, run_dir=tmp_path, device="cpu", total_steps=10)
+    return cls, spec, ctx
+
+
+def _batch(tok):
+    batch = tok(["Hello there, how are you?", "What is two plus two?"], return_tensors="pt", padding=True)
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    return batch
+
+
+def _eval_loss(model, batch) -> float:
+    """Loss from logits, as harness.evaluate does (no `labels`: peft's loaded AdaLoRA cannot take them)."""
+    import torch
+
+    labels = batch["labels"]
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, -labels.size(1):][:, :-1]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                                             ignore_index=-100).item()
+
+
+@pytest.mark.parametrize("name", [n for n in BUILT_IN if n in TABLE])
+def test_method_trains_exactly_its_parameters_and_reloads(name, tmp_path):
+    import torch
+
+    cls, spec, ctx = _setup(name, tmp_path)
     assert spec.model.load_in_4bit == cls.requires_4bit
     model, tok = models.load(spec.model, "cpu")
     _, total_before = count_params(model)
-    ctx = RunContext(spec=spec, run_dir=tmp_path, device="cpu", total_steps=1)
-    model = spec.method.build().apply(model, ctx)
+    method = spec.method.build()
+    model = method.apply(model, ctx)
     trainable, total = count_params(model)
-    assert trainable > 0
-    if cls.saves_full_model:
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    pattern = TABLE[name][1]
+    if pattern is None:
         assert trainable == total == total_before
     else:
-        assert trainable < total
-        assert trainable / total < 0.5
+        assert trainable > 0 and trainable / total < 0.5
+        assert [n for n in names if not re.search(pattern, n)] == []
 
     model.train()
-    batch = tok(["Hello there, how are you?", "What is two plus two?"], return_tensors="pt", padding=True)
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    loss = model(**batch, labels=labels).loss
-    assert math.isfinite(loss.item())
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert any(g is not None and g.abs().sum() > 0 for g in grads)
-    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    batch = _batch(tok)
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # move the weights away from their (often identity) init
+        loss = model(**batch).loss
+        assert math.isfinite(loss.item())
+        loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    trained_loss = _eval_loss(model, batch)
 
     out = tmp_path / "saved"
-    spec.method.build().save(model, out)
+    method.save(model, out)
     assert any(f.suffix == ".safetensors" for f in out.iterdir())
+    fresh, _ = models.load(spec.model, "cpu")
+    reloaded = spec.method.build().load(fresh, out, ctx)
+    reloaded.eval()
+    assert _eval_loss(reloaded, batch) == pytest.approx(trained_loss, rel=1e-5)
 
 
 def test_lora_targets_and_rank(tmp_path):

@@ -31,6 +31,10 @@ class Method:
     forbids_4bit: ClassVar[bool] = False
     #: save() writes the whole model, not a small adapter
     saves_full_model: ClassVar[bool] = False
+    #: the trained update can be merged into the base weights (no extra inference latency)
+    merges: ClassVar[bool] = False
+    #: works with padding-free packed batches (prompt-prepending methods do not)
+    supports_packing: ClassVar[bool] = True
     #: (option, slug prefix) pairs that name a run, e.g. (("r", "r"), ("alpha", "a"))
     slug_fields: ClassVar[tuple[tuple[str, str], ...]] = ()
 

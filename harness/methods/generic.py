@@ -1,0 +1,73 @@
+"""`peft`: any peft config class by name, e.g. `{name: peft, config: LilyConfig, r: 16}`, so every
+peft method (Lily, HiRA, SHiRA, MiSS, ...) runs without new code. Options are checked against the
+config class's fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pydantic import ConfigDict, model_validator
+
+from harness.errors import allowed, did_you_mean
+from harness.methods.base import MethodOptions, register
+from harness.methods.peft_base import PeftMethod, resolve_targets
+
+# set by ftbench or meaningless in a config file
+_INTERNAL = {"peft_type", "task_type", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode", "peft_version"}
+
+
+def peft_config_classes() -> dict[str, type]:
+    """Every PeftConfig subclass the installed peft exports, by class name."""
+    import peft
+
+    base = {"PeftConfig", "PromptLearningConfig", "PeftConfigMixin"}
+    return {name: obj for name in dir(peft) if name.endswith("Config") and name not in base
+            for obj in [getattr(peft, name)] if isinstance(obj, type) and issubclass(obj, peft.PeftConfig)}
+
+
+def config_fields(cls: type) -> list[str]:
+    return sorted(f.name for f in dataclasses.fields(cls) if f.name not in _INTERNAL)
+
+
+class GenericPeftOptions(MethodOptions):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    config: str
+
+    @model_validator(mode="after")
+    def _check_against_peft(self):
+        classes = peft_config_classes()
+        if self.config not in classes:
+            raise ValueError(f"`config`: unknown peft config class `{self.config}`.{did_you_mean(self.config, classes)} "
+                             f"{allowed(classes)}")
+        fields = config_fields(classes[self.config])
+        for key in self.peft_kwargs():
+            if key not in fields:
+                raise ValueError(f"`{key}` is not a field of peft's {self.config}.{did_you_mean(key, fields)} {allowed(fields)}")
+        return self
+
+    def peft_kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class GenericPeft(PeftMethod):
+    name = "peft"
+    description = "any peft config class by name; its fields are the options"
+    Options = GenericPeftOptions
+
+    def peft_config(self, model, ctx):
+        from peft import TaskType
+
+        cls = peft_config_classes()[self.options.config]
+        kwargs = self.options.peft_kwargs()
+        if isinstance(kwargs.get("target_modules"), str):
+            kwargs["target_modules"] = resolve_targets(kwargs["target_modules"], model.config.model_type)
+        return cls(task_type=TaskType.CAUSAL_LM, **kwargs)
+
+    def slug(self) -> str:
+        kind = self.options.config.removesuffix("Config").lower()
+        r = self.options.peft_kwargs().get("r")
+        return f"peft-{kind}" + (f"-r{r}" if r is not None else "")
+
+
+register(GenericPeft)
