@@ -106,6 +106,27 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    from harness.methods import METHODS
+    from harness.methods.generic import peft_config_classes
+
+    table = Table(header_style="bold", title="built-in methods (method: {name: NAME, ...options})")
+    for col in ("name", "what it trains", "options (defaults)", "notes"):
+        table.add_column(col)
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        options = ", ".join(f"{k}={f.default!r}" if not f.is_required() else f"{k} (required)"
+                            for k, f in cls.Options.model_fields.items())
+        notes = [n for n, on in (("4-bit base", cls.requires_4bit), ("merges", cls.merges),
+                                 ("padded batches", not cls.supports_packing)) if on]
+        table.add_row(name, cls.description, options or "–", ", ".join(notes))
+    console = _console()
+    console.print(table)
+    console.print("peft config classes for `method: {name: peft, config: CLASS, ...fields}`: "
+                  + ", ".join(sorted(peft_config_classes())))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftbench", description="Benchmark LLM fine-tuning methods.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id")
     show.add_argument("--results", default=None)
     show.set_defaults(func=cmd_show)
+    methods = sub.add_parser("methods", help="list built-in methods and the peft config classes available")
+    methods.set_defaults(func=cmd_methods)
     return parser
 
 

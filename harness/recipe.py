@@ -40,7 +40,8 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker) -> str:
         model.enable_input_require_grads()  # checkpointed blocks need a grad path from frozen embeddings
     metrics["load_s"] = round(time.perf_counter() - t0, 3)
     trainable, total = count_params(model)
-    metrics.update(trainable_params=trainable, total_params=total, trainable_pct=100 * trainable / total)
+    metrics.update(trainable_params=trainable, total_params=total, trainable_pct=100 * trainable / total,
+                   trainable_params_peft=peft_trainable_params(model))
 
     collator = make_collator(tokenizer, spec.train.packing)
     metrics_path = run_dir / "metrics.jsonl"
@@ -73,13 +74,27 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker) -> str:
     metrics.update(eval_loss=eval_loss, eval_ppl=perplexity(eval_loss), eval_tokens=eval_tokens,
                    peak_mem_eval_mb=round(mem.peak_mb, 1))
 
+    prompts = [prompt_text(tokenizer, p, spec.data) for p in LATENCY_PROMPTS[: spec.eval.latency_prompts]]
     if spec.eval.latency:
-        prompts = [prompt_text(tokenizer, p, spec.data) for p in LATENCY_PROMPTS[: spec.eval.latency_prompts]]
         prefill, decode = latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device)
         metrics.update(infer_prefill_ms=prefill, infer_decode_ms_per_token=decode)
 
     metrics["adapter_bytes"] = _save(method, model, run_dir, spec.train.save_weights)
+    if method.merges and hasattr(model, "merge_and_unload"):
+        # "no extra inference latency once merged" is a claim users check: measure it
+        t0 = time.perf_counter()
+        model = model.merge_and_unload()
+        metrics["merge_s"] = round(time.perf_counter() - t0, 3)
+        if spec.eval.latency:
+            prefill, decode = latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device)
+            metrics.update(infer_prefill_ms_merged=prefill, infer_decode_ms_per_token_merged=decode)
     return device
+
+
+def peft_trainable_params(model) -> int | None:
+    """Trainable parameters as peft itself reports them (None for models peft did not build)."""
+    counter = getattr(model, "get_nb_trainable_parameters", None)
+    return int(counter()[0]) if callable(counter) else None
 
 
 def _datasets(spec, tokenizer) -> tuple[list[dict], list[dict]]:

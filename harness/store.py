@@ -21,6 +21,10 @@ METRIC_KEYS = [
     "infer_prefill_ms", "infer_decode_ms_per_token", "trainable_params", "total_params",
     "trainable_pct", "adapter_bytes", "load_s", "train_s", "eval_s", "wall_s",
 ]
+#: keys added after the first contract: always present, null where they do not apply to a method
+OPTIONAL_METRIC_KEYS = [
+    "eval_tokens", "trainable_params_peft", "merge_s", "infer_prefill_ms_merged", "infer_decode_ms_per_token_merged",
+]
 STATUSES = ("ok", "failed", "oom", "diverged")
 
 
@@ -174,7 +178,7 @@ def load(experiment: str, root: Path | None = None):
             "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
         }
         _flatten("", {k: v for k, v in (r.get("spec") or {}).items() if k not in ("experiment", "run_id", "slug", "varied")}, row)
-        for key in METRIC_KEYS:
+        for key in METRIC_KEYS + OPTIONAL_METRIC_KEYS:
             row[key] = (r.get("metrics") or {}).get(key)
         for key, value in (r.get("metrics") or {}).items():
             row.setdefault(key, value)
@@ -190,6 +194,6 @@ def make_result(spec: dict, *, status: str, error: dict | None, metrics: dict, e
     return {
         "run_id": spec.get("run_id"), "experiment": spec.get("experiment"), "slug": spec.get("slug"),
         "status": status, "error": error, "spec": spec,
-        "metrics": {**{key: None for key in METRIC_KEYS}, **metrics},
+        "metrics": {**{key: None for key in METRIC_KEYS + OPTIONAL_METRIC_KEYS}, **metrics},
         "env": env, "started_at": started_at, "finished_at": finished_at,
     }

@@ -145,3 +145,11 @@ def test_module_entry_point(tmp_path):
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "train.max_step" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_methods_lists_built_ins_and_peft_classes():
+    res = run_cli("methods")
+    assert res.code == 0, res.err
+    for name in ("full", "lora", "qlora", "dora", "adalora", "prompt_tuning", "peft"):
+        assert f" {name} " in res.out, name
+    assert "LilyConfig" in res.out and "MissConfig" in res.out

@@ -119,7 +119,7 @@ def test_process_that_dies_without_a_result(failure_sweep):
     assert killed["status"] == "oom"
     assert "SIGKILL" in killed["error"]["message"]
     for result in (vanish, killed):
-        assert set(result["metrics"]) == set(store.METRIC_KEYS)
+        assert set(result["metrics"]) == set(store.METRIC_KEYS + store.OPTIONAL_METRIC_KEYS)
         assert result["run_id"] and result["spec"]["method"]["name"] in ("vanish", "killed")
 
 

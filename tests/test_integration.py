@@ -34,6 +34,11 @@ def test_result_contract(tiny_sweep, method):
     assert metrics["total_params"] > metrics["trainable_params"] > 0 if method == "lora" else \
         metrics["total_params"] == metrics["trainable_params"]
     assert metrics["trainable_pct"] == pytest.approx(100 * metrics["trainable_params"] / metrics["total_params"])
+    if method == "lora":  # peft's own count agrees with ours; LoRA merges, and its merged latency is measured
+        assert metrics["trainable_params_peft"] == metrics["trainable_params"]
+        assert metrics["merge_s"] >= 0 and metrics["infer_decode_ms_per_token_merged"] > 0
+    else:
+        assert metrics["trainable_params_peft"] is None and metrics["merge_s"] is None
 
     env = result["env"]
     for key in ("git_sha", "git_dirty", "torch", "transformers", "peft", "python"):

@@ -38,7 +38,7 @@ def test_make_result_has_every_contract_key():
                                started_at="a", finished_at="b")
     assert list(result) == ["run_id", "experiment", "slug", "status", "error", "spec", "metrics", "env",
                             "started_at", "finished_at"]
-    assert set(result["metrics"]) == set(store.METRIC_KEYS)
+    assert set(result["metrics"]) == set(store.METRIC_KEYS + store.OPTIONAL_METRIC_KEYS)
     assert result["metrics"]["eval_loss"] == 1.5
     assert result["metrics"]["train_loss"] is None
     with pytest.raises(ValueError, match="status"):
