@@ -32,7 +32,7 @@ def _experiment_path(name: str) -> Path:
 def cmd_run(args) -> int:
     from harness import preflight, store
     from harness.config import load_experiment
-    from harness.grid import expand
+    from harness.grid import budget_confounds, expand
     from harness.plugins import import_plugins
     from harness.report.table import runs_table
 
@@ -41,6 +41,9 @@ def cmd_run(args) -> int:
     experiment = load_experiment(path)
     import_plugins(experiment.plugins, base=path.parent, file=str(path))
     specs = expand(experiment, args.set)
+    for key in budget_confounds(specs):
+        console.print(f"[yellow]warning:[/] `{key}` differs between methods in this grid: "
+                      "their results are not like for like")
     root = Path(args.results) if args.results else store.results_root()
     preflight.check(specs, file=str(path))
     if args.dry_run:

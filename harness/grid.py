@@ -295,3 +295,26 @@ def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
 def make_spec(experiment: str, config: RunConfig, varied: dict[str, Any]) -> RunSpec:
     slug = make_slug(config, varied)
     return RunSpec(experiment=experiment, run_id=f"{slug}-{spec_hash(config)}", slug=slug, config=config, varied=varied)
+
+
+BUDGET_KEYS = ("train.micro_batch", "train.grad_accum", "train.max_steps", "train.epochs", "train.seq_len",
+               "data.n_train", "data.split_seed")
+
+
+def budget_confounds(specs: list[RunSpec]) -> list[str]:
+    """Budget keys (batch, steps, tokens, data) whose values differ between methods.
+
+    A crossed design (every method at every n_train) is fine; a budget that moves *with* the
+    method makes the comparison unfair, so the sweep warns about it.
+    """
+    per_method: dict[str, dict[str, set]] = {}
+    for spec in specs:
+        d = spec.config.as_dict()
+        values = per_method.setdefault(spec.config.method.name, {})
+        for key in BUDGET_KEYS:
+            section, field_name = key.split(".")
+            values.setdefault(key, set()).add(json.dumps(d[section][field_name]))
+    if len(per_method) < 2:
+        return []
+    methods = list(per_method.values())
+    return [key for key in BUDGET_KEYS if any(m[key] != methods[0][key] for m in methods[1:])]

@@ -208,3 +208,17 @@ def test_changing_a_value_changes_the_id_but_tracking_does_not(tmp_path):
     assert wandb_id == base_id
     # the override path gives the same ids as writing the value in the file
     assert expand_file(write_experiment(tmp_path, "e", base=tiny_base()), ["train.lr=0.002"])[0].run_id == lr_id
+
+
+def test_budget_confounds_flags_budget_paired_with_method(tmp_path):
+    from harness.grid import budget_confounds
+
+    crossed = specs_for(tmp_path, {"method": ["lora", "full"], "data.n_train": [16, 32]}, stem="crossed")
+    assert budget_confounds(crossed) == []
+    paired = specs_for(tmp_path, {"variant": [{"method": "lora", "train.max_steps": 3},
+                                              {"method": "full", "train.max_steps": 5}]}, stem="paired")
+    assert budget_confounds(paired) == ["train.max_steps"]
+    # a learning rate per method is a recipe, not a budget
+    lrs = specs_for(tmp_path, {"variant": [{"method": "lora", "train.lr": 1e-3}, {"method": "full", "train.lr": 1e-4}]},
+                    stem="lrs")
+    assert budget_confounds(lrs) == []
