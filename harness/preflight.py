@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from harness import models
 from harness.data import DATASETS, DataError
 from harness.data.base import split
@@ -39,5 +41,81 @@ def check(specs, *, file: str) -> None:
                 problems.append(problem)
         except KeyError as exc:  # unknown dataset name
             problems.append((file, "data.name", str(exc)))
+    problems.extend(p for p in check_methods(specs, file=file) if p not in problems)
     if problems:
         raise ConfigError(problems)
+
+
+def check_methods(specs, *, file: str) -> list[tuple[str, str, str]]:
+    """Apply each distinct (model, method) pair to a weightless copy of the model (meta device).
+
+    This finds what only the real module tree shows, before any run starts: target modules that
+    match nothing, method × architecture pairs peft refuses, a rank larger than a layer's width,
+    and 4-bit methods without bitsandbytes.
+    """
+    import importlib.util
+    import warnings
+
+    problems: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # library deprecation chatter is not the user's problem here
+        for spec in specs:
+            _check_method(spec, file, seen, problems, importlib.util.find_spec("bitsandbytes") is not None)
+    return problems
+
+
+def _check_method(spec, file: str, seen: set[str], problems: list, have_bnb: bool) -> None:
+    """Append the problems of one grid point's (model, method) pair, once per distinct pair."""
+    cfg = spec.config
+    key = cfg.model.model_dump_json() + json.dumps(cfg.method.as_dict(), sort_keys=True, default=str)
+    if key in seen:
+        return
+    seen.add(key)
+    where = f"[{spec.slug}] method"
+    if cfg.model.load_in_4bit and not have_bnb:
+        problems.append((file, f"[{spec.slug}] model.load_in_4bit", "4-bit loading needs bitsandbytes: "
+                         "pip install bitsandbytes"))
+        return
+    if not cfg.method.cls.__module__.startswith("harness.methods."):
+        return  # plugin code runs only in its run's process, where even a crash is recorded as that run's failure
+    skeleton = _meta_model(cfg.model)
+    if skeleton is None:  # a hub id offline: the run itself reports that
+        return
+    try:
+        from harness.run import RunContext
+
+        adapted = cfg.method.build().apply(skeleton, RunContext(spec=cfg, run_dir=None, device="meta", total_steps=100))
+        problem = _rank_too_large(adapted)
+    except NotImplementedError:
+        return  # a data-dependent op the meta device cannot run (e.g. SHiRA's masks): the run itself will tell
+    except Exception as exc:  # whatever peft or a method raises here is a property of the config
+        problem = f"cannot be applied to `{cfg.model.name}`: {type(exc).__name__}: {exc}".splitlines()[0]
+    if problem:
+        problems.append((file, where, problem))
+
+
+def _meta_model(model_cfg):
+    """The model's module tree without weights, or None when its config cannot be read here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(models.resolve(model_cfg.name), trust_remote_code=model_cfg.trust_remote_code,
+                                            revision=model_cfg.revision)
+    except (OSError, ValueError):
+        return None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+
+
+def _rank_too_large(model) -> str | None:
+    """A low-rank layer whose rank exceeds min(in, out) is no longer low-rank: refuse it."""
+    for name, module in model.named_modules():
+        ranks = getattr(module, "r", None)
+        width = min(getattr(module, "in_features", 0) or 0, getattr(module, "out_features", 0) or 0)
+        if isinstance(ranks, dict) and width and type(module).__module__.startswith("peft.tuners.lora"):
+            for rank in ranks.values():
+                if rank > width:
+                    return f"r={rank} is larger than layer `{name}` ({width} wide): use r <= {width}"
+    return None

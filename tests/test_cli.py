@@ -153,3 +153,20 @@ def test_methods_lists_built_ins_and_peft_classes():
     for name in ("full", "lora", "qlora", "dora", "adalora", "prompt_tuning", "peft"):
         assert f" {name} " in res.out, name
     assert "LilyConfig" in res.out and "MissConfig" in res.out
+
+
+@pytest.mark.parametrize("method, needles", [
+    ({"name": "lora", "target_modules": ["nope_proj"]}, ["[lora-r8-a16-n16-s0] method", "nope_proj", "not found"]),
+    ({"name": "lora", "r": 1000}, ["[lora-r1000-a16-n16-s0] method", "r=1000 is larger than layer", "use r <= 64"]),
+    ({"name": "llama_adapter", "adapter_layers": 5}, ["llama_adapter", "exceeds the model's 2 layers"]),
+])
+def test_method_model_mismatch_is_caught_before_any_run(tmp_path, method, needles):
+    base = tiny_base()
+    base["method"] = method  # replace, not merge: the base's lora options would not fit every method
+    path = write_experiment(tmp_path, "mismatch", base=base)
+    res = run_cli("run", str(path), "--results", str(tmp_path / "results"))
+    assert res.code == 2, res.out + res.err
+    assert str(path) in res.err and "Traceback" not in res.err
+    for needle in needles:
+        assert needle in res.err, (needle, res.err)
+    assert not (tmp_path / "results").exists() or run_dirs(tmp_path / "results" / "mismatch") == []

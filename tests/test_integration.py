@@ -7,7 +7,7 @@ import socket
 import pytest
 import yaml
 
-from conftest import expand_file, metric_lines, read_result, run_cli, run_dirs, tiny_base, write_experiment
+from conftest import PROJECT_ROOT, expand_file, metric_lines, read_result, run_cli, run_dirs, tiny_base, write_experiment
 from harness import store
 
 RESULT_KEYS = ["run_id", "experiment", "slug", "status", "error", "spec", "metrics", "env", "started_at",
@@ -136,3 +136,20 @@ def test_real_model_lora_learns(tmp_path):
     assert count == metrics["eval_tokens"]
     # measured: 3.26 after training vs 3.86 before (deterministic on CPU)
     assert metrics["eval_loss"] < base_loss - 0.1, (metrics["eval_loss"], base_loss, losses)
+
+
+def test_method_zoo_smoke_runs_every_method(tmp_path):
+    """experiments/method_zoo_smoke.yaml: every built-in method (and four through `peft`) ends `ok`."""
+    from harness.methods import METHODS
+
+    path = PROJECT_ROOT / "experiments" / "method_zoo_smoke.yaml"
+    specs = expand_file(path)
+    built_in = {n for n in METHODS.names() if METHODS.get(n).__module__.startswith("harness.methods.")}
+    assert {s.config.method.name for s in specs} == built_in
+    results = tmp_path / "results"
+    res = run_cli("run", str(path), "--results", str(results), "--workers", "2")
+    assert res.code == 0, res.out + res.err
+    for spec in specs:
+        result = read_result(results / "method_zoo_smoke" / spec.run_id)
+        assert result["status"] == "ok", (spec.slug, result["error"])
+        assert result["metrics"]["adapter_bytes"] > 0 and result["metrics"]["trainable_params"] > 0

@@ -34,6 +34,8 @@ TABLE = {
     "p_tuning": ({"num_virtual_tokens": 4}, r"^prompt_encoder\."),
     "llama_adapter": ({"adapter_len": 4, "adapter_layers": 1}, r"\.adaption_(prompt|gate)$"),
     "peft": ({"config": "LilyConfig", "r": 4, "target_modules": "all-linear"}, r"\.lily_"),
+    "adapter": ({"placement": "houlsby"}, r"\.adapter\."),
+    "compacter": ({}, r"\.adapter\."),
 }
 
 

@@ -37,6 +37,7 @@ class QIA3(IA3):
     name = "qia3"
     description = "(IA)^3 on a 4-bit NF4 base"
     requires_4bit = True
+    merges = False  # peft cannot merge IA3 vectors into 4-bit weights
 
 
 register(IA3)
