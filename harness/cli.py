@@ -47,10 +47,10 @@ def cmd_run(args) -> int:
     root = Path(args.results) if args.results else store.results_root()
     preflight.check(specs, file=str(path))
     if args.dry_run:
-        console.print(_grid_table(specs, root))
+        statuses = [store.status_of(store.run_dir(s.experiment, s.run_id, root)) for s in specs]
+        console.print(_grid_table(specs, statuses))
         counts = {}
-        for s in specs:
-            st = store.status_of(store.run_dir(s.experiment, s.run_id, root))
+        for st in statuses:
             counts[st] = counts.get(st, 0) + 1
         console.print(f"{len(specs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + " (dry run: nothing started)")
         return 0
@@ -66,17 +66,14 @@ def cmd_run(args) -> int:
     return 1 if bad else 0
 
 
-def _grid_table(specs, root) -> Table:
-    from harness import store
-
+def _grid_table(specs, statuses: list[str]) -> Table:
     axes = list(dict.fromkeys(k for s in specs for k in s.varied))
     table = Table(header_style="bold")
     for col in ("slug", "run id", *axes, "status"):
         table.add_column(col)
-    for s in specs:
-        status = store.status_of(store.run_dir(s.experiment, s.run_id, root))
-        status = {"ok": "done"}.get(status, status)
-        table.add_row(s.slug, s.run_id.rsplit("-", 1)[1], *[str(s.varied.get(a, "")) for a in axes], status)
+    for s, status in zip(specs, statuses):
+        table.add_row(s.slug, s.run_id.rsplit("-", 1)[1], *[str(s.varied.get(a, "")) for a in axes],
+                      {"ok": "done"}.get(status, status))
     return table
 
 
