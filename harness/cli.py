@@ -107,6 +107,8 @@ def cmd_show(args) -> int:
 
 
 def cmd_methods(args) -> int:
+    from rich.markup import escape
+
     from harness.methods import METHODS
     from harness.methods.generic import peft_config_classes
 
@@ -117,9 +119,11 @@ def cmd_methods(args) -> int:
         cls = METHODS.get(name)
         options = ", ".join(f"{k}={f.default!r}" if not f.is_required() else f"{k} (required)"
                             for k, f in cls.Options.model_fields.items())
+        stackable = cls.stack_role is not None  # a property on `peft`: depends on the config class
         notes = [n for n, on in (("4-bit base", cls.requires_4bit), ("merges", cls.merges),
-                                 ("padded batches", not cls.supports_packing)) if on]
-        table.add_row(name, cls.description, options or "–", ", ".join(notes))
+                                 ("padded batches", not cls.supports_packing),
+                                 ("not in stacks", not stackable and name != "stack")) if on]
+        table.add_row(name, escape(cls.description), escape(options) or "–", ", ".join(notes))
     console = _console()
     console.print(table)
     console.print("peft config classes for `method: {name: peft, config: CLASS, ...fields}`: "

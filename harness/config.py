@@ -10,7 +10,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.errors import ConfigError, allowed, did_you_mean
-from harness.methods import METHODS, Method, MethodOptions
+from harness.methods import METHODS
+from harness.methods.base import MethodCfg
 from harness.registry import UnknownName
 from harness.schema import Section, validate_section
 
@@ -80,24 +81,6 @@ class TrackingCfg(Section):
     tags: list[str] = []
 
 
-class MethodCfg(BaseModel):
-    """A method name plus that method's validated options."""
-
-    model_config = ConfigDict(frozen=True)
-    name: str
-    options: MethodOptions
-
-    @property
-    def cls(self) -> type[Method]:
-        return METHODS.get(self.name)
-
-    def build(self) -> Method:
-        return self.cls(self.options)
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, **self.options.model_dump()}
-
-
 SECTIONS: dict[str, type[Section]] = {
     "model": ModelCfg,
     "data": DataCfg,
@@ -133,7 +116,10 @@ class RunConfig(BaseModel):
 
 
 def normalize(section: str, value: Any) -> Any:
-    """Expand shorthands: `model: NAME`, `method: NAME`, `data: NAME`, `tracking: none`."""
+    """Expand shorthands: `model: NAME`, `method: NAME`, `method: [A, B]` (a stack), `data: NAME`,
+    `tracking: none`."""
+    if section == "method" and isinstance(value, list):
+        return {"name": "stack", "methods": value}
     if isinstance(value, str):
         if section in ("model", "method", "data"):
             return {"name": value}
@@ -169,7 +155,8 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
             problems.extend(exc.problems)
     method = None
     try:
-        method = _build_method(normalize("method", raw.get("method") or {"name": "lora"}), file=file, where=where)
+        method = _build_method(normalize("method", raw.get("method") or {"name": "lora"}), file=file,
+                               field=f"{where}method")
     except ConfigError as exc:
         problems.extend(exc.problems)
     seed = raw.get("seed", 0)
@@ -178,12 +165,13 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
     if problems:
         raise ConfigError(problems)
     model, train = sections["model"], sections["train"]
-    if not method.cls.supports_packing and train.packing:
+    built = method.build()  # a stack's flags come from its components
+    if not built.supports_packing and train.packing:
         # virtual tokens are prepended per sequence: a packed row would share one prompt
         sections["train"] = train.model_copy(update={"packing": False})
-    if method.cls.requires_4bit and not model.load_in_4bit:
+    if built.requires_4bit and not model.load_in_4bit:
         model = model.model_copy(update={"load_in_4bit": True})
-    if method.cls.forbids_4bit and model.load_in_4bit:
+    if built.forbids_4bit and model.load_in_4bit:
         raise ConfigError.one(
             file, f"{where}model.load_in_4bit",
             f"method `{method.name}` trains the base weights, which cannot be 4-bit; use qlora or set it false",
@@ -191,8 +179,7 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
     return RunConfig(model=model, method=method, seed=seed, **{k: v for k, v in sections.items() if k != "model"})
 
 
-def _build_method(data: Any, *, file: str, where: str) -> MethodCfg:
-    field = f"{where}method"
+def _build_method(data: Any, *, file: str, field: str) -> MethodCfg:
     if not isinstance(data, dict):
         raise ConfigError.one(file, field, f"must be a method name or a mapping with `name`, but got {data!r}")
     data = dict(data)
@@ -210,8 +197,34 @@ def _build_method(data: Any, *, file: str, where: str) -> MethodCfg:
                 f"option `{key}` does not belong to method `{name}`.{did_you_mean(key, names)} "
                 + (allowed(names) if names else f"Method `{name}` takes no options."),
             )
+    if name == "stack":
+        return _build_stack(data, file=file, field=field)
     options = validate_section(cls.Options, data, file=file, prefix=field)
     return MethodCfg(name=name, options=options)
+
+
+def _build_stack(data: dict, *, file: str, field: str) -> MethodCfg:
+    """Validate each method of a stack, then whether they can share one model."""
+    from harness.methods.stack import StackOptions, stack_problems
+
+    items = data.get("methods")
+    if not isinstance(items, list):
+        raise ConfigError.one(file, f"{field}.methods", f"must be a list of methods, but got {items!r}")
+    problems, components = [], []
+    for i, item in enumerate(items):
+        item = normalize("method", item)
+        if isinstance(item, dict) and item.get("name") == "stack":
+            problems.append((file, f"{field}.methods[{i}]", "stacks do not nest; list every method in one stack"))
+            continue
+        try:
+            components.append(_build_method(item, file=file, field=f"{field}.methods[{i}]"))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if not problems:
+        problems = [(file, f"{field}.methods{where}", reason) for where, reason in stack_problems(components)]
+    if problems:
+        raise ConfigError(problems)
+    return MethodCfg(name="stack", options=StackOptions(methods=tuple(components)))
 
 
 # --- experiment files -------------------------------------------------------------------------

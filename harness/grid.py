@@ -289,7 +289,7 @@ def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
             text = str(value).rstrip("/").split("/")[-1]
             parts.append(f"{last}{text}")
     parts.append(f"s{config.seed}")
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts))
 
 
 def make_spec(experiment: str, config: RunConfig, varied: dict[str, Any]) -> RunSpec:

@@ -159,6 +159,10 @@ def test_methods_lists_built_ins_and_peft_classes():
     ({"name": "lora", "target_modules": ["nope_proj"]}, ["[lora-r8-a16-n16-s0] method", "nope_proj", "not found"]),
     ({"name": "lora", "r": 1000}, ["[lora-r1000-a16-n16-s0] method", "r=1000 is larger than layer", "use r <= 64"]),
     ({"name": "llama_adapter", "adapter_layers": 5}, ["llama_adapter", "exceeds the model's 2 layers"]),
+    ({"name": "freeze", "modules": ["*nope*"]}, ["[freeze-m1-n16-s0] method", "`*nope*` matches no parameter"]),
+    ([{"name": "freeze", "layers": 3}, "ia3"], ["[freeze-top3+ia3-n16-s0] method", "exceeds the model's 2 decoder"]),
+    (["ia3", {"name": "lora", "r": 1000}], ["+lora-r1000", "r=1000 is larger than layer"]),
+    (["adalora", "ia3"], ["method.methods[0]", "cannot be combined", "rank allocator"]),
 ])
 def test_method_model_mismatch_is_caught_before_any_run(tmp_path, method, needles):
     base = tiny_base()

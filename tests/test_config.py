@@ -153,3 +153,48 @@ def test_yaml_is_loaded_safely(tmp_path):
     path.write_text("base: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError):
         load_experiment(path)
+
+
+# --- stacks: `method: [a, b]` --------------------------------------------------------------------
+
+def test_stack_shorthand_round_trips():
+    cfg = build_run_config({"method": ["ia3", {"name": "prompt_tuning", "num_virtual_tokens": 8}]}, file="x.yaml")
+    assert cfg.method.name == "stack"
+    assert [m.name for m in cfg.method.options.methods] == ["ia3", "prompt_tuning"]
+    assert cfg.train.packing is False  # a prompt method in the stack forces padded batches
+    as_dict = cfg.method.as_dict()
+    assert as_dict["methods"][1]["num_virtual_tokens"] == 8
+    assert build_run_config({"method": as_dict}, file="x.yaml") == cfg  # what the run child re-reads
+    assert cfg.method.build().slug() == "ia3+prompt_tuning-v8-text"
+
+
+def test_stack_takes_4bit_from_its_components():
+    assert build_run_config({"method": ["qlora", "ia3"]}, file="x.yaml").model.load_in_4bit is True
+
+
+@pytest.mark.parametrize("methods, field, message", [
+    (["lora"], "method.methods", "at least two"),
+    (["adalora", "prompt_tuning"], "method.methods[0]", "rank allocator"),
+    (["vera", "lora"], "method.methods[0]", "shared projections"),
+    (["full", "lora"], "method.methods[0]", "use `freeze`"),
+    (["prompt_tuning", "prefix_tuning"], "method.methods", "at most one prompt-learning"),
+    (["lora", "lora"], "method.methods", "appears twice"),
+    (["qlora", {"name": "freeze", "layers": 1}], "method.methods", "cannot be 4-bit"),
+    ([{"name": "peft", "config": "LoKrConfig"}, "lora", {"name": "peft", "config": "LoKrConfig", "r": 4}],
+     "method.methods", "`peft_lokr` appears twice"),
+    (["lora", ["ia3", "lora"]], "method.methods[1]", "do not nest"),
+    (["lora", "lorra"], "method.methods[1].name", "Did you mean"),
+    (["lora", {"name": "ia3", "r": 4}], "method.methods[1].r", "does not belong to method `ia3`"),
+    (["lora", {"name": "peft", "config": "PromptTuningConfig"}, "prefix_tuning"], "method.methods",
+     "at most one prompt-learning"),
+])
+def test_incompatible_stacks_are_config_errors(methods, field, message):
+    with pytest.raises(ConfigError) as info:
+        build_run_config({"method": methods}, file="x.yaml")
+    assert field in fields_of(info.value)
+    assert message in str(info.value)
+
+
+def test_freeze_needs_something_to_train():
+    with pytest.raises(ConfigError, match="nothing trains"):
+        build_run_config({"method": "freeze"}, file="x.yaml")

@@ -32,6 +32,8 @@ class AdaLora(PeftMethod):
     Options = AdaLoraOptions
     slug_fields = (("init_r", "r"), ("target_r", "t"))
     merges = True
+    stack_role = None
+    stack_note = "its rank allocator runs on peft's own wrapper at every optimizer step"
 
     def peft_config(self, model, ctx):
         from peft import AdaLoraConfig, TaskType

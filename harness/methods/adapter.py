@@ -89,6 +89,7 @@ class Adapter(Method):
     description = "bottleneck MLP (down, non-linearity, up) added to each decoder layer; base frozen"
     Options = AdapterOptions
     slug_fields = (("placement", ""), ("reduction_factor", "rf"))
+    stack_role = "modules"
 
     def check_shape(self, hidden: int, bottleneck: int) -> None:
         """Extra shape checks of a variant (compacter); raise ValueError naming the option."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict
+
 from harness.registry import Registry
 from harness.schema import Section
 
@@ -14,6 +16,12 @@ if TYPE_CHECKING:
 
 class MethodOptions(Section):
     """Options of a method; each method subclasses this with its own fields."""
+
+
+#: stack roles in the order a stack applies them: "weights" unfreezes existing weights (matched by
+#: their original names), "layers" injects peft layers in place, "modules" adds new modules (which an
+#: earlier `all-linear` must not target), "wrapper" wraps the whole model (peft prompt learning; at most one)
+STACK_ROLES = ("weights", "layers", "modules", "wrapper")
 
 
 class Method:
@@ -37,6 +45,10 @@ class Method:
     supports_packing: ClassVar[bool] = True
     #: (option, slug prefix) pairs that name a run, e.g. (("r", "r"), ("alpha", "a"))
     slug_fields: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: how the method combines with others in `method: [a, b]`, one of STACK_ROLES (applied in that
+    #: order) or None (cannot be stacked; `stack_note` says why)
+    stack_role: ClassVar[str | None] = None
+    stack_note: ClassVar[str] = "it has not been made stackable"
 
     def __init__(self, options: MethodOptions):
         self.options = options
@@ -44,6 +56,15 @@ class Method:
     def apply(self, model: "torch.nn.Module", ctx: Any) -> "torch.nn.Module":
         """Return the model to train (trainable parameters marked)."""
         raise NotImplementedError
+
+    @property
+    def stack_key(self) -> str:
+        """What may appear only once in a stack (also the peft adapter name there)."""
+        return self.name
+
+    def inject(self, model: "torch.nn.Module", ctx: Any) -> "torch.nn.Module":
+        """Apply as one component of a stack (see `stack_role`); the stack re-marks what trains."""
+        return self.apply(model, ctx)
 
     def optimizer(self, model: "torch.nn.Module", train_cfg: Any) -> "torch.optim.Optimizer | None":
         """A custom optimizer, or None to let the Trainer build its default."""
@@ -74,9 +95,76 @@ class Method:
         return "-".join(parts)
 
 
+class MethodCfg(BaseModel):
+    """A method name plus that method's validated options."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    options: MethodOptions
+
+    @property
+    def cls(self) -> type[Method]:
+        return METHODS.get(self.name)
+
+    def build(self) -> Method:
+        return self.cls(self.options)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, **self.options.model_dump()}
+
+
 METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Register a Method subclass under its `name` (call at the end of its module)."""
     return METHODS.register(cls.name, cls)
+
+
+# --- methods that save the parameters they train, by name (freeze, stack) -------------------------
+
+TRAINED_WEIGHTS = "trained.safetensors"
+TRAINED_CONFIG = "trained_config.json"
+
+
+def save_trained(model: "torch.nn.Module", out_dir: Path, config: dict) -> None:
+    """Write every trainable parameter under its name in `model` (safetensors) plus `config` as JSON.
+
+    Only what trains is written, so the artifact's bytes are the method's honest cost.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(weights, out_dir / TRAINED_WEIGHTS, metadata={"format": "pt"})
+    (out_dir / TRAINED_CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n")
+
+
+def load_trained(model: "torch.nn.Module", artifact_dir: Path, config: dict) -> "torch.nn.Module":
+    """Copy what `save_trained` wrote into `model`, which the same method was just applied to.
+
+    Raises:
+        ValueError: the folder was written by another method configuration, or its tensors are
+            not exactly the parameters this model trains.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    artifact_dir = Path(artifact_dir)
+    saved = json.loads((artifact_dir / TRAINED_CONFIG).read_text())
+    if saved != json.loads(json.dumps(config, default=str)):
+        raise ValueError(f"`{artifact_dir}` was saved by {saved}, not by {config}")
+    weights = load_file(str(artifact_dir / TRAINED_WEIGHTS))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != set(params):
+        raise ValueError(f"`{artifact_dir}` does not match the parameters this method trains: missing "
+                         f"{sorted(set(params) - set(weights))[:5]}, unexpected {sorted(set(weights) - set(params))[:5]}")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(weights[name])
+    return model

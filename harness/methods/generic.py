@@ -55,6 +55,26 @@ class GenericPeft(PeftMethod):
     description = "any peft config class by name; its fields are the options"
     Options = GenericPeftOptions
 
+    @property
+    def stack_role(self):  # depends on the config class
+        import peft
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+
+        cls = peft_config_classes()[self.options.config]
+        if issubclass(cls, peft.PromptLearningConfig):
+            return "wrapper"
+        peft_type = next((t for t, c in PEFT_TYPE_TO_CONFIG_MAPPING.items() if c is cls), None)
+        tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type)
+        return "layers" if tuner is not None and not tuner.uses_shared_state else None
+
+    @property
+    def stack_key(self):
+        return f"peft_{self.options.config.removesuffix('Config').lower()}"
+
+    @property
+    def stack_note(self):
+        return f"peft cannot inject {self.options.config} in place next to other methods"
+
     def peft_config(self, model, ctx):
         from peft import TaskType
 

@@ -19,6 +19,8 @@ class LlamaAdapter(PeftMethod):
     Options = LlamaAdapterOptions
     slug_fields = (("adapter_len", "len"), ("adapter_layers", "L"))
     supports_packing = False
+    stack_role = None
+    stack_note = "peft's AdaptionPrompt replaces attention modules through its own wrapper only"
 
     def peft_config(self, model, ctx):
         from peft import AdaptionPromptConfig, TaskType

@@ -51,6 +51,8 @@ class TargetedOptions(MethodOptions):
 class PeftMethod(Method):
     """A method whose trainable model is `peft.get_peft_model(model, self.peft_config(model, ctx))`."""
 
+    stack_role = "layers"
+
     def peft_config(self, model, ctx: Any):
         """The peft config for this run (task type CAUSAL_LM)."""
         raise NotImplementedError
@@ -63,3 +65,13 @@ class PeftMethod(Method):
                 model, use_gradient_checkpointing=ctx.spec.train.gradient_checkpointing
             )
         return get_peft_model(model, self.peft_config(model, ctx))
+
+    def inject(self, model, ctx):
+        """In a stack: peft layers injected in place under the method's name (so several peft
+        methods share one model), or, for prompt learning, the usual peft wrapper."""
+        from peft import get_peft_model, inject_adapter_in_model
+
+        config = self.peft_config(model, ctx)
+        if config.is_prompt_learning:
+            return get_peft_model(model, config)
+        return inject_adapter_in_model(config, model, adapter_name=self.stack_key)

@@ -33,6 +33,7 @@ class PromptTuning(PeftMethod):
     Options = PromptTuningOptions
     slug_fields = (("num_virtual_tokens", "v"), ("init", ""))
     supports_packing = False
+    stack_role = "wrapper"
 
     def peft_config(self, model, ctx):
         from peft import PromptTuningConfig, PromptTuningInit, TaskType
@@ -58,6 +59,7 @@ class PrefixTuning(PeftMethod):
     Options = PrefixTuningOptions
     slug_fields = (("num_virtual_tokens", "v"),)
     supports_packing = False
+    stack_role = "wrapper"
 
     def peft_config(self, model, ctx):
         from peft import PrefixTuningConfig, TaskType
@@ -81,6 +83,7 @@ class PTuning(PeftMethod):
     Options = PTuningOptions
     slug_fields = (("num_virtual_tokens", "v"), ("encoder", ""))
     supports_packing = False
+    stack_role = "wrapper"
 
     def peft_config(self, model, ctx):
         from peft import PromptEncoderConfig, PromptEncoderReparameterizationType, TaskType

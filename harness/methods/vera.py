@@ -21,6 +21,8 @@ class Vera(PeftMethod):
     Options = VeraOptions
     slug_fields = (("r", "r"),)
     merges = True
+    stack_role = None
+    stack_note = "peft keeps VeRA's shared projections on its wrapper and cannot inject them in place"
 
     def peft_config(self, model, ctx):
         from peft import TaskType, VeraConfig
