@@ -2,7 +2,9 @@
 
 1. grid expansion: points per second for a 1,200-point grid (pure Python, no model);
 2. padding-free packing vs padding: real tokens per second of LoRA training steps on the model
-   given by --model (default smollm2-135m) with chatterbot batches.
+   given by --model (default smollm2-135m) with chatterbot batches;
+3. AdapterDrop: forward (inference) and forward+backward (training) time of Houlsby adapters
+   with the lowest k layers' adapters dropped, against the base model and k = 0.
 """
 
 from __future__ import annotations
@@ -72,14 +74,78 @@ def bench_packing(model_name: str, steps: int, batch: int) -> None:
               f"({computed} tokens computed for {real} real, {steps} steps of {batch}, {elapsed:.1f} s)")
 
 
+def _median_ms(fn, repeats: int) -> float:
+    import statistics
+
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def bench_adapterdrop(model_name: str, drops: list[int], repeats: int) -> None:
+    import copy
+
+    import torch
+
+    from harness import models
+    from harness.config import ModelCfg
+    from harness.methods import METHODS
+
+    torch.manual_seed(0)
+    base, tok = models.load(ModelCfg(name=model_name), "cpu")
+    n_layers = base.config.num_hidden_layers
+    ids = torch.randint(0, base.config.vocab_size, (4, 128))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    adapter = METHODS.get("adapter")
+
+    def infer(model):
+        with torch.inference_mode():
+            model(input_ids=ids, attention_mask=batch["attention_mask"])
+
+    def train_step(model):
+        model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    print(f"AdapterDrop on {model_name} ({n_layers} layers), Houlsby adapters, batch 4 x 128 tokens, "
+          f"median of {repeats}:")
+    for _ in range(3):  # the first forwards of a process are slow (allocator, thread pool): not the base's fault
+        infer(base)
+    rows = [("base model, full FT step", base)]
+    for k in drops:
+        rows.append((f"adapterdrop={k:<3d}", adapter(adapter.Options(placement="houlsby", adapterdrop=k)).apply(
+            copy.deepcopy(base), None)))
+    reference = None
+    for label, model in rows:
+        model.train()
+        fwd, step = _median_ms(lambda: infer(model), repeats), None
+        if any(p.requires_grad for p in model.parameters()):
+            step = _median_ms(lambda: train_step(model), repeats)
+        if label.startswith("adapterdrop=0 "):
+            reference = (fwd, step)
+        speedup = f"  ({reference[0] / fwd:.2f}x forward, {reference[1] / step:.2f}x step vs k=0)" if (
+            reference and step and not label.startswith("adapterdrop=0 ")) else ""
+        print(f"  {label:26s} forward {fwd:7.1f} ms" + (f"   train step {step:7.1f} ms" if step else "") + speedup)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--drops", default="0,10,20", help="AdapterDrop k values (comma-separated)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", choices=["grid", "packing", "adapterdrop"], help="run one benchmark")
     args = parser.parse_args()
-    bench_grid()
-    bench_packing(args.model, args.steps, args.batch)
+    if args.only in (None, "grid"):
+        bench_grid()
+    if args.only in (None, "packing"):
+        bench_packing(args.model, args.steps, args.batch)
+    if args.only in (None, "adapterdrop"):
+        bench_adapterdrop(args.model, [int(k) for k in args.drops.split(",")], args.repeats)
 
 
 if __name__ == "__main__":
