@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -32,7 +33,7 @@ def _experiment_path(name: str) -> Path:
 def cmd_run(args) -> int:
     from harness import preflight, store
     from harness.config import load_experiment
-    from harness.grid import budget_confounds, expand
+    from harness.grid import budget_confounds, expand, with_references
     from harness.plugins import import_plugins
     from harness.report.table import runs_table
 
@@ -44,6 +45,7 @@ def cmd_run(args) -> int:
     for key in budget_confounds(specs):
         console.print(f"[yellow]warning:[/] `{key}` differs between methods in this grid: "
                       "their results are not like for like")
+    specs = with_references(specs)  # the untouched base, scored once, when runs score tasks
     root = Path(args.results) if args.results else store.results_root()
     preflight.check(specs, file=str(path))
     if args.dry_run:
@@ -58,7 +60,11 @@ def cmd_run(args) -> int:
 
     executor = LocalExecutor(workers=args.workers, force=args.force, retry_failed=args.retry_failed, root=root,
                              console=_console(stderr=True))
-    results = executor.run(specs, plugins=experiment.plugins, experiment_dir=str(path.parent.resolve()))
+    # reference rows first: the runs read their general_ppl for the forgetting figures
+    phases = [[s for s in specs if s.config.method.name == "none" and s.reference is None],
+              [s for s in specs if not (s.config.method.name == "none" and s.reference is None)]]
+    results = [r for phase in phases if phase
+               for r in executor.run(phase, plugins=experiment.plugins, experiment_dir=str(path.parent.resolve()))]
     console.print(runs_table(results, title=f"{experiment.name}: {len(results)} runs"))
     bad = [r for r in results if r is None or r["status"] != "ok"]
     if bad:
@@ -131,6 +137,50 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from harness import store
+    from harness.preflight import check_tasks
+    from harness.rescore import score_runs
+
+    root = Path(args.results) if args.results else store.results_root()
+    experiment = _experiment_name(args.experiment)
+    if not store.iter_results(experiment, root):
+        print(f"no finished runs for experiment `{experiment}` under {root}", file=sys.stderr)
+        return 2
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    if args.limit is not None and args.limit >= 1:
+        args.limit = int(args.limit)  # lm-eval: < 1 is a fraction, otherwise a count
+    if tasks:
+        problems = check_tasks(tasks, file="--tasks")
+        if problems:
+            raise ConfigError(problems)
+    console = _console()
+    t0 = time.perf_counter()
+    summary = score_runs(experiment, root=root, tasks=tasks, limit=args.limit, num_fewshot=args.num_fewshot,
+                         batch_size=args.batch_size, force=args.force, log=console.print)
+    runs = len({run for run, _ in summary.scored})
+    for run, reason in summary.skipped:
+        console.print(f"[yellow]skipped[/] {run}: {reason}")
+    if not summary.scored:
+        console.print("nothing to score: every finished run has the requested task scores (use --force to redo)")
+        return 0
+    one = summary.load_s[0] if summary.load_s else 0.0
+    console.print(f"scored {len(summary.scored)} (run, task) pairs of {runs} runs in {time.perf_counter() - t0:.1f} s "
+                  f"on {summary.base_loads} base load(s) of {one:.1f} s; loading the base once per run would "
+                  f"have cost about {summary.saved_s(runs):.1f} s more")
+    return 0
+
+
+def _experiment_name(experiment: str) -> str:
+    """`EXP` may be a name, `experiments/NAME.yaml` or a path: the results folder is the file's name."""
+    path = Path(experiment)
+    if path.suffix in (".yaml", ".yml"):
+        from harness.config import load_experiment
+
+        return load_experiment(path).name if path.is_file() else path.stem
+    return experiment
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftbench", description="Benchmark LLM fine-tuning methods.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
     methods = sub.add_parser("methods", help="list built-in methods and the peft config classes available")
     methods.set_defaults(func=cmd_methods)
+    ev = sub.add_parser("eval", help="score finished runs on tasks they lack, loading each base model once")
+    ev.add_argument("experiment", help="experiment name (its results folder) or experiments/NAME.yaml")
+    ev.add_argument("--tasks", help="comma-separated task names (default: each run's eval.tasks)")
+    ev.add_argument("--limit", type=float, default=None, help="documents per task (a fraction if < 1)")
+    ev.add_argument("--num-fewshot", type=int, default=None)
+    ev.add_argument("--batch-size", type=int, default=None, help="default: each run's eval.batch_size")
+    ev.add_argument("--force", action="store_true", help="rescore cached task scores too")
+    ev.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.errors import ConfigError, allowed, did_you_mean
 from harness.methods import METHODS
@@ -69,9 +69,20 @@ class TrainCfg(Section):
 class EvalCfg(Section):
     every_steps: int | None = Field(None, gt=0, description="periodic validation loss; None: only at the end")
     batch_size: int = Field(8, gt=0)
+    tasks: list[str] = Field([], description="lm-eval task names or built-in tasks (chatterbot_mc, polarity, "
+                                             "aclsum_sum, general_ppl), scored after training")
+    limit: int | float | None = Field(None, gt=0, description="documents per task (a fraction if < 1); None: all")
+    num_fewshot: int | None = Field(None, ge=0, description="None: each task's own default")
     latency: bool = True
     latency_prompts: int = Field(4, gt=0)
     latency_new_tokens: int = Field(16, ge=2)
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_tasks(cls, tasks):
+        if any(not t.strip() for t in tasks) or len(set(tasks)) != len(tasks):
+            raise ValueError(f"`tasks` must be distinct, non-empty task names, but got {tasks}")
+        return tasks
 
 
 class TrackingCfg(Section):

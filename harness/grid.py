@@ -37,10 +37,13 @@ class RunSpec:
     slug: str
     config: RunConfig
     varied: dict[str, Any] = field(default_factory=dict)
+    #: run id of the untouched-base reference row this run's forgetting is measured against
+    reference: str | None = None
 
     def as_dict(self) -> dict:
+        extra = {"reference": self.reference} if self.reference else {}
         return {"experiment": self.experiment, "run_id": self.run_id, "slug": self.slug,
-                "varied": self.varied, **self.config.as_dict()}
+                "varied": self.varied, **extra, **self.config.as_dict()}
 
 
 # --- dotted access ------------------------------------------------------------------------------
@@ -267,7 +270,15 @@ def _drop_key(axis: Axis, key: str) -> Axis:
 
 def spec_hash(config: RunConfig) -> str:
     """Stable short hash of everything that affects a run's result (tracking excluded)."""
+    from harness.data import DATASETS
+
     payload = {k: v for k, v in config.as_dict().items() if k != "tracking"}
+    if config.data.name in DATASETS:
+        payload["data_version"] = DATASETS.get(config.data.name).version
+    if config.eval.tasks:  # a new version of a built-in task is a new run
+        from harness.tasks.base import versions
+
+        payload["task_versions"] = versions(config.eval.tasks)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -318,3 +329,36 @@ def budget_confounds(specs: list[RunSpec]) -> list[str]:
         return []
     methods = list(per_method.values())
     return [key for key in BUDGET_KEYS if any(m[key] != methods[0][key] for m in methods[1:])]
+
+
+def reference_config(config: RunConfig) -> RunConfig:
+    """The untouched-base twin of a run: same model, data (whole pool), eval and tracking;
+    method `none`, default training (it does not train), seed 0."""
+    from harness.config import TrainCfg
+    from harness.methods.base import MethodCfg
+
+    none = MethodCfg(name="none", options=METHODS.get("none").Options())
+    return config.model_copy(update={"method": none, "seed": 0, "train": TrainCfg(),
+                                     "data": config.data.model_copy(update={"n_train": None})})
+
+
+def with_references(specs: list[RunSpec]) -> list[RunSpec]:
+    """Put the reference rows first: one `method: none` run per distinct (model, data, eval) of
+    the runs that score tasks, each run pointing at its own."""
+    refs: dict[str, RunSpec] = {}
+    out = []
+    for spec in specs:
+        if not spec.config.eval.tasks:
+            out.append(spec)
+            continue
+        ref_config = reference_config(spec.config)
+        ref_id = f"base-{spec_hash(ref_config)}"
+        if ref_id not in refs:
+            slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"base-{spec.config.model.name.rstrip('/').split('/')[-1]}")
+            refs[ref_id] = RunSpec(experiment=spec.experiment, run_id=f"{slug}-{ref_id.split('-')[1]}", slug=slug,
+                                   config=ref_config)
+        ref = refs[ref_id]
+        out.append(spec if spec.run_id == ref.run_id else
+                   RunSpec(spec.experiment, spec.run_id, spec.slug, spec.config, spec.varied, reference=ref.run_id))
+    ref_ids = {r.run_id for r in refs.values()}
+    return list(refs.values()) + [s for s in out if s.run_id not in ref_ids]

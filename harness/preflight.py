@@ -42,6 +42,7 @@ def check(specs, *, file: str) -> None:
         except KeyError as exc:  # unknown dataset name
             problems.append((file, "data.name", str(exc)))
     problems.extend(p for p in check_methods(specs, file=file) if p not in problems)
+    problems.extend(check_tasks(sorted({t for s in specs for t in s.config.eval.tasks}), file=file))
     if problems:
         raise ConfigError(problems)
 
@@ -119,3 +120,41 @@ def _rank_too_large(model) -> str | None:
                 if rank > width:
                     return f"r={rank} is larger than layer `{name}` ({width} wide): use r <= {width}"
     return None
+
+
+def check_tasks(names: list[str], *, file: str) -> list[tuple[str, str, str]]:
+    """Build our local tasks; check that every other name is an lm-eval task whose data can be
+    fetched now (offline, a hub task fails here, before any training, not after)."""
+    if not names:
+        return []
+    from harness.errors import did_you_mean
+    from harness.tasks import LOCAL_TASKS, task_dir
+
+    built_in = f"built-in tasks (no network needed): {', '.join(LOCAL_TASKS.names())}"
+    problems = []
+    for name in [n for n in names if n in LOCAL_TASKS]:
+        try:
+            task_dir(name)
+        except (OSError, ValueError, KeyError) as exc:
+            problems.append((file, "eval.tasks", f"cannot build task `{name}`: {exc}"))
+    others = [n for n in names if n not in LOCAL_TASKS]
+    if not others:
+        return problems
+    import logging
+
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm-eval").setLevel(logging.ERROR)
+    manager = TaskManager()
+    for name in others:
+        if name not in manager.all_tasks:
+            problems.append((file, "eval.tasks", f"unknown task `{name}`.{did_you_mean(name, list(LOCAL_TASKS.names()))} "
+                                                 f"{built_in}; or any of lm-eval's {len(manager.all_tasks)} tasks"))
+            continue
+        try:
+            manager.load([name])  # fetches the task's data set (cached by `datasets` for the runs)
+        except Exception as exc:  # offline, gated, renamed: whatever `datasets` raises, the task is unusable
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            problems.append((file, "eval.tasks", f"the data of lm-eval task `{name}` cannot be fetched "
+                                                 f"(offline or no access to the HF hub: {reason}); {built_in}"))
+    return problems

@@ -17,15 +17,15 @@ from harness.evaluate import perplexity, token_loss
 from harness.measure import LATENCY_PROMPTS, PeakMemory, count_params, dir_bytes, latency, percentile
 
 
-def train_and_measure(spec, run_dir: Path, metrics: dict, tracker) -> str:
+def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Path | None = None) -> str:
     """Run one fine-tuning job, filling `metrics` as each figure is measured. Returns the device.
 
+    `reference` is the result folder of the untouched-base row, for the forgetting figures.
     Metrics already filled survive an exception, so a failed run still reports what it got to.
     """
     import transformers
 
     from harness.run import RunContext
-    from harness.train import MetricsLog, PeriodicEval, TrainStats, build_trainer, training_args
 
     transformers.set_seed(spec.seed)
     device = models.pick_device()
@@ -45,6 +45,45 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker) -> str:
                    trainable_params_peft=peft_trainable_params(model))
 
     collator = make_collator(tokenizer, spec.train.packing)
+    if method.trains:
+        _train(spec, model, method, ctx, train_set, val_set, collator, run_dir, metrics, tracker)
+
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        eval_loss, eval_tokens = token_loss(model, val_set, collator, spec.eval.batch_size, device)
+        metrics["eval_s"] = round(time.perf_counter() - t0, 3)
+    metrics.update(eval_loss=eval_loss, eval_ppl=perplexity(eval_loss), eval_tokens=eval_tokens,
+                   peak_mem_eval_mb=round(mem.peak_mb, 1))
+
+    if spec.eval.tasks:
+        _score_tasks(spec, model, tokenizer, metrics, reference)
+
+    prompts = [prompt_text(tokenizer, p, spec.data) for p in LATENCY_PROMPTS[: spec.eval.latency_prompts]]
+    if spec.eval.latency:
+        prefill, decode = latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device)
+        metrics.update(infer_prefill_ms=prefill, infer_decode_ms_per_token=decode)
+
+    metrics["adapter_bytes"] = _save(method, model, run_dir, spec.train.save_weights)
+    if method.merges and hasattr(model, "merge_and_unload"):
+        # "no extra inference latency once merged" is a claim users check: measure it
+        t0 = time.perf_counter()
+        try:
+            model = model.merge_and_unload()
+        except (ValueError, NotImplementedError, RuntimeError) as exc:  # an extra figure must not cost the run
+            logging.getLogger("ftbench").warning("could not merge %s: %s", spec.method.name, exc)
+            return device
+        metrics["merge_s"] = round(time.perf_counter() - t0, 3)
+        if spec.eval.latency:
+            prefill, decode = latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device)
+            metrics.update(infer_prefill_ms_merged=prefill, infer_decode_ms_per_token_merged=decode)
+    return device
+
+
+def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path, metrics: dict, tracker) -> None:
+    """The Trainer part of the recipe: train with the run's callbacks and record the training figures."""
+    from harness.train import MetricsLog, PeriodicEval, TrainStats, build_trainer, training_args
+
+    device = ctx.device
     metrics_path = run_dir / "metrics.jsonl"
     stats = TrainStats()
     callbacks = [MetricsLog(metrics_path, tracker, stats), *method.callbacks(ctx)]
@@ -68,32 +107,28 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker) -> str:
     metrics["step_ms_p50"] = percentile(stats.step_ms, 50)
     metrics["step_ms_p90"] = percentile(stats.step_ms, 90)
 
-    with PeakMemory(device) as mem:
-        t0 = time.perf_counter()
-        eval_loss, eval_tokens = token_loss(model, val_set, collator, spec.eval.batch_size, device)
-        metrics["eval_s"] = round(time.perf_counter() - t0, 3)
-    metrics.update(eval_loss=eval_loss, eval_ppl=perplexity(eval_loss), eval_tokens=eval_tokens,
-                   peak_mem_eval_mb=round(mem.peak_mb, 1))
 
-    prompts = [prompt_text(tokenizer, p, spec.data) for p in LATENCY_PROMPTS[: spec.eval.latency_prompts]]
-    if spec.eval.latency:
-        prefill, decode = latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device)
-        metrics.update(infer_prefill_ms=prefill, infer_decode_ms_per_token=decode)
+def _score_tasks(spec, model, tokenizer, metrics: dict, reference: Path | None) -> None:
+    """lm-eval task scores, and forgetting against the reference row when it scored general_ppl."""
+    from harness import store
+    from harness.lmeval import score
 
-    metrics["adapter_bytes"] = _save(method, model, run_dir, spec.train.save_weights)
-    if method.merges and hasattr(model, "merge_and_unload"):
-        # "no extra inference latency once merged" is a claim users check: measure it
-        t0 = time.perf_counter()
-        try:
-            model = model.merge_and_unload()
-        except (ValueError, NotImplementedError, RuntimeError) as exc:  # an extra figure must not cost the run
-            logging.getLogger("ftbench").warning("could not merge %s: %s", spec.method.name, exc)
-            return device
-        metrics["merge_s"] = round(time.perf_counter() - t0, 3)
-        if spec.eval.latency:
-            prefill, decode = latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device)
-            metrics.update(infer_prefill_ms_merged=prefill, infer_decode_ms_per_token_merged=decode)
-    return device
+    scores, seconds = score(model, tokenizer, spec.eval.tasks, limit=spec.eval.limit,
+                            num_fewshot=spec.eval.num_fewshot, batch_size=spec.eval.batch_size, seed=spec.seed)
+    metrics.update(scores)
+    metrics["task_eval_s"] = round(seconds, 3)
+    base = store.read_result(reference) if reference is not None else None
+    if base is not None:
+        metrics.update(forgetting(metrics, base.get("metrics") or {}))
+
+
+def forgetting(metrics: dict, base: dict) -> dict:
+    """`forgetting_ppl_delta` (run − base word perplexity on general_ppl) and the same in %."""
+    key = "task.general_ppl.word_perplexity"
+    run_ppl, base_ppl = metrics.get(key), base.get(key)
+    if run_ppl is None or base_ppl is None:
+        return {}
+    return {"forgetting_ppl_delta": run_ppl - base_ppl, "forgetting_ppl_pct": 100 * (run_ppl - base_ppl) / base_ppl}
 
 
 def peft_trainable_params(model) -> int | None:

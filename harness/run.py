@@ -82,13 +82,20 @@ def execute(run_dir: Path) -> dict:
                                  method=spec.method.name, spec=raw)
         from harness.recipe import train_and_measure
 
-        device = train_and_measure(spec, run_dir, metrics, tracker)
+        reference = run_dir.parent / raw["reference"] if raw.get("reference") else None
+        device = train_and_measure(spec, run_dir, metrics, tracker, reference=reference)
     except Exception as exc:  # every failure is recorded and the sweep goes on
         status, error = classify(exc), error_record(exc)
         logging.getLogger("ftbench").error("run %s: %s", status, error["traceback_tail"])
     metrics["wall_s"] = round(time.perf_counter() - wall0, 3)
-    result = store.make_result(raw, status=status, error=error, metrics=metrics,
-                               env=_env(device), started_at=started, finished_at=now())
+    task_meta = {}
+    if status == "ok":
+        from harness.rescore import task_key
+
+        task_meta = {t: task_key(t, spec.eval.limit, spec.eval.num_fewshot) for t in spec.eval.tasks
+                     if any(k.startswith(f"task.{t}.") for k in metrics)}
+    result = store.make_result(raw, status=status, error=error, metrics=metrics, env=_env(device),
+                               started_at=started, finished_at=now(), task_meta=task_meta)
     if tracker is not None:
         try:
             tracker.summary(metrics)

@@ -24,6 +24,7 @@ METRIC_KEYS = [
 #: keys added after the first contract: always present, null where they do not apply to a method
 OPTIONAL_METRIC_KEYS = [
     "eval_tokens", "trainable_params_peft", "merge_s", "infer_prefill_ms_merged", "infer_decode_ms_per_token_merged",
+    "task_eval_s", "forgetting_ppl_delta", "forgetting_ppl_pct",
 ]
 STATUSES = ("ok", "failed", "oom", "diverged")
 
@@ -187,7 +188,7 @@ def load(experiment: str, root: Path | None = None):
 
 
 def make_result(spec: dict, *, status: str, error: dict | None, metrics: dict, env: dict,
-                started_at: str | None, finished_at: str | None) -> dict:
+                started_at: str | None, finished_at: str | None, task_meta: dict | None = None) -> dict:
     """A result.json record with every contract key present (metrics missing → null)."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, but got status={status!r}")
@@ -196,4 +197,6 @@ def make_result(spec: dict, *, status: str, error: dict | None, metrics: dict, e
         "status": status, "error": error, "spec": spec,
         "metrics": {**{key: None for key in METRIC_KEYS + OPTIONAL_METRIC_KEYS}, **metrics},
         "env": env, "started_at": started_at, "finished_at": finished_at,
+        # task → {version, limit, num_fewshot} its `task.<task>.*` scores were computed with
+        "task_meta": task_meta or {},
     }

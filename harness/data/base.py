@@ -23,6 +23,8 @@ class Dataset:
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    #: bump when the records a config yields change: runs on the old records get new run ids
+    version: ClassVar[int] = 1
 
     def records(self, cfg) -> list[dict[str, Any]]:
         """All records with `prompt` and `response` keys (other keys are kept, e.g. `topic`).

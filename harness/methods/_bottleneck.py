@@ -84,4 +84,15 @@ def attach(block: nn.Module, adapter: Bottleneck, parallel: bool, device, dtype)
     """Register `adapter` as `block.adapter` (so its weights are the model's parameters) and hook it in."""
     adapter.to(device=device, dtype=dtype)
     setattr(block, ATTR, adapter)
-    block.register_forward_hook(adapter.parallel_hook if parallel else adapter.serial_hook, with_kwargs=True)
+    # kept outside the module's attributes so it is not a submodule; `detach` removes the hook
+    object.__setattr__(adapter, "hook_handle",
+                       block.register_forward_hook(adapter.parallel_hook if parallel else adapter.serial_hook,
+                                                   with_kwargs=True))
+
+
+def detach(block: nn.Module) -> None:
+    """Undo `attach`: the block computes exactly what it did before."""
+    adapter = getattr(block, ATTR, None)
+    if adapter is not None:
+        adapter.hook_handle.remove()
+        delattr(block, ATTR)

@@ -148,6 +148,14 @@ class Adapter(Method):
         }
         (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
+    def unload(self, model):
+        from harness.methods import _bottleneck
+
+        for layer in decoder_layers(model):
+            _bottleneck.detach(layer.self_attn)
+            _bottleneck.detach(layer.mlp)
+        return model
+
     def load(self, base_model, artifact_dir: Path, ctx):
         """Re-apply the saved options to `base_model` and copy the saved adapter weights in.
 

@@ -43,6 +43,8 @@ class Method:
     merges: ClassVar[bool] = False
     #: works with padding-free packed batches (prompt-prepending methods do not)
     supports_packing: ClassVar[bool] = True
+    #: False for `none`: the run only evaluates the model as loaded (a reference row)
+    trains: ClassVar[bool] = True
     #: (option, slug prefix) pairs that name a run, e.g. (("r", "r"), ("alpha", "a"))
     slug_fields: ClassVar[tuple[tuple[str, str], ...]] = ()
     #: how the method combines with others in `method: [a, b]`, one of STACK_ROLES (applied in that
@@ -86,6 +88,11 @@ class Method:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base_model, str(artifact_dir))
+
+    def unload(self, model: "torch.nn.Module") -> "torch.nn.Module | None":
+        """Undo `load` on the shared base model (for scoring many runs on one base load); None when
+        this method cannot, and the caller reloads the base."""
+        return None
 
     def slug(self) -> str:
         parts = [self.name]

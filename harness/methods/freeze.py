@@ -55,7 +55,19 @@ class Freeze(Method):
 
     def load(self, base_model, artifact_dir, ctx):
         model = type(self)(self.options).apply(base_model, ctx)
+        # the trained values overwrite base weights: keep the originals so `unload` can restore them
+        self._originals = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         return load_trained(model, artifact_dir, {"method": self.name, "options": self.options.model_dump()})
+
+    def unload(self, model):
+        import torch
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in getattr(self, "_originals", {}).items():
+                params[name].copy_(value)
+        self._originals = {}
+        return model
 
     def slug(self) -> str:
         o = self.options

@@ -1,0 +1,59 @@
+"""`aclsum_sum`: summarize an ACL paper abstract (generate_until → ROUGE-L F1), from the test
+split of the `aclsum` package (100 papers); the summary is its challenge, approach and outcome."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from harness.tasks.base import LocalTask, function_ref, register
+
+METRIC_MODULE = '''"""ROUGE-L F1 for ftbench's aclsum_sum task (written by harness/tasks/aclsum_sum.py)."""
+from rouge_score import rouge_scorer
+
+_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def process_results(doc, results):
+    return {"rougeL": _SCORER.score(doc["summary"], results[0].strip())["rougeL"].fmeasure}
+'''
+
+
+def aclsum_file(split: str) -> Path:
+    spec = importlib.util.find_spec("aclsum")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the `aclsum` package is not installed: run `make install`")
+    return Path(spec.submodule_search_locations[0]) / "dataset" / f"{split}.jsonl"
+
+
+class AclsumSum(LocalTask):
+    name = "aclsum_sum"
+    version = 1
+    description = "summarize ACL abstracts (aclsum test split, 100 papers): ROUGE-L F1"
+    primary_metric = "rougeL"
+
+    def documents(self):
+        docs = []
+        for line in aclsum_file("test").read_text(encoding="utf-8").splitlines():
+            paper = json.loads(line)
+            abstract = " ".join(paper["sentences"]["abstract"])
+            summary = " ".join(paper["summary"][k] for k in ("challenge", "approach", "outcome"))
+            docs.append({"id": paper["id"], "abstract": abstract, "summary": summary})
+        return docs
+
+    def spec(self, data_file):
+        return {
+            "output_type": "generate_until",
+            "doc_to_text": "Abstract: {{abstract}}\nSummarize the paper in two sentences.\nSummary:",
+            "doc_to_target": "{{summary}}",
+            "process_results": function_ref("aclsum_metric.process_results"),
+            "generation_kwargs": {"until": ["\n\n"], "max_gen_toks": 64, "do_sample": False},
+            "metric_list": [{"metric": "rougeL", "aggregation": "mean", "higher_is_better": True}],
+        }
+
+    def extra_files(self):
+        return {"aclsum_metric.py": METRIC_MODULE}
+
+
+register(AclsumSum)

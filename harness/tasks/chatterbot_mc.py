@@ -1,0 +1,54 @@
+"""`chatterbot_mc`: answer a held-out chatterbot question by picking the right reply among four
+drawn from the same topic (multiple choice → acc, acc_norm). Its questions never appear in any
+split of the `chatterbot` dataset (see harness.data.chatterbot.heldout_questions)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from harness.tasks.base import LocalTask, register
+
+
+class ChatterbotMC(LocalTask):
+    name = "chatterbot_mc"
+    version = 1
+    description = "held-out chatterbot questions, the right reply among 4 from the same topic (acc, acc_norm)"
+    primary_metric = "acc"
+
+    def documents(self):
+        from harness.data.chatterbot import _key, all_pairs, heldout_questions
+
+        pairs = all_pairs()
+        heldout = heldout_questions(pairs)
+        replies: dict[str, list[str]] = {}
+        for pair in pairs:
+            topic_replies = replies.setdefault(pair["topic"], [])
+            if pair["response"] not in topic_replies:
+                topic_replies.append(pair["response"])
+        docs = []
+        for pair in pairs:
+            if _key(pair["prompt"]) not in heldout:
+                continue
+            others = [r for r in replies[pair["topic"]] if r != pair["response"]]
+            if len(others) < 3:
+                continue
+            rng = random.Random(hashlib.sha256(pair["prompt"].encode()).hexdigest())
+            choices = rng.sample(others, 3)
+            gold = rng.randrange(4)
+            choices.insert(gold, pair["response"])
+            docs.append({"question": pair["prompt"], "choices": choices, "gold": gold, "topic": pair["topic"]})
+        return docs
+
+    def spec(self, data_file):
+        return {
+            "output_type": "multiple_choice",
+            "doc_to_text": "Question: {{question}}\nAnswer:",
+            "doc_to_choice": "choices",
+            "doc_to_target": "gold",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+        }
+
+
+register(ChatterbotMC)
