@@ -11,7 +11,7 @@ from conftest import PROJECT_ROOT, expand_file, metric_lines, read_result, run_c
 from harness import store
 
 RESULT_KEYS = ["run_id", "experiment", "slug", "status", "error", "spec", "metrics", "env", "started_at",
-               "finished_at"]
+               "finished_at", "task_meta"]
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

@@ -37,7 +37,7 @@ def test_make_result_has_every_contract_key():
     result = store.make_result(spec(), status="ok", error=None, metrics={"eval_loss": 1.5}, env={"python": "3"},
                                started_at="a", finished_at="b")
     assert list(result) == ["run_id", "experiment", "slug", "status", "error", "spec", "metrics", "env",
-                            "started_at", "finished_at"]
+                            "started_at", "finished_at", "task_meta"]
     assert set(result["metrics"]) == set(store.METRIC_KEYS + store.OPTIONAL_METRIC_KEYS)
     assert result["metrics"]["eval_loss"] == 1.5
     assert result["metrics"]["train_loss"] is None
