@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from harness.methods.base import Method, MethodOptions, register
+from harness.methods.base import Method, MethodOptions, copy_saved, register
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -163,9 +163,6 @@ class Adapter(Method):
             ValueError: the folder was written by another method, for another model shape, or its
                 weights do not match the adapters the options build.
         """
-        import torch
-        from safetensors.torch import load_file
-
         artifact_dir = Path(artifact_dir)
         config = json.loads((artifact_dir / CONFIG_FILE).read_text())
         if config.get("method") != self.name:
@@ -174,14 +171,7 @@ class Adapter(Method):
             raise ValueError(f"`{artifact_dir}` was saved for hidden_size={config['hidden_size']}, "
                              f"but the base model has hidden_size={hidden_size(base_model)}")
         model = type(self)(self.Options.model_validate(config["options"])).apply(base_model, ctx)
-        params = adapter_parameters(model)
-        weights = load_file(str(artifact_dir / WEIGHTS_FILE))
-        if set(weights) != set(params):
-            raise ValueError(f"`{artifact_dir}` does not match the adapters its options build: missing "
-                             f"{sorted(set(params) - set(weights))}, unexpected {sorted(set(weights) - set(params))}")
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(weights[name])
+        copy_saved(adapter_parameters(model), artifact_dir / WEIGHTS_FILE)
         return model
 
 

@@ -159,19 +159,28 @@ def load_trained(model: "torch.nn.Module", artifact_dir: Path, config: dict) -> 
     """
     import json
 
-    import torch
-    from safetensors.torch import load_file
-
     artifact_dir = Path(artifact_dir)
     saved = json.loads((artifact_dir / TRAINED_CONFIG).read_text())
     if saved != json.loads(json.dumps(config, default=str)):
         raise ValueError(f"`{artifact_dir}` was saved by {saved}, not by {config}")
-    weights = load_file(str(artifact_dir / TRAINED_WEIGHTS))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    copy_saved(params, artifact_dir / TRAINED_WEIGHTS)
+    return model
+
+
+def copy_saved(params: dict, weights_file: Path) -> None:
+    """Copy the tensors of a safetensors file into the parameters of the same names.
+
+    Raises:
+        ValueError: the file's names are not exactly the parameters'.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(weights_file))
     if set(weights) != set(params):
-        raise ValueError(f"`{artifact_dir}` does not match the parameters this method trains: missing "
+        raise ValueError(f"`{weights_file}` does not match the parameters this method trains: missing "
                          f"{sorted(set(params) - set(weights))[:5]}, unexpected {sorted(set(weights) - set(params))[:5]}")
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(weights[name])
-    return model
