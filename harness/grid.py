@@ -354,7 +354,10 @@ def with_references(specs: list[RunSpec]) -> list[RunSpec]:
         ref_config = reference_config(spec.config)
         ref_id = f"base-{spec_hash(ref_config)}"
         if ref_id not in refs:
-            slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"base-{spec.config.model.name.rstrip('/').split('/')[-1]}")
+            model = spec.config.model
+            # a 4-bit base is its own reference: it separates quantization loss from forgetting
+            name = f"base-{model.name.rstrip('/').split('/')[-1]}" + ("-4bit" if model.load_in_4bit else "")
+            slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
             refs[ref_id] = RunSpec(experiment=spec.experiment, run_id=f"{slug}-{ref_id.split('-')[1]}", slug=slug,
                                    config=ref_config)
         ref = refs[ref_id]
