@@ -7,10 +7,11 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 EXP    ?= peft_comparison
 SET    ?=
+PRICE  ?= 2.0
 ARGS   ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install sweep dry-run ls show eval test test-fast bench clean help
+.PHONY: install sweep dry-run ls show eval report test test-fast bench clean help
 
 help:
 	@echo "make sweep EXP=name [SET=\"k=v ...\"] [ARGS=\"--workers 2\"]  run an experiment grid"
@@ -18,6 +19,7 @@ help:
 	@echo "make ls EXP=name                              one line per finished run"
 	@echo "make show RUN=run_id                          the whole record of one run"
 	@echo "make eval EXP=name [TASKS=a,b] [ARGS=...]     score finished runs on tasks they lack (one base load)"
+	@echo "make report EXP=name [PRICE=2.0] [ARGS=...]   reports/EXP/report.html, report.md, summary.csv"
 	@echo "make test                                     the test suite (CPU, minutes)"
 	@echo "make bench                                    speed/memory figures"
 	@echo "make install                                  only create .venv"
@@ -36,6 +38,7 @@ install: $(STAMP)
 
 sweep: $(STAMP)
 	$(BIN)/ftbench run experiments/$(EXP).yaml $(SET_FLAGS) $(ARGS)
+	$(BIN)/ftbench report experiments/$(EXP).yaml --price-per-hour $(PRICE)
 
 dry-run: $(STAMP)
 	$(BIN)/ftbench run experiments/$(EXP).yaml $(SET_FLAGS) --dry-run
@@ -45,6 +48,9 @@ ls: $(STAMP)
 
 show: $(STAMP)
 	$(BIN)/ftbench show $(RUN)
+
+report: $(STAMP)
+	$(BIN)/ftbench report experiments/$(EXP).yaml --price-per-hour $(PRICE) $(ARGS)
 
 eval: $(STAMP)
 	$(BIN)/ftbench eval $(EXP) $(if $(TASKS),--tasks $(TASKS)) $(ARGS)

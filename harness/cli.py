@@ -171,6 +171,31 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from harness import store
+    from harness.report.build import build
+    from harness.report.render import write
+
+    root = Path(args.results) if args.results else store.results_root()
+    experiment = _experiment_name(args.experiment)
+    if args.price_per_hour < 0:
+        raise ConfigError.one("", "--price-per-hour", f"must be ≥ 0, but got {args.price_per_hour}")
+    if not store.iter_results(experiment, root):
+        print(f"no finished runs for experiment `{experiment}` under {root}: run `make sweep EXP={experiment}` first",
+              file=sys.stderr)
+        return 2
+    report = build(experiment, root, price_per_hour=args.price_per_hour, target_loss=args.target_loss)
+    paths = write(report, Path(args.out) / experiment)
+    console = _console()
+    for kind, path in paths.items():
+        console.print(f"{kind:>8}: {path}")
+    for section in report.sections:
+        if section.title == "Findings":
+            for line in section.bullets[:6]:
+                console.print(f"  • {line}", highlight=False, markup=False)
+    return 0
+
+
 def _experiment_name(experiment: str) -> str:
     """`EXP` may be a name, `experiments/NAME.yaml` or a path: the results folder is the file's name."""
     path = Path(experiment)
@@ -213,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--force", action="store_true", help="rescore cached task scores too")
     ev.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
     ev.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="write reports/EXP/report.html, report.md and summary.csv from the store")
+    rep.add_argument("experiment", help="experiment name (its results folder) or experiments/NAME.yaml")
+    rep.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
+    rep.add_argument("--out", default="reports", help="reports root (default ./reports)")
+    rep.add_argument("--price-per-hour", type=float, default=2.0, help="$ per GPU-hour for the cost section (2.0)")
+    rep.add_argument("--target-loss", type=float, default=None,
+                     help="data-size curves: the eval loss each method must reach (default: the level all reach)")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 

@@ -167,7 +167,8 @@ def load(experiment: str, root: Path | None = None):
     """All finished runs of `experiment` as a pandas DataFrame, one row per run.
 
     Columns: run_id, slug, status, error_type, error, started_at, finished_at, the spec flattened
-    (`method.name`, `method.r`, `train.lr`, ...), and each metric under its own name.
+    (`method.name`, `method.r`, `train.lr`, ...), the environment as `env.*` (`env.torch`,
+    `env.git_sha`, ...), and each metric under its own name.
     """
     import pandas as pd
 
@@ -179,6 +180,7 @@ def load(experiment: str, root: Path | None = None):
             "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
         }
         _flatten("", {k: v for k, v in (r.get("spec") or {}).items() if k not in ("experiment", "run_id", "slug", "varied")}, row)
+        _flatten("env", r.get("env") or {}, row)
         for key in METRIC_KEYS + OPTIONAL_METRIC_KEYS:
             row[key] = (r.get("metrics") or {}).get(key)
         for key, value in (r.get("metrics") or {}).items():

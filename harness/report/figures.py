@@ -1,0 +1,147 @@
+"""The report's figures, drawn with matplotlib (Agg) and returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display, no GUI toolkit: figures render the same on a server and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from harness.report.frame import Metric  # noqa: E402
+from harness.report.stats import PowerLawFit, pareto_mask, power_law  # noqa: E402
+
+plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "figure.dpi": 110})
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _errors(rows: pd.DataFrame, key: str) -> np.ndarray | None:
+    mean, low, high = rows[f"{key}_mean"], rows[f"{key}_ci_low"], rows[f"{key}_ci_high"]
+    if low.isna().all():
+        return None
+    return np.vstack([(mean - low).fillna(0).to_numpy(), (high - mean).fillna(0).to_numpy()])
+
+
+def pareto(summary: pd.DataFrame, quality: Metric, costs: list[Metric]) -> bytes:
+    """Quality against each cost, front members highlighted, named and joined; error bars from seeds."""
+    rows = summary[~summary["reference"]]
+    fig, axes = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 4.2), squeeze=False)
+    for ax, cost in zip(axes[0], costs):
+        x, y = rows[f"{cost.key}_mean"].to_numpy(float), rows[f"{quality.key}_mean"].to_numpy(float)
+        front = pareto_mask(x, y, quality.lower_is_better)
+        ax.errorbar(x[~front], y[~front], xerr=_sub(_errors(rows, cost.key), ~front),
+                    yerr=_sub(_errors(rows, quality.key), ~front), fmt="o", color="0.6", ms=4, lw=0.8)
+        ax.errorbar(x[front], y[front], xerr=_sub(_errors(rows, cost.key), front),
+                    yerr=_sub(_errors(rows, quality.key), front), fmt="o", color="tab:red", ms=5, lw=0.8)
+        order = np.argsort(x[front])
+        ax.step(x[front][order], y[front][order], where="post", color="tab:red", lw=1, alpha=0.6)
+        for k, (xi, yi, name) in enumerate(sorted(zip(x[front], y[front], rows["config"][front]))):
+            ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 5 if k % 2 == 0 else -11),
+                        fontsize=7, color="tab:red")
+        _clip_outliers(ax, x, y, rows["config"].to_numpy(), quality)
+        if cost.key == "trainable_params" and np.nanmin(x) > 0:
+            ax.set_xscale("log")
+        ax.set_xlabel(cost.label)
+        ax.set_ylabel(quality.label)
+        ax.set_title(f"{quality.label} vs {cost.label}")
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _clip_outliers(ax, x, y, names, quality: Metric) -> None:
+    """Keep a diverged run (perplexity in the thousands) from flattening every other point: cut the axis
+    at a few times the median and draw the runs beyond it as named triangles on the edge."""
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not quality.lower_is_better or finite.sum() < 3:
+        return
+    low, median = np.nanmin(y[finite]), np.nanmedian(y[finite])
+    top = low + 3 * (median - low) if median > low else None
+    if top is None or np.nanmax(y[finite]) <= top:
+        return
+    ax.set_ylim(low - 0.05 * (top - low), top * 1.04)
+    off = [(xi, yi, name) for xi, yi, name in zip(x[finite], y[finite], names[finite]) if yi > top]
+    ax.plot([o[0] for o in off], [top] * len(off), ls="", marker="^", color="0.4", ms=6)
+    ax.text(0.99, 0.97, "off scale (▲):\n" + "\n".join(f"{n} {quality.format(v)}" for _, v, n in off),
+            transform=ax.transAxes, ha="right", va="top", fontsize=6, color="0.3",
+            bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9})
+
+
+def _sub(err: np.ndarray | None, mask: np.ndarray):
+    return None if err is None else err[:, mask]
+
+
+def data_size(points: pd.DataFrame, fits: dict[str, PowerLawFit | None], target: float | None) -> bytes:
+    """Mean loss (± CI) against n_train per series on a log x axis, with each fitted power law."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colours = plt.get_cmap("tab10")
+    for i, (series, rows) in enumerate(points.groupby("series", sort=False)):
+        colour = colours(i % 10)
+        err = _errors(rows, "eval_loss")
+        ax.errorbar(rows["n"], rows["eval_loss_mean"], yerr=err, fmt="o", color=colour, ms=4, label=series)
+        fit = fits.get(series)
+        if fit:
+            n = np.geomspace(rows["n"].min(), rows["n"].max(), 100)
+            ax.plot(n, power_law(n, fit.a, fit.b, fit.c), color=colour, lw=1)
+    if target is not None:
+        ax.axhline(target, color="0.4", ls="--", lw=0.8, label=f"target {target:.3f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples (n_train)")
+    ax.set_ylabel("eval loss")
+    ax.set_title("Data-size curves: L(n) = a·n^(-b) + c")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def rank_alpha(summary: pd.DataFrame, quality: Metric) -> bytes:
+    """A heatmap of mean quality over r × alpha for each method."""
+    rows = summary[~summary["reference"]].dropna(subset=["method.r", "method.alpha"])
+    methods = rows["method.name"].unique() if "method.name" in rows else ["all"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        sub = rows[rows["method.name"] == method] if "method.name" in rows else rows
+        grid = sub.pivot_table(index="method.r", columns="method.alpha", values=f"{quality.key}_mean", aggfunc="mean")
+        image = ax.imshow(grid.to_numpy(float), cmap="viridis_r" if quality.lower_is_better else "viridis",
+                          aspect="auto")
+        ax.set_xticks(range(len(grid.columns)), [f"{c:g}" for c in grid.columns])
+        ax.set_yticks(range(len(grid.index)), [f"{r:g}" for r in grid.index])
+        for (i, j), value in np.ndenumerate(grid.to_numpy(float)):
+            if np.isfinite(value):
+                ax.text(j, i, quality.format(value), ha="center", va="center", fontsize=7, color="white")
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("r")
+        ax.set_title(f"{method}: {quality.label}")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    return _png(fig)
+
+
+def training_curves(curves: pd.DataFrame) -> bytes:
+    """Training loss against step per configuration: the seed mean, the seed range shaded, eval loss dashed."""
+    configs = list(dict.fromkeys(curves["config"]))
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    colours = plt.get_cmap("tab20")
+    for i, config in enumerate(configs):
+        colour = colours(i % 20)
+        rows = curves[curves["config"] == config]
+        train = rows.dropna(subset=["loss"]).groupby("step")["loss"].agg(["mean", "min", "max"])
+        if len(train):
+            ax.plot(train.index, train["mean"], color=colour, lw=1, label=config)
+            ax.fill_between(train.index, train["min"], train["max"], color=colour, alpha=0.15, lw=0)
+        evals = rows.dropna(subset=["eval_loss"]).groupby("step")["eval_loss"].mean()
+        if len(evals):
+            ax.plot(evals.index, evals.to_numpy(), color=colour, lw=1, ls="--", marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (dashed: eval loss)")
+    ax.set_title("Training curves (line: seed mean, band: seed range)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=1 + len(configs) // 14, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return _png(fig)

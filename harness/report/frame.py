@@ -1,0 +1,159 @@
+"""From the results store to report tables: runs, configurations (grid point minus seed), seed statistics."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness import store
+from harness.report.stats import mean_ci
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    lower_is_better: bool
+    fmt: str = "{:.3g}"
+    scale: float = 1.0
+    noun: str = ""  # how a sentence names it ("peak training memory"); the label otherwise
+
+    @property
+    def phrase(self) -> str:
+        return self.noun or self.label
+
+    def format(self, value) -> str:
+        if value is None or not np.isfinite(value):
+            return "–"
+        return self.fmt.format(value * self.scale)
+
+
+QUALITY = [
+    Metric("eval_loss", "eval loss", True, "{:.3f}"),
+    Metric("eval_ppl", "eval ppl", True, "{:.2f}"),
+]
+COSTS = [
+    Metric("peak_mem_train_mb", "peak train MiB", True, "{:.0f}", noun="peak training memory"),
+    Metric("peak_mem_eval_mb", "peak eval MiB", True, "{:.0f}"),
+    Metric("train_tokens_per_s", "train tokens/s", False, "{:.0f}"),
+    Metric("step_ms_p50", "step ms p50", True, "{:.0f}"),
+    Metric("infer_decode_ms_per_token", "decode ms/token", True, "{:.1f}"),
+    Metric("trainable_params", "trainable params", True, "{:,.0f}", noun="trainable parameters"),
+    Metric("trainable_pct", "trainable %", True, "{:.3g}"),
+    Metric("adapter_bytes", "artifact MB", True, "{:.2f}", 1e-6),
+    Metric("train_s", "train s", True, "{:.1f}", noun="training time"),
+    Metric("cost_usd", "$ per run", True, "{:.4f}"),
+]
+FORGETTING = Metric("forgetting_ppl_pct", "forgetting % (general ppl)", True, "{:+.1f}")
+#: spec columns that never define a configuration
+NOT_AXES = re.compile(r"^(seed|experiment_dir|plugins|tracking\..*|env\..*)$")
+#: task metrics where lower is better; the rest (acc, acc_norm, rougeL, ...) are higher-better
+LOWER_TASK = re.compile(r"perplexity|bits_per_byte|loss")
+REFERENCE_METHOD = "none"
+
+
+def task_metrics(df: pd.DataFrame) -> list[Metric]:
+    """`task.<task>.<metric>` columns with at least one value (not their stderr or sample count)."""
+    out = []
+    for col in df.columns:
+        if col.startswith("task.") and not col.endswith("_stderr") and not col.endswith(".n") and df[col].notna().any():
+            out.append(Metric(col, col.removeprefix("task."), bool(LOWER_TASK.search(col.rsplit(".", 1)[-1])), "{:.3f}"))
+    return out
+
+
+def config_label(slug: str) -> str:
+    """A run's slug without its seed: the configuration's name."""
+    return re.sub(r"-s\d+$", "", slug)
+
+
+def load_runs(experiment: str, root: Path | None = None, price_per_hour: float = 2.0) -> pd.DataFrame:
+    """Every finished run, with `config` (label), `reference` (untouched base row) and `cost_usd`."""
+    df = store.load(experiment, root)
+    if df.empty:
+        return df
+    df["config"] = df["slug"].map(config_label)
+    df["reference"] = df.get("method.name", pd.Series(index=df.index, dtype=object)) == REFERENCE_METHOD
+    df["cost_usd"] = pd.to_numeric(df["train_s"], errors="coerce") / 3600 * price_per_hour
+    for col in df.columns:  # json-like spec values (lists of tasks, target modules) compare as text
+        if df[col].map(lambda v: isinstance(v, (list, dict))).any():
+            df[col] = df[col].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
+    return df
+
+
+def varied_axes(df: pd.DataFrame) -> list[str]:
+    """Spec columns whose value differs between the (non-reference) runs: what the experiment varied."""
+    runs = df[~df["reference"]] if "reference" in df else df
+    spec_cols = [c for c in runs.columns if "." in c and not c.startswith(("task.", "env."))
+                 and c.split(".")[0] in ("model", "data", "method", "train", "eval") and not NOT_AXES.match(c)]
+    by_method = runs.groupby(runs["method.name"].astype(str)) if "method.name" in runs else None
+
+    def varies(col: str) -> bool:
+        # a method option varies when it takes two values within one method, not because
+        # another method lacks it (LoRA's r next to prompt tuning's missing r is no axis)
+        if col.startswith("method.") and col != "method.name" and by_method is not None:
+            return any(group.dropna().astype(str).nunique() > 1 for _, group in by_method[col])
+        return runs[col].astype(str).nunique(dropna=False) > 1
+
+    axes = [c for c in spec_cols if varies(c)]
+    # the method name leads: reports read "by method" first
+    return sorted(axes, key=lambda c: (c != "method.name", c))
+
+
+def ok_runs(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"] if not df.empty else df
+
+
+def summarize(df: pd.DataFrame, metrics: list[Metric], axes: list[str]) -> pd.DataFrame:
+    """One row per configuration of the `ok` runs: axis values, n seeds, mean/ci_low/ci_high per metric.
+
+    Sorted by mean eval ppl (references last among equals); configurations keep their first-seen order otherwise.
+    """
+    rows = []
+    for config, group in ok_runs(df).groupby("config", sort=False):
+        row = {"config": config, "reference": bool(group["reference"].iloc[0]), "n_seeds": len(group)}
+        for axis in axes:
+            row[axis] = group[axis].iloc[0] if axis in group else None
+        for m in metrics:
+            values = pd.to_numeric(group[m.key], errors="coerce") if m.key in group else pd.Series(dtype=float)
+            ci = mean_ci(values.tolist())
+            row[f"{m.key}_mean"], row[f"{m.key}_ci_low"], row[f"{m.key}_ci_high"] = ci.mean, ci.low, ci.high
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    if "eval_ppl_mean" in out:
+        out = out.sort_values(["eval_ppl_mean"], na_position="last", kind="stable").reset_index(drop=True)
+    return out
+
+
+def best_rows(summary: pd.DataFrame, metric: Metric) -> set[int]:
+    """Index of the best non-reference mean(s) in a column."""
+    runs = summary[~summary["reference"]]
+    col = f"{metric.key}_mean"
+    if col not in runs or runs[col].notna().sum() == 0:
+        return set()
+    best = runs[col].min() if metric.lower_is_better else runs[col].max()
+    return set(runs.index[np.isclose(runs[col], best, rtol=1e-12, atol=0)])
+
+
+def training_curves(df: pd.DataFrame, root: Path | None = None) -> pd.DataFrame:
+    """Long table of `metrics.jsonl`: config, seed, step, loss and/or eval_loss, for the ok runs."""
+    rows = []
+    for _, run in ok_runs(df).iterrows():
+        path = store.run_dir(run["experiment"], run["run_id"], root) / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "step" in rec and ("loss" in rec or "eval_loss" in rec):
+                rows.append({"config": run["config"], "seed": run.get("seed"), "step": rec["step"],
+                             "loss": rec.get("loss"), "eval_loss": rec.get("eval_loss")})
+    return pd.DataFrame(rows, columns=["config", "seed", "step", "loss", "eval_loss"])

@@ -1,0 +1,127 @@
+"""Write a built report: one self-contained HTML page, Markdown with PNGs beside it, and summary.csv."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from harness.report.build import Report, Table
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;font-size:12px;margin:.6em 0 1.2em}caption{text-align:left;font-weight:600;padding:.3em 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#f4f4f4;cursor:pointer;user-select:none}th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
+td:first-child,th:first-child{text-align:left}td.best{font-weight:700;background:#e8f5e9}
+img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}figcaption{color:#666;font-size:12px}
+.wrap{overflow-x:auto}
+"""
+
+# sorts a table by the clicked column: numbers by their data-v value, text alphabetically, missing last
+SORT_JS = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, col) {
+    th.addEventListener("click", function () {
+      var asc = !th.classList.contains("asc");
+      table.querySelectorAll("th").forEach(function (h) { h.classList.remove("asc", "desc"); });
+      th.classList.add(asc ? "asc" : "desc");
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      function key(row) {
+        var cell = row.cells[col];
+        var v = cell.getAttribute("data-v");
+        if (v === null || v === "") return null;
+        var n = Number(v);
+        return isNaN(n) ? v : n;
+      }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        if (x === null) return 1;
+        if (y === null) return -1;
+        if (x < y) return asc ? -1 : 1;
+        if (x > y) return asc ? 1 : -1;
+        return 0;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = []
+    for row in table.rows:
+        cells = []
+        for cell in row:
+            attrs = f' data-v="{html.escape(str(cell.sort))}"' if cell.sort is not None else ""
+            cls = ' class="best"' if cell.best else ""
+            cells.append(f"<td{cls}{attrs}>{html.escape(cell.text)}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (f'<div class="wrap"><table class="sortable"><caption>{html.escape(table.caption)}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(table: Table) -> str:
+    lines = [f"*{_md_escape(table.caption)}*", "", "| " + " | ".join(_md_escape(c) for c in table.columns) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.columns))) + "|"]
+    for row in table.rows:
+        lines.append("| " + " | ".join(f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def to_html(report: Report) -> str:
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>ftbench report: {html.escape(report.experiment)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>ftbench report: {html.escape(report.experiment)}</h1>",
+             f"<p>Generated {html.escape(report.generated_at)} from the results store. Click a column header to sort.</p>"]
+    for section in report.sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        parts += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
+        if section.bullets:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in section.bullets) + "</ul>")
+        for name, png, caption in section.figures:
+            data = base64.b64encode(png).decode()
+            parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts += [_html_table(t) for t in section.tables]
+    parts.append(f"<script>{SORT_JS}</script></body></html>")
+    return "\n".join(parts)
+
+
+def to_markdown(report: Report) -> str:
+    parts = [f"# ftbench report: {report.experiment}", "", f"Generated {report.generated_at} from the results store.", ""]
+    for section in report.sections:
+        parts += [f"## {section.title}", ""]
+        for p in section.paragraphs:
+            parts += [p, ""]
+        if section.bullets:
+            parts += [f"- {b}" for b in section.bullets] + [""]
+        for name, _, caption in section.figures:
+            parts += [f"![{caption}]({name})", ""]
+        for t in section.tables:
+            parts += [_md_table(t), ""]
+    return "\n".join(parts)
+
+
+def write(report: Report, out_dir: Path) -> dict[str, Path]:
+    """Write report.html, report.md, its PNG figures and summary.csv into `out_dir` (replacing older ones)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):
+        old.unlink()
+    for section in report.sections:
+        for name, png, _ in section.figures:
+            (out_dir / name).write_bytes(png)
+    paths = {"html": out_dir / "report.html", "markdown": out_dir / "report.md", "csv": out_dir / "summary.csv"}
+    paths["html"].write_text(to_html(report), encoding="utf-8")
+    paths["markdown"].write_text(to_markdown(report), encoding="utf-8")
+    report.summary.to_csv(paths["csv"], index=False)
+    return paths

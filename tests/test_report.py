@@ -1,0 +1,209 @@
+"""Reports built from synthetic stores: the numbers in the tables, the fronts, the fits, the sentences."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from conftest import run_cli
+from harness.report.build import build
+from harness.report.findings import significance
+from harness.report.render import write
+from harness.report.stats import fit_power_law, mean_ci, pareto_mask, power_law, welch_p
+from report_store import write_run
+
+
+def _section(report, title):
+    return next(s for s in report.sections if s.title == title)
+
+
+def _row(report, config):
+    return report.summary.set_index("config").loc[config]
+
+
+# -- statistics -------------------------------------------------------------------------------------------------
+
+def test_mean_ci_is_the_student_t_interval():
+    ci = mean_ci([1.0, 1.2, 1.4])
+    half = stats.t.ppf(0.975, 2) * 0.2 / math.sqrt(3)  # sd 0.2 over 3 seeds
+    assert ci.mean == pytest.approx(1.2) and ci.n == 3
+    assert ci.low == pytest.approx(1.2 - half) and ci.high == pytest.approx(1.2 + half)
+    one = mean_ci([5.0, None, float("nan")])
+    assert one.mean == 5.0 and one.n == 1 and math.isnan(one.low)
+
+
+def test_pareto_mask_minimizes_both_and_keeps_ties():
+    cost = [1000, 2000, 2500, 1000, 3000, np.nan]
+    loss = [2.0, 1.5, 1.8, 2.0, 1.5, 1.0]
+    # C (2500, 1.8) is beaten by B; E (3000, 1.5) ties B on loss at a higher cost; the NaN point is never on it
+    assert pareto_mask(cost, loss).tolist() == [True, True, False, True, False, False]
+    # higher-better quality (accuracy): the best accuracy at the lowest cost wins
+    assert pareto_mask([1, 2, 3], [0.5, 0.4, 0.9], minimize_quality=False).tolist() == [True, False, True]
+
+
+def test_power_law_fit_recovers_a_known_law():
+    rng = np.random.default_rng(0)
+    n = np.repeat([50, 100, 200, 400, 800, 1600, 3200], 3)
+    loss = power_law(n, 8.0, 0.5, 1.5) + rng.normal(0, 0.002, len(n))
+    fit = fit_power_law(n, loss)
+    assert fit.a == pytest.approx(8.0, rel=0.05) and fit.b == pytest.approx(0.5, rel=0.03)
+    assert fit.c == pytest.approx(1.5, abs=0.02) and fit.r2 > 0.999
+    assert fit.n_for(1.5 + 8.0 * 400 ** -0.5) == pytest.approx(400, rel=0.05)
+    assert fit.n_for(1.0) == math.inf  # below the floor: never reached
+    assert fit_power_law([10, 20], [2.0, 1.9]) is None  # two points do not make a curve
+
+
+def test_welch_and_the_words_for_it():
+    a, b = [2.0, 2.1, 1.9], [2.5, 2.6, 2.4]
+    assert welch_p(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert significance(a, b).startswith("significant over 3 seeds (Welch p=")
+    assert significance([2.0, 2.2, 1.8], [2.05, 2.25, 1.85]).startswith("not significant")
+    assert significance([2.0], [2.5, 2.6]) == "single seed — no significance"
+
+
+# -- reports from stores of several shapes ------------------------------------------------------------------------
+
+def test_method_only_three_seeds(tmp_path):
+    losses = {"lora": [2.0, 2.1, 1.9], "qlora": [2.2, 2.3, 2.1], "full": [1.8, 1.85, 1.75]}
+    mems = {"lora": 1000, "qlora": 600, "full": 3000}
+    for method, values in losses.items():
+        for seed, loss in enumerate(values):
+            write_run(tmp_path, "cmp", method=method, seed=seed, eval_loss=loss, mem=mems[method] + seed,
+                      params={"lora": 10_000, "qlora": 10_000, "full": 1_000_000}[method])
+    report = build("cmp", tmp_path)
+    assert report.axes == ["method.name"]
+    lora = _row(report, "lora-n100")
+    assert lora["n_seeds"] == 3
+    ppl = np.exp(losses["lora"])
+    ci = stats.t.interval(0.95, 2, loc=ppl.mean(), scale=stats.sem(ppl))
+    assert lora["eval_ppl_mean"] == pytest.approx(ppl.mean())
+    assert (lora["eval_ppl_ci_low"], lora["eval_ppl_ci_high"]) == pytest.approx(ci)
+    # the table shows mean ± half-width and marks the best column value (full has the lowest ppl)
+    table = _section(report, "Summary").tables[0]
+    by_name = {row[0].text: row for row in table.rows}
+    col = table.columns.index("eval ppl")
+    assert by_name["lora-n100"][col].text == f"{ppl.mean():.2f} ± {(ci[1] - ci[0]) / 2:.2f}"
+    assert by_name["full-n100"][col].best and not by_name["lora-n100"][col].best
+    mem_col = table.columns.index("peak train MiB")
+    assert by_name["qlora-n100"][mem_col].best
+    # fronts: against memory every method is on it (each trades memory for quality)
+    bullets = _section(report, "Findings").bullets
+    assert bullets[0].startswith("Best eval ppl: full-n100")
+    front = next(b for b in bullets if b.startswith("Pareto front of eval ppl against peak train MiB"))
+    assert front.endswith("qlora-n100, lora-n100, full-n100.")
+    qlora = next(b for b in bullets if b.startswith("qlora-n100 used 80% less peak training memory than full-n100"))
+    p = stats.ttest_ind(np.exp(losses["qlora"]), np.exp(losses["full"]), equal_var=False).pvalue
+    assert f"Welch p={p:.2g}" in qlora
+    paths = write(report, tmp_path / "reports" / "cmp")
+    csv = pd.read_csv(paths["csv"])
+    assert csv.set_index("config").loc["lora-n100", "eval_ppl_mean"] == pytest.approx(ppl.mean())
+    assert (tmp_path / "reports" / "cmp" / "pareto_eval_ppl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![" in paths["markdown"].read_text() and "| **" in paths["markdown"].read_text()
+
+
+def test_single_seed_says_so(tmp_path):
+    write_run(tmp_path, "one", method="lora", eval_loss=2.0, mem=1000)
+    write_run(tmp_path, "one", method="ia3", eval_loss=2.4, mem=500)
+    report = build("one", tmp_path)
+    bullets = _section(report, "Findings").bullets
+    assert bullets[0] == "Best eval ppl: lora-n100 (7.39, single seed)"
+    assert any("single seed — no significance" in b for b in bullets)
+    table = _section(report, "Summary").tables[0]
+    assert all("±" not in cell.text for row in table.rows for cell in row)
+
+
+def test_rank_alpha_grid_gets_a_heatmap(tmp_path):
+    for r in (4, 8, 16):
+        for alpha in (8, 16):
+            write_run(tmp_path, "ra", method="lora", r=r, alpha=alpha, eval_loss=2.0 - r / 100 + alpha / 1000)
+    report = build("ra", tmp_path)
+    assert {"method.r", "method.alpha"} <= set(report.axes) and "method.name" not in report.axes
+    section = _section(report, "Rank and alpha")
+    assert section.figures[0][0] == "rank_alpha.png"
+    assert _row(report, "lora-r16-a8-n100")["eval_loss_mean"] == pytest.approx(2.0 - 0.16 + 0.008)
+    assert _section(report, "Findings").bullets[0].startswith("Best eval ppl: lora-r16-a8-n100")
+
+
+def test_data_size_curve_recovers_the_law(tmp_path):
+    laws = {"lora": (6.0, 0.5, 1.6), "full": (9.0, 0.6, 1.4)}
+    rng = np.random.default_rng(1)
+    for method, (a, b, c) in laws.items():
+        for n in (50, 100, 200, 400, 800, 1600):
+            for seed in range(3):
+                write_run(tmp_path, "ds", method=method, n_train=n, seed=seed,
+                          eval_loss=float(power_law(n, a, b, c) + rng.normal(0, 0.001)))
+    report = build("ds", tmp_path)
+    assert "data.n_train" in report.axes
+    for method, (a, b, c) in laws.items():
+        fit = report.fits[method]
+        assert (fit.a, fit.b, fit.c) == pytest.approx((a, b, c), rel=0.1)
+        assert fit.points == 18
+    section = _section(report, "Data-size curves")
+    table = section.tables[0]
+    rows = {row[0].text: row for row in table.rows}
+    # default target: the worst series' mean at its largest n (lora's), which full reaches earlier
+    target = power_law(1600, *laws["lora"])
+    n_col = table.columns.index("n to reach target")
+    assert rows["lora"][n_col].sort == pytest.approx(1600, rel=0.1)
+    full_n = ((laws["full"][0] / (target - laws["full"][2])) ** (1 / laws["full"][1]))
+    assert rows["full"][n_col].sort == pytest.approx(full_n, rel=0.1)
+
+
+def test_failures_and_caveats(tmp_path):
+    write_run(tmp_path, "bad", method="lora", seed=0, eval_loss=2.0)
+    write_run(tmp_path, "bad", method="lora", seed=1, eval_loss=2.1)
+    write_run(tmp_path, "bad", method="dora", status="failed")
+    write_run(tmp_path, "bad", method="ia3", micro_batch=8, tokens=8000, eval_loss=2.3,
+              env={"torch": "2.14.0", "git_sha": "def456"})
+    report = build("bad", tmp_path)
+    section = _section(report, "Failures and caveats")
+    failed = section.tables[0]
+    assert [c.text for c in failed.rows[0]] == ["dora-n100-s0", "failed", "RuntimeError", "dora broke on purpose"]
+    assert "dora-n100" not in set(report.summary["config"])  # a failed run is no data point
+    bullets = " ".join(section.bullets)
+    assert "`train.micro_batch` differs between compared runs (4, 8)" in bullets
+    assert "Training token budgets differ by 100%" in bullets
+    assert "1 run(s) made with a different `torch` than the rest (2.13.0+cpu): ia3-n100-s0" in bullets
+    assert "1 run(s) made with a different `git_sha`" in bullets
+
+
+def test_reference_row_and_cost(tmp_path):
+    write_run(tmp_path, "ref", method="none", eval_loss=3.0, train_s=0.0, params=0)
+    write_run(tmp_path, "ref", method="lora", eval_loss=2.0, train_s=3600.0,
+              extra={"forgetting_ppl_pct": 4.0, "task.chatterbot_mc.acc": 0.5})
+    write_run(tmp_path, "ref", method="ia3", eval_loss=2.5, train_s=1800.0,
+              extra={"forgetting_ppl_pct": 1.0, "task.chatterbot_mc.acc": 0.3})
+    report = build("ref", tmp_path, price_per_hour=3.0)
+    base = _row(report, "none")
+    assert bool(base["reference"]) and report.axes == ["method.name"]
+    cost = {row[0].text: row for row in _section(report, "Cost").tables[0].rows}
+    assert "none" not in cost
+    assert cost["lora-n100"][2].sort == pytest.approx(3.0)   # one hour at $3
+    gain = math.exp(3.0) - math.exp(2.0)
+    assert cost["lora-n100"][3].sort == pytest.approx(gain)
+    assert cost["lora-n100"][4].sort == pytest.approx(3.0 / gain)
+    bullets = _section(report, "Findings").bullets
+    assert "Best chatterbot_mc.acc: lora-n100 (0.500)." in bullets
+    assert any(b.startswith("Forgetting") and "most lora-n100 (+4.0%), least ia3-n100 (+1.0%)" in b for b in bullets)
+    assert len(_section(report, "Pareto fronts").figures) == 2  # ppl, and the task accuracy
+
+
+def test_cli_report_writes_three_files_and_refuses_nothing_to_report(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path / "results", "cli", method="lora", seed=seed, eval_loss=2.0 + seed / 10)
+    out = tmp_path / "reports"
+    res = run_cli("report", "cli", "--results", str(tmp_path / "results"), "--out", str(out))
+    assert res.code == 0, res.err
+    html = (out / "cli" / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and "data:image/png;base64," in html
+    assert "src='http" not in html and 'src="http' not in html and "<link" not in html
+    assert (out / "cli" / "report.md").is_file() and (out / "cli" / "summary.csv").is_file()
+    assert "Best eval ppl: lora-n100" in res.out
+    missing = run_cli("report", "nothing", "--results", str(tmp_path / "results"))
+    assert missing.code == 2 and "no finished runs for experiment `nothing`" in missing.err
+    price = run_cli("report", "cli", "--results", str(tmp_path / "results"), "--price-per-hour", "-1")
+    assert price.code == 2 and "--price-per-hour" in price.err
