@@ -7,6 +7,7 @@ full fine-tunes load their own weights; a method that cannot detach costs a base
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,11 @@ def _load_base(config, summary: Summary):
     return model, tokenizer, device
 
 
+def adapter_name(run_id: str) -> str:
+    """A peft adapter name for a run: module names cannot hold "." (run ids do: `lr0.0005`)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", run_id)
+
+
 def _score_group(group, root, batch_size, summary: Summary, log, RunContext) -> None:
     from peft import PeftModel
 
@@ -99,40 +105,47 @@ def _score_group(group, root, batch_size, summary: Summary, log, RunContext) -> 
         method = config.method.build()
         kind = _peft_kind(config)
         ctx = RunContext(spec=config, run_dir=run_dir, device=device, total_steps=config.train.max_steps or 1)
-        if wrapper is not None and kind != wrapper_kind:  # leave the peft wrapper: the base is clean again
-            base = wrapper.get_base_model() if wrapper.peft_config[active].is_prompt_learning else wrapper.unload()
+        try:
+            if wrapper is not None and kind != wrapper_kind:  # leave the peft wrapper: the base is clean again
+                base = wrapper.get_base_model() if wrapper.peft_config[active].is_prompt_learning else wrapper.unload()
+                wrapper, wrapper_kind, active = None, None, None
+            if method.saves_full_model:
+                if not (artifact / "config.json").is_file():
+                    summary.skipped.append((result["run_id"], "no weights kept (set train.save_weights: all)"))
+                    continue
+                model = method.load(base, artifact, ctx)
+            elif kind is not None:
+                name = adapter_name(result["run_id"])
+                if wrapper is None:
+                    wrapper = PeftModel.from_pretrained(base, str(artifact), adapter_name=name)
+                else:
+                    wrapper.load_adapter(str(artifact), adapter_name=name)
+                    wrapper.set_adapter(name)
+                    wrapper.delete_adapter(active)
+                wrapper_kind, active, model = kind, name, wrapper
+            else:
+                model = method.load(base, artifact, ctx)
+            t0 = time.perf_counter()
+            scores, _ = score(model, tokenizer, need, limit=lim, num_fewshot=shots,
+                              batch_size=batch_size or config.eval.batch_size, seed=config.seed)
+            summary.score_s += time.perf_counter() - t0
+            _record(run_dir, result, scores, need, lim, shots)
+            summary.scored.extend((result["run_id"], t) for t in need)
+            log(f"scored {result['slug']}: " + ", ".join(f"{k.removeprefix('task.')}={v:.4g}" for k, v in scores.items()
+                                                           if not k.endswith(("_stderr", ".n"))))
+            if method.saves_full_model:
+                del model
+            elif kind is None:
+                restored = method.unload(model)
+                if restored is None:  # cannot detach (e.g. a stack): reload a clean base
+                    base, tokenizer, device = _load_base(config, summary)
+                else:
+                    base = restored
+        except Exception as exc:  # one broken artifact must not stop the others: say why, start clean
+            summary.skipped.append((result["run_id"], f"could not score: {type(exc).__name__}: {exc}"))
+            log(f"[red]could not score[/] {result['slug']}: {type(exc).__name__}: {exc}")
+            base, tokenizer, device = _load_base(config, summary)
             wrapper, wrapper_kind, active = None, None, None
-        if method.saves_full_model:
-            if not (artifact / "config.json").is_file():
-                summary.skipped.append((result["run_id"], "no weights kept (set train.save_weights: all)"))
-                continue
-            model = method.load(base, artifact, ctx)
-        elif kind is not None:
-            if wrapper is None:
-                wrapper = PeftModel.from_pretrained(base, str(artifact), adapter_name=result["run_id"])
-            else:
-                wrapper.load_adapter(str(artifact), adapter_name=result["run_id"])
-                wrapper.set_adapter(result["run_id"])
-                wrapper.delete_adapter(active)
-            wrapper_kind, active, model = kind, result["run_id"], wrapper
-        else:
-            model = method.load(base, artifact, ctx)
-        t0 = time.perf_counter()
-        scores, _ = score(model, tokenizer, need, limit=lim, num_fewshot=shots,
-                          batch_size=batch_size or config.eval.batch_size, seed=config.seed)
-        summary.score_s += time.perf_counter() - t0
-        _record(run_dir, result, scores, need, lim, shots)
-        summary.scored.extend((result["run_id"], t) for t in need)
-        log(f"scored {result['slug']}: " + ", ".join(f"{k.removeprefix('task.')}={v:.4g}" for k, v in scores.items()
-                                                       if not k.endswith(("_stderr", ".n"))))
-        if method.saves_full_model:
-            del model
-        elif kind is None:
-            restored = method.unload(model)
-            if restored is None:  # cannot detach (e.g. a stack): reload a clean base
-                base, tokenizer, device = _load_base(config, summary)
-            else:
-                base = restored
 
 
 def _record(run_dir: Path, result: dict, scores: dict, tasks: list[str], limit, num_fewshot) -> None:
