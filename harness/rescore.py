@@ -87,6 +87,21 @@ def _load_base(config, summary: Summary):
     return model, tokenizer, device
 
 
+def _leave(wrapper, active: str):
+    """The clean base model under a peft wrapper, or None when peft cannot give it back (IA3's
+    `unload` refuses on a 4-bit base): then the caller reloads it."""
+    config = wrapper.peft_config[active]
+    try:
+        if config.is_prompt_learning:
+            return wrapper.get_base_model()
+        if str(config.peft_type) in ("ADAPTION_PROMPT", "PeftType.ADAPTION_PROMPT"):
+            wrapper.base_model.disable_adapter_layers()  # puts the original attention modules back
+            return wrapper.base_model.model
+        return wrapper.unload()
+    except (AttributeError, ValueError, NotImplementedError):
+        return None
+
+
 def adapter_name(run_id: str) -> str:
     """A peft adapter name for a run: module names cannot hold "." (run ids do: `lr0.0005`)."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", run_id)
@@ -107,7 +122,7 @@ def _score_group(group, root, batch_size, summary: Summary, log, RunContext) -> 
         ctx = RunContext(spec=config, run_dir=run_dir, device=device, total_steps=config.train.max_steps or 1)
         try:
             if wrapper is not None and kind != wrapper_kind:  # leave the peft wrapper: the base is clean again
-                base = wrapper.get_base_model() if wrapper.peft_config[active].is_prompt_learning else wrapper.unload()
+                base = _leave(wrapper, active) or _load_base(config, summary)[0]
                 wrapper, wrapper_kind, active = None, None, None
             if method.saves_full_model:
                 if not (artifact / "config.json").is_file():

@@ -102,12 +102,13 @@ def test_eval_scores_many_runs_on_one_base_load_and_caches(tmp_path):
     path = write_experiment(tmp_path / "exp", "evalexp", base=base,
                             grid={"variant": [{"method": {"name": "lora", "r": 4}, "train.lr": 5.0e-4},
                                               {"method": "ia3", "train.lr": 3.0e-3},
-                                              {"method": "adapter", "train.lr": 1.0e-3}]})
+                                              {"method": "adapter", "train.lr": 1.0e-3},
+                                              {"method": "llama_adapter", "train.lr": 9.0e-3}]})
     results = tmp_path / "results"
     res = run_cli("run", str(path), "--results", str(results))
     assert res.code == 0, res.out + res.err
     before = {r["slug"]: r for r in store.iter_results("evalexp", results)}
-    assert len(before) == 4 and "base-tiny-smollm2" in before  # the reference row, added by itself
+    assert len(before) == 5 and "base-tiny-smollm2" in before  # the reference row, added by itself
     assert any("." in r["run_id"] for r in before.values())  # `lr0.0005`: no valid peft adapter name as is
     ref = before["base-tiny-smollm2"]
     assert ref["spec"]["method"]["name"] == "none" and ref["metrics"]["trainable_params"] == 0
@@ -136,7 +137,7 @@ def test_eval_scores_many_runs_on_one_base_load_and_caches(tmp_path):
     finally:
         harness.rescore.models.load = real_load
     assert loads == ["tiny-smollm2"] and summary.base_loads == 1
-    assert len(summary.scored) == 8
+    assert len(summary.scored) == 10 and summary.skipped == []
     after = {r["slug"]: r for r in store.iter_results("evalexp", results)}
     for slug, result in after.items():  # one shared base load gives exactly the per-run scores
         for key, value in before[slug]["metrics"].items():
@@ -147,7 +148,7 @@ def test_eval_scores_many_runs_on_one_base_load_and_caches(tmp_path):
     assert again.code == 0 and "nothing to score" in again.out
     more = run_cli("eval", "evalexp", "--results", str(results), "--tasks", "polarity", "--limit", "2")
     assert more.code == 0, more.err
-    assert "scored 4 (run, task) pairs of 4 runs" in more.out and "1 base load" in more.out
+    assert "scored 5 (run, task) pairs of 5 runs" in more.out and "1 base load" in more.out
     assert all(r["metrics"]["task.polarity.n"] == 2 for r in store.iter_results("evalexp", results))
 
     # a broken artifact is reported and skipped; the other runs are still scored
@@ -157,7 +158,7 @@ def test_eval_scores_many_runs_on_one_base_load_and_caches(tmp_path):
     broken = run_cli("eval", "evalexp", "--results", str(results), "--tasks", "polarity", "--limit", "3")
     assert broken.code == 0, broken.err
     assert "could not score" in broken.out and ia3["slug"] in broken.out
-    assert "scored 3 (run, task) pairs of 3 runs" in broken.out
+    assert "scored 4 (run, task) pairs of 4 runs" in broken.out
 
 
 @pytest.mark.parametrize("task, needles", [
