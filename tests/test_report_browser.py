@@ -1,0 +1,61 @@
+"""The HTML report in a real headless Chromium: it loads offline, logs no error, requests nothing, sorts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from browser import launch, open_in_browser, require_chromium
+from harness.report.build import build
+from harness.report.render import write
+from harness.report.stats import power_law
+from report_store import write_run
+
+
+def _store(root: Path) -> None:
+    """Every section at once: 3 seeds, an n_train curve, a failed run, a reference row with task scores."""
+    rng = np.random.default_rng(0)
+    write_run(root, "page", method="none", eval_loss=3.0, train_s=0.0, params=0)
+    for method, (a, b, c), mem in (("lora", (6.0, 0.5, 1.6), 1200), ("qlora", (6.5, 0.5, 1.65), 700)):
+        for n in (50, 200, 800):
+            for seed in range(3):
+                loss = float(power_law(n, a, b, c) + rng.normal(0, 0.01))
+                write_run(root, "page", method=method, n_train=n, seed=seed, eval_loss=loss, mem=mem + seed,
+                          extra={"task.chatterbot_mc.acc": 0.3 + rng.normal(0, 0.01), "forgetting_ppl_pct": 2.0})
+    write_run(root, "page", method="dora", status="failed")
+
+
+def test_report_html_in_headless_chromium(tmp_path):
+    chromium = require_chromium()
+    _store(tmp_path / "results")
+    paths = write(build("page", tmp_path / "results"), tmp_path / "reports" / "page")
+    shot = tmp_path / "report.png"
+    with launch(chromium) as browser:
+        visit = open_in_browser(paths["html"], shot, browser=browser)
+        assert visit.console_errors == [] and visit.page_errors == []
+        assert visit.requests == []  # one file: no CDN, no sibling PNG, nothing fetched
+        assert visit.title == "ftbench report: page"
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+        # the summary table sorts when a header is clicked: eval ppl ascending, then descending
+        page = browser.new_page()
+        page.goto(paths["html"].resolve().as_uri())
+        header = page.locator("table.sortable").first.locator("th", has_text="eval ppl")
+        column = page.locator("table.sortable").first.locator("th").all_text_contents().index(header.text_content())
+        values = lambda: [float(v) for v in page.eval_on_selector_all(  # noqa: E731
+            "table.sortable >> nth=0 >> tbody tr", f"rows => rows.map(r => r.cells[{column}].dataset.v || 'NaN')")]
+        header.click()
+        ascending = [v for v in values() if v == v]
+        header.click()
+        descending = [v for v in values() if v == v]
+        assert ascending == sorted(ascending) and descending == sorted(descending, reverse=True)
+        assert len(ascending) == 7  # 6 configurations and the base row
+        images = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
+        assert len(images) >= 4 and all(images)  # Pareto ×2, data size, training curves decoded
+        page.close()
+    keep = os.environ.get("FTBENCH_SCREENSHOTS")
+    if keep:  # CI or a person can keep the picture
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / "report.png")
