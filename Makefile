@@ -9,9 +9,12 @@ EXP    ?= peft_comparison
 SET    ?=
 PRICE  ?= 2.0
 ARGS   ?=
+SWEEP  ?=
+TRIALS ?=
+STORAGE ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install sweep dry-run ls show eval report test test-fast bench clean help
+.PHONY: install sweep dry-run ls show eval search report test test-fast bench bench-search clean help
 
 help:
 	@echo "make sweep EXP=name [SET=\"k=v ...\"] [ARGS=\"--workers 2\"]  run an experiment grid"
@@ -19,9 +22,12 @@ help:
 	@echo "make ls EXP=name                              one line per finished run"
 	@echo "make show RUN=run_id                          the whole record of one run"
 	@echo "make eval EXP=name [TASKS=a,b] [ARGS=...]     score finished runs on tasks they lack (one base load)"
+	@echo "make search SWEEP=name [TRIALS=n] [STORAGE=url]  Optuna search from sweeps/name.yaml (workers join one study)"
 	@echo "make report EXP=name [PRICE=2.0] [ARGS=...]   reports/EXP/report.html, report.md, summary.csv"
+	@echo "make report SWEEP=name [STORAGE=url]          the same for a search, with its study section"
 	@echo "make test                                     the test suite (CPU, minutes)"
 	@echo "make bench                                    speed/memory figures"
+	@echo "make bench-search                             TPE+pruning against the rank_alpha grid, same step budget (135M)"
 	@echo "make install                                  only create .venv"
 
 $(STAMP): pyproject.toml Makefile
@@ -49,8 +55,13 @@ ls: $(STAMP)
 show: $(STAMP)
 	$(BIN)/ftbench show $(RUN)
 
+search: $(STAMP)
+	@test -n "$(SWEEP)" || { echo "usage: make search SWEEP=name [TRIALS=n] [STORAGE=url]"; exit 2; }
+	$(BIN)/ftbench search $(SWEEP) $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
+	$(BIN)/ftbench report $(SWEEP) --price-per-hour $(PRICE) $(if $(STORAGE),--storage '$(STORAGE)')
+
 report: $(STAMP)
-	$(BIN)/ftbench report experiments/$(EXP).yaml --price-per-hour $(PRICE) $(ARGS)
+	$(BIN)/ftbench report $(if $(SWEEP),$(SWEEP) $(if $(STORAGE),--storage '$(STORAGE)'),experiments/$(EXP).yaml) --price-per-hour $(PRICE) $(ARGS)
 
 eval: $(STAMP)
 	$(BIN)/ftbench eval $(EXP) $(if $(TASKS),--tasks $(TASKS)) $(ARGS)
@@ -63,6 +74,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(ARGS)
+
+bench-search: $(STAMP)
+	$(BIN)/python -m benchmarks.search $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

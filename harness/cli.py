@@ -1,9 +1,10 @@
-"""The `ftbench` command line: run (sweep), ls, show."""
+"""The `ftbench` command line: run (sweep), ls, show, methods, eval, search, report."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -184,7 +185,8 @@ def cmd_report(args) -> int:
         print(f"no finished runs for experiment `{experiment}` under {root}: run `make sweep EXP={experiment}` first",
               file=sys.stderr)
         return 2
-    report = build(experiment, root, price_per_hour=args.price_per_hour, target_loss=args.target_loss)
+    report = build(experiment, root, price_per_hour=args.price_per_hour, target_loss=args.target_loss,
+                   storage=args.storage)
     paths = write(report, Path(args.out) / experiment)
     console = _console()
     for kind, path in paths.items():
@@ -193,6 +195,38 @@ def cmd_report(args) -> int:
         if section.title == "Findings":
             for line in section.bullets[:6]:
                 console.print(f"  • {line}", highlight=False, markup=False)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from harness import store
+    from harness.search import Search, load_sweep, sweep_path
+    from harness.search.study import default_storage, public_url
+
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError.one("", "--trials", f"must be >= 1, but got {args.trials}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ConfigError.one("", "--timeout", f"must be > 0 seconds, but got {args.timeout}")
+    sweep = load_sweep(sweep_path(args.sweep))
+    root = Path(args.results) if args.results else store.results_root()
+    storage = args.storage or os.environ.get("FTBENCH_STORAGE") or default_storage(root, sweep.name)
+    search = Search(sweep, storage_url=storage, root=root, study_name=args.study_name)  # checks every sampled method first
+    console = _console()
+    console.print(f"search `{sweep.name}`: study `{search.study.study_name}` in {public_url(storage)}; "
+                  f"{args.trials or sweep.n_trials} trials in all, {', '.join(o.metric + ' (' + o.direction + ')' for o in sweep.objectives)}")
+    outcomes = search.run(n_trials=args.trials, timeout=args.timeout, log=lambda line: console.print(line, highlight=False))
+    best = search.best_trials()
+    table = Table(header_style="bold", title=f"{sweep.name}: best trial(s) of {len(search.study.trials)}")
+    for col in ("trial", *(o.metric for o in sweep.objectives), "params", "run"):
+        table.add_column(col)
+    for t in best:
+        table.add_row(str(t.number), *(f"{v:.5g}" for v in t.values),
+                      ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()),
+                      str(t.user_attrs.get("run_id", "")))
+    console.print(table)
+    if best:
+        console.print(f"ready-to-run experiment: {store.experiment_dir(sweep.name, root) / 'best.yaml'}")
+    console.print(f"this worker ran {len(outcomes)} trial(s)")
     return 0
 
 
@@ -239,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
     ev.set_defaults(func=cmd_eval)
 
+    se = sub.add_parser("search", help="an Optuna search from sweeps/NAME.yaml; workers with the same storage join one study")
+    se.add_argument("sweep", help="sweeps/NAME.yaml, or just NAME")
+    se.add_argument("--trials", type=int, default=None, help="trials in the whole study (default: the file's n_trials)")
+    se.add_argument("--timeout", type=float, default=None, help="stop asking for trials after this many seconds")
+    se.add_argument("--storage", default=None,
+                    help="SQLAlchemy URL or journal file (default: $FTBENCH_STORAGE, else sqlite:///results/SWEEP/study.db)")
+    se.add_argument("--study-name", default=None, help="default: the sweep's name")
+    se.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
+    se.set_defaults(func=cmd_search)
+
     rep = sub.add_parser("report", help="write reports/EXP/report.html, report.md and summary.csv from the store")
     rep.add_argument("experiment", help="experiment name (its results folder) or experiments/NAME.yaml")
     rep.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
@@ -246,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--price-per-hour", type=float, default=2.0, help="$ per GPU-hour for the cost section (2.0)")
     rep.add_argument("--target-loss", type=float, default=None,
                      help="data-size curves: the eval loss each method must reach (default: the level all reach)")
+    rep.add_argument("--storage", default=None,
+                     help="a search's Optuna storage URL, when the one recorded has a password (or $FTBENCH_STORAGE)")
     rep.set_defaults(func=cmd_report)
     return parser
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from harness import store
 from harness.grid import RunSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FINISHED = ("ok", "failed", "oom", "diverged")
+FINISHED = store.STATUSES
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Running:
     gpu: int | None
     started: float = field(default_factory=time.monotonic)
     task: int | None = None
+    #: why a monitor stopped this run early (it is then recorded `pruned`)
+    stopped: str | None = None
 
 
 def gpu_count() -> int:
@@ -62,8 +65,13 @@ class LocalExecutor:
         self.console = console or Console(stderr=True)
         self.poll_s = poll_s
 
-    def run(self, specs: list[RunSpec], *, plugins: list[str] = (), experiment_dir: str | None = None) -> list[dict]:
-        """Run every spec not yet finished; wait for runs another sweep holds. Returns all results."""
+    def run(self, specs: list[RunSpec], *, plugins: list[str] = (), experiment_dir: str | None = None,
+            monitor: Callable[[RunSpec, Path], str | None] | None = None) -> list[dict]:
+        """Run every spec not yet finished; wait for runs another sweep holds. Returns all results.
+
+        `monitor(spec, run_dir)` is asked about each live run at every poll; a returned reason stops
+        the run (SIGTERM) and records it `pruned` with that reason. Searches prune through it.
+        """
         pending = list(specs)
         running: list[Running] = []
         free_gpus = list(range(self.gpus))
@@ -97,6 +105,10 @@ class LocalExecutor:
                 for job in list(running):
                     self._update(progress, job)
                     if job.proc.poll() is None:
+                        if monitor is not None and job.stopped is None:
+                            job.stopped = monitor(job.spec, job.directory)
+                            if job.stopped:
+                                job.proc.terminate()
                         continue
                     running.remove(job)
                     progressed = True
@@ -161,13 +173,14 @@ class LocalExecutor:
             result = store.read_result(job.directory)
             if result is None:
                 code = job.proc.returncode
-                status = "oom" if code == -9 else "failed"
-                reason = ("killed by SIGKILL (likely the kernel's out-of-memory killer)" if code == -9
-                          else f"run process exited with code {code} without writing a result")
+                status = "pruned" if job.stopped else "oom" if code == -9 else "failed"
+                reason = (job.stopped or ("killed by SIGKILL (likely the kernel's out-of-memory killer)" if code == -9
+                                          else f"run process exited with code {code} without writing a result"))
                 log_tail = _tail(job.directory / "run.log", 25)
                 spec = {**job.spec.as_dict()}
+                error_type = "Pruned" if job.stopped else "ProcessDied"
                 result = store.make_result(spec, status=status, started_at=None, finished_at=None, metrics={}, env={},
-                                           error={"type": "ProcessDied", "message": reason, "traceback_tail": log_tail})
+                                           error={"type": error_type, "message": reason, "traceback_tail": log_tail})
                 store.write_json_atomic(job.directory / "result.json", result)
             return result
         finally:
@@ -180,7 +193,7 @@ class LocalExecutor:
                             description=f"  {job.spec.slug} loss {last.get('loss') or float('nan'):.3f}")
 
     def _print_line(self, spec: RunSpec, status: str, note: str, done: int, total: int) -> None:
-        colour = {"ok": "green", "failed": "red", "oom": "red", "diverged": "yellow"}.get(status, "white")
+        colour = {"ok": "green", "failed": "red", "oom": "red", "diverged": "yellow", "pruned": "blue"}.get(status, "white")
         self.console.print(f"[{done}/{total}] [{colour}]{status:>8}[/] {spec.slug}  [dim]{spec.run_id}  {note}[/]")
 
 

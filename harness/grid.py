@@ -39,9 +39,12 @@ class RunSpec:
     varied: dict[str, Any] = field(default_factory=dict)
     #: run id of the untouched-base reference row this run's forgetting is measured against
     reference: str | None = None
+    #: a search trial's {study, number, params}; recorded, never hashed (same params = same run)
+    trial: dict | None = None
 
     def as_dict(self) -> dict:
         extra = {"reference": self.reference} if self.reference else {}
+        extra.update({"trial": self.trial} if self.trial else {})
         return {"experiment": self.experiment, "run_id": self.run_id, "slug": self.slug,
                 "varied": self.varied, **extra, **self.config.as_dict()}
 

@@ -26,7 +26,8 @@ OPTIONAL_METRIC_KEYS = [
     "eval_tokens", "trainable_params_peft", "merge_s", "infer_prefill_ms_merged", "infer_decode_ms_per_token_merged",
     "task_eval_s", "forgetting_ppl_delta", "forgetting_ppl_pct",
 ]
-STATUSES = ("ok", "failed", "oom", "diverged")
+#: `pruned`: a search stopped the run early because its eval loss was not promising (a decision, not a failure)
+STATUSES = ("ok", "failed", "oom", "diverged", "pruned")
 
 
 def results_root() -> Path:

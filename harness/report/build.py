@@ -138,9 +138,35 @@ def cost_table(summary: pd.DataFrame, price: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def search_section(experiment: str, root: Path | None, storage: str | None) -> Section | None:
+    """The Optuna study behind a search's runs; None for an experiment that is not a search."""
+    from harness.report import search
+
+    study, info = search.load_study(experiment, root, storage)
+    if info is None:
+        return None
+    names = ", ".join(f"{o['metric']} ({o['direction']})" for o in info["objectives"])
+    section = Section("Search", paragraphs=[
+        f"Study `{info['study_name']}` in {info['storage']}: {names}; sampler {info['sampler']}, pruner {info['pruner']}. "
+        "Every trial is one of the runs above; pruned trials stopped early on their periodic eval loss."])
+    if study is None:
+        section.paragraphs.append(f"The study could not be opened ({info.get('error')}); pass its full URL with "
+                                  "--storage or $FTBENCH_STORAGE.")
+        return section
+    trials = search.trials_frame(study, info)
+    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
+    section.paragraphs.append(f"{len(trials)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) + ".")
+    section.figures.extend(search.figures(study, info))
+    section.tables.append(frame_table(trials, "Every trial of the study", {o["metric"]: "{:.4g}" for o in info["objectives"]}))
+    return section
+
+
 def build(experiment: str, root: Path | None = None, price_per_hour: float = 2.0,
-          target_loss: float | None = None) -> Report:
-    """Read the store and build every section of the report (no file is written here)."""
+          target_loss: float | None = None, storage: str | None = None) -> Report:
+    """Read the store and build every section of the report (no file is written here).
+
+    `storage`: the full URL of a search's Optuna storage when the one in search.json lacks a password.
+    """
     df = load_runs(experiment, root, price_per_hour)
     if df.empty:
         raise ValueError(f"no finished runs for experiment `{experiment}`")
@@ -198,6 +224,10 @@ def build(experiment: str, root: Path | None = None, price_per_hour: float = 2.0
 
     sections.append(Section("Findings", bullets=findings(df, summary, quality, costs, tasks)))
 
+    search = search_section(experiment, root, storage)
+    if search is not None:
+        sections.append(search)
+
     if not summary.empty:
         cost = Section("Cost", paragraphs=[
             f"At ${price_per_hour:.2f} per GPU-hour (change with --price-per-hour), train time becomes money. "
@@ -211,7 +241,9 @@ def build(experiment: str, root: Path | None = None, price_per_hour: float = 2.0
     warn = caveats(df)
     problems = Section("Failures and caveats", bullets=warn or ["No budget or version differences between runs."])
     if len(failed):
-        problems.tables.append(frame_table(failed, f"{len(failed)} run(s) did not finish ok"))
+        pruned = int((failed["status"] == "pruned").sum())
+        note = f"; {pruned} of them pruned on purpose by the search" if pruned else ""
+        problems.tables.append(frame_table(failed, f"{len(failed)} run(s) did not finish ok{note}"))
     else:
         problems.paragraphs.append("Every run finished ok.")
     sections.append(problems)

@@ -51,10 +51,26 @@ COSTS = [
 ]
 FORGETTING = Metric("forgetting_ppl_pct", "forgetting % (general ppl)", True, "{:+.1f}")
 #: spec columns that never define a configuration
-NOT_AXES = re.compile(r"^(seed|experiment_dir|plugins|tracking\..*|env\..*)$")
+NOT_AXES = re.compile(r"^(seed|experiment_dir|plugins|tracking\..*|env\..*|trial\..*)$")
 #: task metrics where lower is better; the rest (acc, acc_norm, rougeL, ...) are higher-better
 LOWER_TASK = re.compile(r"perplexity|bits_per_byte|loss")
 REFERENCE_METHOD = "none"
+
+
+#: metrics outside the tables above whose direction is still clear from their name
+LOWER_BY_NAME = re.compile(r"(loss|ppl|perplexity|bits_per_byte|_ms(_|$)|_mb$|_s$|bytes|params|_pct|_delta)")
+
+
+def lower_is_better(key: str) -> bool | None:
+    """Whether a result metric is better when lower (None when its name does not say)."""
+    for metric in (*QUALITY, *COSTS, FORGETTING):
+        if metric.key == key:
+            return metric.lower_is_better
+    if key.startswith("task."):
+        return bool(LOWER_TASK.search(key.rsplit(".", 1)[-1]))
+    if key.endswith("tokens_per_s"):
+        return False
+    return True if LOWER_BY_NAME.search(key) else None
 
 
 def task_metrics(df: pd.DataFrame) -> list[Metric]:
