@@ -192,6 +192,23 @@ def test_reference_row_and_cost(tmp_path):
     assert len(_section(report, "Pareto fronts").figures) == 2  # ppl, and the task accuracy
 
 
+def test_each_run_is_measured_against_its_own_untouched_base(tmp_path):
+    fp = write_run(tmp_path, "own", method="none", slug="base-tiny", eval_loss=3.0, train_s=0.0, params=0,
+                   extra={"task.chatterbot_mc.acc": 0.25})
+    q4 = write_run(tmp_path, "own", method="none", slug="base-tiny-4bit", eval_loss=3.5, train_s=0.0, params=0,
+                   extra={"task.chatterbot_mc.acc": 0.4})
+    write_run(tmp_path, "own", method="lora", eval_loss=2.0, train_s=3600.0, reference=fp,
+              extra={"task.chatterbot_mc.acc": 0.3})
+    write_run(tmp_path, "own", method="qlora", eval_loss=2.5, train_s=3600.0, reference=q4,
+              extra={"task.chatterbot_mc.acc": 0.45})
+    report = build("own", tmp_path, price_per_hour=1.0)
+    cost = {row[0].text: row for row in _section(report, "Cost").tables[0].rows}
+    assert cost["lora-n100"][3].sort == pytest.approx(math.exp(3.0) - math.exp(2.0))
+    assert cost["qlora-n100"][3].sort == pytest.approx(math.exp(3.5) - math.exp(2.5))  # its 4-bit base, not the fp one
+    bullets = _section(report, "Findings").bullets
+    assert "Best chatterbot_mc.acc: qlora-n100 (0.450); its untouched base scored 0.400." in bullets
+
+
 def test_cli_report_writes_three_files_and_refuses_nothing_to_report(tmp_path):
     for seed in range(2):
         write_run(tmp_path / "results", "cli", method="lora", seed=seed, eval_loss=2.0 + seed / 10)

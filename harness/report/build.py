@@ -12,8 +12,8 @@ import pandas as pd
 
 from harness.report import figures
 from harness.report.findings import caveats, environment, failures, findings
-from harness.report.frame import (COSTS, FORGETTING, QUALITY, Metric, best_rows, load_runs, ok_runs, summarize,
-                                  task_metrics, training_curves, varied_axes)
+from harness.report.frame import (COSTS, FORGETTING, QUALITY, Metric, best_rows, load_runs, ok_runs, reference_value,
+                                  summarize, task_metrics, training_curves, varied_axes)
 from harness.report.stats import PowerLawFit, fit_power_law, mean_ci
 
 #: the costs a quality is plotted against
@@ -125,12 +125,10 @@ def data_size_analysis(df: pd.DataFrame, target: float | None):
 
 
 def cost_table(summary: pd.DataFrame, price: float) -> pd.DataFrame:
-    """Money per run and per perplexity point gained over the untouched base (when a reference row exists)."""
-    ref = summary[summary["reference"]]
-    base_ppl = float(ref["eval_ppl_mean"].iloc[0]) if len(ref) and "eval_ppl_mean" in ref else math.nan
+    """Money per run and per perplexity point gained over its own untouched base (when a reference row exists)."""
     rows = []
     for _, row in summary[~summary["reference"]].iterrows():
-        gain = base_ppl - row.get("eval_ppl_mean", math.nan)
+        gain = reference_value(summary, row, "eval_ppl_mean") - row.get("eval_ppl_mean", math.nan)
         cost = row["cost_usd_mean"]
         rows.append({"configuration": row["config"], "train s": row["train_s_mean"], "$ per run": cost,
                      "ppl gained vs base": gain if np.isfinite(gain) else None,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from harness.report.frame import FORGETTING, Metric, ok_runs
+from harness.report.frame import FORGETTING, Metric, ok_runs, reference_value
 from harness.report.stats import pareto_mask, welch_p
 
 ALPHA = 0.05
@@ -100,9 +100,8 @@ def findings(df: pd.DataFrame, summary: pd.DataFrame, quality: Metric, costs: li
         col = f"{task.key}_mean"
         if col in rows and rows[col].notna().any():
             top = rows.sort_values(col, ascending=task.lower_is_better).iloc[0]
-            ref = summary[summary["reference"]]
-            base = (f"; the untouched base scored {task.format(ref[col].iloc[0])}"
-                    if len(ref) and col in ref and np.isfinite(ref[col].iloc[0]) else "")
+            base_value = reference_value(summary, top, col)
+            base = f"; its untouched base scored {task.format(base_value)}" if np.isfinite(base_value) else ""
             out.append(f"Best {task.label}: {top['config']} ({task.format(top[col])}){base}.")
     col = f"{FORGETTING.key}_mean"
     if col in rows and rows[col].notna().any():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,9 @@ def load_runs(experiment: str, root: Path | None = None, price_per_hour: float =
     if df.empty:
         return df
     df["config"] = df["slug"].map(config_label)
+    # each run's own untouched base (a 4-bit run has a 4-bit one): the spec's `reference` run id, as a config
+    ref_ids = df["reference"] if "reference" in df else pd.Series(None, index=df.index, dtype=object)
+    df["reference_config"] = ref_ids.map(dict(zip(df["run_id"], df["config"])))
     df["reference"] = df.get("method.name", pd.Series(index=df.index, dtype=object)) == REFERENCE_METHOD
     df["cost_usd"] = pd.to_numeric(df["train_s"], errors="coerce") / 3600 * price_per_hour
     for col in df.columns:  # json-like spec values (lists of tasks, target modules) compare as text
@@ -131,7 +135,8 @@ def summarize(df: pd.DataFrame, metrics: list[Metric], axes: list[str]) -> pd.Da
     """
     rows = []
     for config, group in ok_runs(df).groupby("config", sort=False):
-        row = {"config": config, "reference": bool(group["reference"].iloc[0]), "n_seeds": len(group)}
+        row = {"config": config, "reference": bool(group["reference"].iloc[0]), "n_seeds": len(group),
+               "reference_config": group["reference_config"].iloc[0] if "reference_config" in group else None}
         for axis in axes:
             row[axis] = group[axis].iloc[0] if axis in group else None
         for m in metrics:
@@ -145,6 +150,17 @@ def summarize(df: pd.DataFrame, metrics: list[Metric], axes: list[str]) -> pd.Da
     if "eval_ppl_mean" in out:
         out = out.sort_values(["eval_ppl_mean"], na_position="last", kind="stable").reset_index(drop=True)
     return out
+
+
+def reference_value(summary: pd.DataFrame, row, col: str) -> float:
+    """`col` of the untouched-base row a configuration is measured against: its own (4-bit runs have a
+    4-bit base), else the first reference row; NaN without one."""
+    refs = summary[summary["reference"]] if "reference" in summary else summary.iloc[0:0]
+    if refs.empty or col not in refs:
+        return math.nan
+    own = refs[refs["config"] == row.get("reference_config")]
+    value = (own if len(own) else refs)[col].iloc[0]
+    return float(value) if value is not None else math.nan
 
 
 def best_rows(summary: pd.DataFrame, metric: Metric) -> set[int]:
