@@ -48,6 +48,15 @@ def test_task_documents_are_deterministic_and_well_formed():
     assert len(_docs("general_ppl")) == 50 and len(_docs("aclsum_sum")) == 100
 
 
+def test_a_limit_samples_the_whole_task_not_its_first_label_or_topic():
+    """lm-eval's `limit: n` scores the first n documents: they must be a mix."""
+    first = _docs("polarity")[:12]
+    assert sum(d["label"] for d in first) == 6, [d["label"] for d in first]  # balanced
+    mc = _docs("chatterbot_mc")
+    assert len({d["topic"] for d in mc[:12]}) >= 4
+    assert all(len(c) <= 200 for d in mc for c in d["choices"])  # the longest replies are never a choice
+
+
 def test_chatterbot_mc_questions_are_in_no_split_of_the_chatterbot_dataset():
     from harness.data import DATASETS
     from harness.data.base import split

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from harness.tasks.base import LocalTask, register
+from harness.tasks.base import LocalTask, register, stable_shuffle
 
 MAX_REPLY_CHARS = 200
 
@@ -45,7 +45,7 @@ class ChatterbotMC(LocalTask):
             gold = rng.randrange(4)
             choices.insert(gold, pair["response"])
             docs.append({"question": pair["prompt"], "choices": choices, "gold": gold, "topic": pair["topic"]})
-        return sorted(docs, key=lambda d: hashlib.sha256(d["question"].encode()).hexdigest())
+        return stable_shuffle(docs, "question")
 
     def spec(self, data_file):
         return {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from harness.tasks.base import LocalTask, register
+from harness.tasks.base import LocalTask, register, stable_shuffle
 
 
 def gensim_test_file(name: str) -> Path:
@@ -23,7 +23,7 @@ def gensim_test_file(name: str) -> Path:
 
 class Polarity(LocalTask):
     name = "polarity"
-    version = 1
+    version = 2  # 2: labels alternate (the file lists every negative sentence first, so a limit saw one label)
     description = "sentiment of 200 movie-review sentences, negative or positive (acc)"
 
     def documents(self):
@@ -33,7 +33,9 @@ class Polarity(LocalTask):
             label, _, sentence = line.partition(" ")
             if label in ("__label__neg", "__label__pos") and sentence.strip():
                 docs.append({"sentence": sentence.strip(), "label": int(label == "__label__pos")})
-        return docs
+        # alternate the labels (each in a fixed shuffled order) so that any `limit` is balanced
+        by_label = [stable_shuffle([d for d in docs if d["label"] == label], "sentence") for label in (0, 1)]
+        return [doc for pair in zip(*by_label) for doc in pair]
 
     def spec(self, data_file):
         return {
