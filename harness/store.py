@@ -30,6 +30,10 @@ OPTIONAL_METRIC_KEYS = [
 STATUSES = ("ok", "failed", "oom", "diverged", "pruned")
 
 
+#: beside a search's runs: its study name and storage URL (no password), for reports
+SEARCH_FILE = "search.json"
+
+
 def results_root() -> Path:
     """Where results live: $FTBENCH_RESULTS or ./results."""
     return Path(os.environ.get(RESULTS_ENV, "results"))

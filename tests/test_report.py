@@ -55,6 +55,13 @@ def test_power_law_fit_recovers_a_known_law():
     assert fit.n_for(1.5 + 8.0 * 400 ** -0.5) == pytest.approx(400, rel=0.05)
     assert fit.n_for(1.0) == math.inf  # below the floor: never reached
     assert fit_power_law([10, 20], [2.0, 1.9]) is None  # two points do not make a curve
+    assert fit.identified
+
+
+def test_three_sizes_fit_a_non_negative_floor_and_say_they_are_not_identified():
+    # nearly linear in log n, as a short CPU run gives: unconstrained, c ran to -147
+    fit = fit_power_law([16, 16, 64, 64, 256, 256], [1.55, 1.55, 1.455, 1.455, 1.34, 1.34])
+    assert fit.c >= 0 and not fit.identified and fit.sizes == 3
 
 
 def test_welch_and_the_words_for_it():
@@ -151,6 +158,15 @@ def test_data_size_curve_recovers_the_law(tmp_path):
     assert rows["lora"][n_col].sort == pytest.approx(1600, rel=0.1)
     full_n = ((laws["full"][0] / (target - laws["full"][2])) ** (1 / laws["full"][1]))
     assert rows["full"][n_col].sort == pytest.approx(full_n, rel=0.1)
+    assert not any("Caveat" in p for p in section.paragraphs)  # six sizes: the fit is identified
+
+
+def test_a_three_size_curve_carries_the_caveat(tmp_path):
+    for n in (16, 64, 256):
+        for seed in range(2):
+            write_run(tmp_path, "ds3", method="lora", n_train=n, seed=seed, eval_loss=2.0 - 0.1 * math.log(n))
+    section = _section(build("ds3", tmp_path), "Data-size curves")
+    assert any("lora has fewer than 4 distinct n" in p for p in section.paragraphs)
 
 
 def test_failures_and_caveats(tmp_path):

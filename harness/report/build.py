@@ -204,6 +204,12 @@ def build(experiment: str, root: Path | None = None, price_per_hour: float = 2.0
             f"Eval loss against the number of training examples, with L(n) = a·n^(-b) + c fitted per series "
             f"(least squares over every seed). Target loss: {target:.3f}; 'n to reach target' reads it off the fit "
             f"(inf: the fitted floor c is above the target)."])
+        loose = [name for name, fit in fits.items() if fit is not None and not fit.identified]
+        if loose:
+            section.paragraphs.append(
+                f"Caveat: {', '.join(loose)} {'has' if len(loose) == 1 else 'have'} fewer than 4 distinct n, so the "
+                "three parameters pass through the points rather than being estimated from them: read the curve "
+                "between the measured sizes, not a, b, c or an 'n to reach target' outside them. Add a fourth size.")
         section.figures.append(("data_size.png", figures.data_size(points, fits, target), "quality against n_train"))
         section.tables.append(frame_table(fit_table, "Power-law fit per series",
                                           {"a": "{:.3g}", "b": "{:.3f}", "c": "{:.3f}", "R²": "{:.3f}",

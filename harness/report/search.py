@@ -13,16 +13,13 @@ import pandas as pd
 from harness import store
 from harness.report.figures import _png
 
-SEARCH_FILE = "search.json"  # written by harness.search.driver; read here without importing the search
-
-
 def load_study(experiment: str, root: Path | None = None, storage: str | None = None):
     """(study, search.json) of a sweep's results folder, or (None, info or None) when there is none to open.
 
     The storage in search.json has no password: pass the full URL (`--storage` or $FTBENCH_STORAGE) for
     a server that needs one.
     """
-    path = store.experiment_dir(experiment, root) / SEARCH_FILE
+    path = store.experiment_dir(experiment, root) / store.SEARCH_FILE
     if not path.is_file():
         return None, None
     info = json.loads(path.read_text())

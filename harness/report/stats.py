@@ -80,6 +80,12 @@ class PowerLawFit:
     r2: float
     rmse: float
     points: int
+    #: distinct n values: with 3 the three parameters fit them exactly, so they are not identified
+    sizes: int = 0
+
+    @property
+    def identified(self) -> bool:
+        return self.sizes >= 4
 
     def n_for(self, target: float) -> float:
         """The n at which the fitted curve reaches `target` (inf when it never does)."""
@@ -89,7 +95,8 @@ class PowerLawFit:
 
 
 def fit_power_law(n, loss) -> PowerLawFit | None:
-    """Least-squares fit of L(n) = a·n^(-b) + c (a, b ≥ 0); None with fewer than 3 distinct n."""
+    """Least-squares fit of L(n) = a·n^(-b) + c (a, b, c ≥ 0: a loss floor is never negative); None with
+    fewer than 3 distinct n."""
     n = np.asarray(n, dtype=float)
     y = np.asarray(loss, dtype=float)
     keep = np.isfinite(n) & np.isfinite(y) & (n > 0)
@@ -102,11 +109,11 @@ def fit_power_law(n, loss) -> PowerLawFit | None:
     a0 = max(float(y.max()) - c0, 1e-3) * float(n.min()) ** b0
     try:
         (a, b, c), _ = optimize.curve_fit(power_law, n, y, p0=(a0, b0, c0),
-                                          bounds=([0, 0, -np.inf], [np.inf, 5, np.inf]), maxfev=20000)
+                                          bounds=([0, 0, 0], [np.inf, 5, np.inf]), maxfev=20000)
     except (RuntimeError, ValueError):
         return None
     pred = power_law(n, a, b, c)
     ss_res = float(((y - pred) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1 - ss_res / ss_tot if ss_tot > 0 else math.nan
-    return PowerLawFit(float(a), float(b), float(c), r2, math.sqrt(ss_res / len(y)), len(y))
+    return PowerLawFit(float(a), float(b), float(c), r2, math.sqrt(ss_res / len(y)), len(y), len(np.unique(n)))

@@ -27,7 +27,7 @@ from harness.grid import RunSpec, expand, make_spec
 from harness.search.space import Sweep, check_against_experiment, suggest, violation
 from harness.search.study import make_storage, open_study, public_url
 
-SEARCH_FILE = "search.json"
+SEARCH_FILE = store.SEARCH_FILE
 BEST_FILE = "best.yaml"
 
 
