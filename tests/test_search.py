@@ -114,6 +114,7 @@ BAD_SWEEPS = [
     ({"objectives": ["eval_los"]}, ["objectives[0].metric", "unknown metric `eval_los`", "Did you mean `eval_loss`"]),
     ({"objectives": ["train_tokens"]}, ["objectives[0].direction", "no known direction"]),
     ({"constraints": ["peak_mem_train_mb ~ 3"]}, ["constraints[0]", "metric <= number"]),
+    ({"constraints": ["peak_mem_train_m <= 3"]}, ["`constraints[0]`", "Did you mean `peak_mem_train_mb`"]),
     ({"sampler": {"name": "cmaes"}}, ["sampler.name", "tpe"]),
     ({"sampler": {"name": "tpe", "n_startup_trial": 3}}, ["sampler.n_startup_trial", "not an argument of optuna's TPESampler",
                                                           "Did you mean `n_startup_trials`"]),

@@ -197,11 +197,11 @@ def load_sweep(path: str | Path) -> Sweep:
         problems += _check_objective(file, f"objectives[{i}]", objective)
     for i, text in enumerate(sweep.constraints):
         try:
-            metric = parse_constraint(text)[0]
-            problems += [(f, fld.replace(f"constraints[{i}].metric", f"constraints[{i}]"), m) for f, fld, m in
-                         _check_objective(file, f"constraints[{i}]", Objective(metric=metric, direction="minimize"))]
+            unknown = _unknown_metric(parse_constraint(text)[0])
         except ValueError as exc:
-            problems.append((file, f"constraints[{i}]", str(exc)))
+            unknown = str(exc)
+        if unknown:
+            problems.append((file, f"constraints[{i}]", unknown))
     if sweep.pruner.name != "none" and sweep.objectives[0].metric != "eval_loss":
         problems.append((file, "pruner", "pruning reads the periodic eval loss during training, so the first "
                          f"objective must be `eval_loss`, but got `{sweep.objectives[0].metric}`"))
@@ -223,14 +223,23 @@ def _experiment_file(name: str, sweep_file: Path) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def _check_objective(file: str, field: str, objective: Objective) -> list[tuple[str, str, str]]:
-    from harness.report.frame import lower_is_better
+def _unknown_metric(metric: str) -> str | None:
+    """Why `metric` is no result metric, or None when it is one."""
     from harness.store import METRIC_KEYS, OPTIONAL_METRIC_KEYS
 
     known = METRIC_KEYS + OPTIONAL_METRIC_KEYS
-    if objective.metric not in known and not objective.metric.startswith("task."):
-        return [(file, f"{field}.metric", f"unknown metric `{objective.metric}`.{did_you_mean(objective.metric, known)} "
-                 f"Allowed: a result metric ({', '.join(known)}) or task.<task>.<metric>.")]
+    if metric in known or metric.startswith("task."):
+        return None
+    return (f"unknown metric `{metric}`.{did_you_mean(metric, known)} "
+            f"Allowed: a result metric ({', '.join(known)}) or task.<task>.<metric>.")
+
+
+def _check_objective(file: str, field: str, objective: Objective) -> list[tuple[str, str, str]]:
+    from harness.report.frame import lower_is_better
+
+    unknown = _unknown_metric(objective.metric)
+    if unknown:
+        return [(file, f"{field}.metric", unknown)]
     if objective.direction is None and lower_is_better(objective.metric) is None:
         return [(file, f"{field}.direction", f"`{objective.metric}` has no known direction: set minimize or maximize")]
     return []
