@@ -120,6 +120,7 @@ def test_adapted_model_starts_as_the_base_model(name, opts):
         exact = build(name, **opts, init_scale=0).apply(model, None)(**batch(tok)).logits
     assert torch.equal(exact, base)  # zero-init up projection: bit-identical to the base model
     # default init_scale 1e-3: every adapter is near the identity, f(x) tiny next to x
+    torch.manual_seed(0)
     near = build(name, **opts).apply(tiny()[0], None)
     x = torch.randn(8, HIDDEN)
     adapters = [m for m in near.modules() if isinstance(m, Bottleneck)]

@@ -23,10 +23,14 @@ class PHMLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.rule = rule  # the same Parameter object in every PHMLinear of the model
         self.s = nn.Parameter(torch.randn(n, in_features // n, rank))
-        # down (out_std None): var(W) ≈ 1/(3·in), like nn.Linear; up: std(W) ≈ out_std (0: W = 0)
-        t_std = math.sqrt(1 / (3 * in_features * rank)) if out_std is None else out_std / math.sqrt(rank)
-        self.t = nn.Parameter(torch.randn(n, rank, out_features // n) * t_std)
+        self.t = nn.Parameter(torch.randn(n, rank, out_features // n))
         self.bias = nn.Parameter(torch.zeros(out_features))
+        # down (out_std None): std(W) = 1/√(3·in), like nn.Linear; up: std(W) = out_std (0: W = 0).
+        # W is a product of few random factors (heavy-tailed for small n and rank), so t is rescaled
+        # to the realised std rather than drawn at a nominal one: every adapter starts at the same scale.
+        target = math.sqrt(1 / (3 * in_features)) if out_std is None else out_std
+        with torch.no_grad():
+            self.t.mul_(target / self.weight().std().clamp_min(1e-12))
 
     def weight(self) -> torch.Tensor:
         """The (in, out) matrix Σ_i kron(A_i, s_i t_i)."""
