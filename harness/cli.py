@@ -57,10 +57,7 @@ def cmd_run(args) -> int:
             counts[st] = counts.get(st, 0) + 1
         console.print(f"{len(specs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + " (dry run: nothing started)")
         return 0
-    from harness.executor import LocalExecutor
-
-    executor = LocalExecutor(workers=args.workers, force=args.force, retry_failed=args.retry_failed, root=root,
-                             console=_console(stderr=True))
+    executor = _executor(args, experiment, root)
     # reference rows first: the runs read their general_ppl for the forgetting figures
     phases = [[s for s in specs if s.config.method.name == "none" and s.reference is None],
               [s for s in specs if not (s.config.method.name == "none" and s.reference is None)]]
@@ -71,6 +68,34 @@ def cmd_run(args) -> int:
     if bad:
         console.print(f"[red]{len(bad)} of {len(results)} runs did not finish ok[/] (see `ftbench show RUN_ID`)")
     return 1 if bad else 0
+
+
+def _executor(args, experiment, root: Path, **ray_options):
+    """The executor `--executor` names: local (a process pool here) or ray (one actor per run on a cluster)."""
+    if args.executor == "ray":
+        from harness.ray_executor import RayExecutor
+
+        return RayExecutor(address=args.address, resources=experiment.resources.model_dump(exclude_none=True),
+                           artifacts_uri=args.artifacts_uri or experiment.artifacts_uri, root=root,
+                           force=getattr(args, "force", False), retry_failed=getattr(args, "retry_failed", False),
+                           console=_console(stderr=True), file=experiment.file, **ray_options)
+    if args.address or args.artifacts_uri:
+        flag = "--address" if args.address else "--artifacts-uri"
+        raise ConfigError.one("", flag, "applies to `--executor ray` only")
+    from harness.executor import LocalExecutor
+
+    return LocalExecutor(workers=getattr(args, "workers", None), force=getattr(args, "force", False),
+                         retry_failed=getattr(args, "retry_failed", False), root=root, console=_console(stderr=True))
+
+
+def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="local: runs in processes on this machine; ray: one Ray actor per run on a cluster")
+    parser.add_argument("--address", default=None,
+                        help="ray: the cluster (auto, ray://host:10001; default $RAY_ADDRESS, else a local Ray instance)")
+    parser.add_argument("--artifacts-uri", default=None,
+                        help="ray: put adapters here (any fsspec URI) instead of sending them back (default: the "
+                             "experiment's artifacts_uri)")
 
 
 def _grid_table(specs, statuses: list[str]) -> Table:
@@ -212,9 +237,16 @@ def cmd_search(args) -> int:
     storage = args.storage or os.environ.get("FTBENCH_STORAGE") or default_storage(root, sweep.name)
     search = Search(sweep, storage_url=storage, root=root, study_name=args.study_name)  # checks every sampled method first
     console = _console()
+    executor, parallel = None, 1
+    if args.executor == "ray" or args.address or args.artifacts_uri:
+        # several trials at once, each run's view off (the trial lines say what finished)
+        executor = _executor(args, search.experiment, root, poll_s=0.2, progress=False)
+        parallel = executor.capacity()
     console.print(f"search `{sweep.name}`: study `{search.study.study_name}` in {public_url(storage)}; "
-                  f"{args.trials or sweep.n_trials} trials in all, {', '.join(o.metric + ' (' + o.direction + ')' for o in sweep.objectives)}")
-    outcomes = search.run(n_trials=args.trials, timeout=args.timeout, log=lambda line: console.print(line, highlight=False))
+                  f"{args.trials or sweep.n_trials} trials in all, {', '.join(o.metric + ' (' + o.direction + ')' for o in sweep.objectives)}"
+                  + (f"; {parallel} at once on Ray" if executor else ""))
+    outcomes = search.run(n_trials=args.trials, timeout=args.timeout, executor=executor, parallel=parallel,
+                          log=lambda line: console.print(line, highlight=False))
     best = search.best_trials()
     table = Table(header_style="bold", title=f"{sweep.name}: best trial(s) of {len(search.study.trials)}")
     for col in ("trial", *(o.metric for o in sweep.objectives), "params", "run"):
@@ -252,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun finished runs (old results are archived)")
     run.add_argument("--retry-failed", action="store_true", help="rerun failed/oom/diverged runs")
     run.add_argument("--results", default=None, help="results root (default: $FTBENCH_RESULTS or ./results)")
+    _add_executor_flags(run)
     run.set_defaults(func=cmd_run)
     ls = sub.add_parser("ls", help="one line per finished run of an experiment")
     ls.add_argument("experiment")
@@ -281,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SQLAlchemy URL or journal file (default: $FTBENCH_STORAGE, else sqlite:///results/SWEEP/study.db)")
     se.add_argument("--study-name", default=None, help="default: the sweep's name")
     se.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
+    _add_executor_flags(se)
     se.set_defaults(func=cmd_search)
 
     rep = sub.add_parser("report", help="write reports/EXP/report.html, report.md and summary.csv from the store")

@@ -240,7 +240,15 @@ def _build_stack(data: dict, *, file: str, field: str) -> MethodCfg:
 
 # --- experiment files -------------------------------------------------------------------------
 
-EXPERIMENT_KEYS = ["name", "description", "plugins", "base", "grid"]
+EXPERIMENT_KEYS = ["name", "description", "plugins", "resources", "artifacts_uri", "base", "grid"]
+
+
+class Resources(Section):
+    """What each run asks a Ray cluster for (`--executor ray`); the local executor ignores it."""
+
+    gpus: float | None = Field(None, ge=0, description="GPUs per run (0.5 packs two runs on a GPU); "
+                               "default 1 on a cluster with GPUs, else 0")
+    cpus: float = Field(1, gt=0, description="CPUs per run (also its torch threads on a CPU-only run)")
 
 
 class Experiment(BaseModel):
@@ -251,6 +259,9 @@ class Experiment(BaseModel):
     file: str
     description: str = ""
     plugins: list[str] = []
+    resources: Resources = Resources()
+    #: where the Ray executor puts artifacts (adapters) instead of sending them back (fsspec URI)
+    artifacts_uri: str | None = None
     base: dict
     grid: dict
 
@@ -286,16 +297,21 @@ def load_experiment(path: str | Path) -> Experiment:
         (file, key, f"unknown top-level key `{key}`.{did_you_mean(key, EXPERIMENT_KEYS)} {allowed(EXPERIMENT_KEYS)}")
         for key in doc if key not in EXPERIMENT_KEYS
     ]
-    for key, kind in (("base", dict), ("grid", dict), ("plugins", list)):
+    for key, kind in (("base", dict), ("grid", dict), ("plugins", list), ("resources", dict)):
         if doc.get(key) is not None and not isinstance(doc[key], kind):
             problems.append((file, key, f"must be a {'mapping' if kind is dict else 'list'}, but got {doc[key]!r}"))
+    if doc.get("artifacts_uri") is not None and not isinstance(doc["artifacts_uri"], str):
+        problems.append((file, "artifacts_uri", f"must be a path or URI string, but got {doc['artifacts_uri']!r}"))
     if problems:
         raise ConfigError(problems)
+    resources = validate_section(Resources, doc.get("resources") or {}, file=file, prefix="resources")
     return Experiment(
         name=str(doc.get("name") or path.stem),
         file=file,
         description=str(doc.get("description") or ""),
         plugins=[str(p) for p in doc.get("plugins") or []],
+        resources=resources,
+        artifacts_uri=doc.get("artifacts_uri"),
         base=copy.deepcopy(doc.get("base") or {}),
         grid=copy.deepcopy(doc.get("grid") or {}),
     )

@@ -148,23 +148,9 @@ class LocalExecutor:
             store.archive(directory)
         store.prepare_run_dir(directory, {**spec.as_dict(), "plugins": list(plugins), "experiment_dir": experiment_dir})
         gpu = free_gpus.pop(0) if free_gpus else None
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-        env.setdefault("TRANSFORMERS_VERBOSITY", "warning")
-        env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        env["TQDM_DISABLE"] = "1"
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        elif self.gpus == 0 and self.workers > 1:
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        log = open(directory / "run.log", "ab")
-        try:
-            proc = subprocess.Popen([sys.executable, "-m", "harness.run", str(directory)], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    pass_fds=(claim.fd,))  # the child holds the claim as long as it lives
-        finally:
-            log.close()
+        threads = max(1, (os.cpu_count() or 1) // self.workers) if gpu is None and self.gpus == 0 and self.workers > 1 else None
+        # the child holds the claim as long as it lives
+        proc = start_run_process(directory, child_env(gpu=gpu, threads=threads), pass_fds=(claim.fd,))
         return Running(spec=spec, directory=directory, claim=claim, proc=proc, gpu=gpu)
 
     def _finish(self, job: Running) -> dict:
@@ -172,16 +158,7 @@ class LocalExecutor:
         try:
             result = store.read_result(job.directory)
             if result is None:
-                code = job.proc.returncode
-                status = "pruned" if job.stopped else "oom" if code == -9 else "failed"
-                reason = (job.stopped or ("killed by SIGKILL (likely the kernel's out-of-memory killer)" if code == -9
-                                          else f"run process exited with code {code} without writing a result"))
-                log_tail = _tail(job.directory / "run.log", 25)
-                spec = {**job.spec.as_dict()}
-                error_type = "Pruned" if job.stopped else "ProcessDied"
-                result = store.make_result(spec, status=status, started_at=None, finished_at=None, metrics={}, env={},
-                                           error={"type": error_type, "message": reason, "traceback_tail": log_tail})
-                store.write_json_atomic(job.directory / "result.json", result)
+                result = record_without_result(job.spec, job.directory, job.proc.returncode, job.stopped)
             return result
         finally:
             job.claim.release()
@@ -193,8 +170,49 @@ class LocalExecutor:
                             description=f"  {job.spec.slug} loss {last.get('loss') or float('nan'):.3f}")
 
     def _print_line(self, spec: RunSpec, status: str, note: str, done: int, total: int) -> None:
-        colour = {"ok": "green", "failed": "red", "oom": "red", "diverged": "yellow", "pruned": "blue"}.get(status, "white")
-        self.console.print(f"[{done}/{total}] [{colour}]{status:>8}[/] {spec.slug}  [dim]{spec.run_id}  {note}[/]")
+        self.console.print(status_line(spec, status, note, done, total))
+
+
+def status_line(spec: RunSpec, status: str, note: str, done: int, total: int) -> str:
+    """`[3/25]       ok lora-r8-…  <run id>  12.3s, ETA 4.1 min` (rich markup): one line per finished run."""
+    colour = {"ok": "green", "failed": "red", "oom": "red", "diverged": "yellow", "pruned": "blue"}.get(status, "white")
+    return f"[{done}/{total}] [{colour}]{status:>8}[/] {spec.slug}  [dim]{spec.run_id}  {note}[/]"
+
+
+def child_env(*, gpu: int | None = None, threads: int | None = None, project_root: Path = PROJECT_ROOT) -> dict:
+    """The environment of a run process: this one's, quiet, pinned to `gpu` and/or `threads` CPU threads."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root), env.get("PYTHONPATH")]))
+    env.setdefault("TRANSFORMERS_VERBOSITY", "warning")
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    env["TQDM_DISABLE"] = "1"
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def start_run_process(directory: Path, env: dict, pass_fds: tuple = ()) -> subprocess.Popen:
+    """`python -m harness.run DIRECTORY`, its output appended to DIRECTORY/run.log."""
+    with open(Path(directory) / "run.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "harness.run", str(directory)], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, pass_fds=pass_fds)
+
+
+def record_without_result(spec: RunSpec, directory: Path, returncode: int | None, stopped: str | None = None,
+                          reason: str | None = None, extra_env: dict | None = None) -> dict:
+    """Write (and return) the result.json of a run whose process ended without one: pruned by a
+    monitor (`stopped`), SIGKILLed (`oom`, the kernel's OOM killer), or died otherwise (`failed`)."""
+    status = "pruned" if stopped else "oom" if returncode == -9 else "failed"
+    reason = stopped or reason or ("killed by SIGKILL (likely the kernel's out-of-memory killer)" if returncode == -9
+                                   else f"run process exited with code {returncode} without writing a result")
+    error = {"type": "Pruned" if stopped else "ProcessDied", "message": reason,
+             "traceback_tail": _tail(Path(directory) / "run.log", 25)}
+    result = store.make_result(spec.as_dict(), status=status, started_at=None, finished_at=None, metrics={},
+                               env=dict(extra_env or {}), error=error)
+    store.write_json_atomic(Path(directory) / "result.json", result)
+    return result
 
 
 def _tail(path: Path, lines: int) -> str:

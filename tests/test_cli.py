@@ -43,6 +43,9 @@ def assert_config_error(res, path, *needles):
     ("overflowing expression", {"method": {"name": "lora", "alpha": "1e300**2"}}, None, {}, ["method", "too large"]),
     ("math error in expression", {"train": {"lr": "sqrt(-1)"}}, None, {}, ["train", "cannot be evaluated"]),
     ("unknown dataset", {"data": {"name": "chaterbot"}}, None, {}, ["data.name", "chatterbot"]),
+    ("unknown resource", None, None, {"resources": {"gpu": 1}}, ["`resources.gpu`", "Did you mean `gpus`?"]),
+    ("negative gpus", None, None, {"resources": {"gpus": -1}}, ["`resources.gpus`", "greater than or equal to 0"]),
+    ("artifacts_uri not a string", None, None, {"artifacts_uri": 3}, ["`artifacts_uri`", "path or URI"]),
 ])
 def test_validation_errors(tmp_path, case, base, grid, extra, needles):
     full_base = tiny_base(**(base or {}))
@@ -174,3 +177,19 @@ def test_method_model_mismatch_is_caught_before_any_run(tmp_path, method, needle
     for needle in needles:
         assert needle in res.err, (needle, res.err)
     assert not (tmp_path / "results").exists() or run_dirs(tmp_path / "results" / "mismatch") == []
+
+
+def test_the_ray_executor_without_ray_is_one_clear_message(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    path = write_experiment(tmp_path / "exp", "noray", base=tiny_base(), grid={})
+    res = run_cli("run", str(path), "--results", str(tmp_path / "results"), "--executor", "ray")
+    assert_config_error(res, None, "pip install '.[distributed]'")
+    assert not (tmp_path / "results" / "noray").exists()
+
+
+def test_ray_flags_with_the_local_executor_are_refused(tmp_path):
+    path = write_experiment(tmp_path / "exp", "flags", base=tiny_base(), grid={})
+    res = run_cli("run", str(path), "--results", str(tmp_path / "results"), "--address", "auto")
+    assert_config_error(res, None, "`--address`", "--executor ray")

@@ -221,7 +221,7 @@ def wait_for(predicate, timeout, proc=None):
 
 def test_sigkill_mid_run_then_resume(tmp_path):
     results = tmp_path / "results"
-    path = write_experiment(tmp_path, "killed", base=tiny_base(train={"max_steps": 15}), grid={"seeds": [0, 1, 2]})
+    path = write_experiment(tmp_path, "killed", base=tiny_base(train={"max_steps": 15}), grid={"seeds": [0, 1]})
     specs = expand_file(path)
     dirs = [results / "killed" / s.run_id for s in specs]
 

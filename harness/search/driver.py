@@ -100,9 +100,13 @@ class Search:
 
     # -- the worker loop --------------------------------------------------------------------------
 
-    def run(self, *, n_trials: int | None = None, timeout: float | None = None, executor=None,
+    def run(self, *, n_trials: int | None = None, timeout: float | None = None, executor=None, parallel: int = 1,
             log: Callable[[str], None] = print) -> list[TrialOutcome]:
-        """Run trials until the study holds `n_trials` (or `timeout` s passed); returns this worker's trials."""
+        """Run trials until the study holds `n_trials` (or `timeout` s passed); returns this worker's trials.
+
+        `parallel` > 1 keeps that many trials in flight, each on its own thread sharing `executor`
+        (the Ray executor: one trial per free slot of the cluster).
+        """
         from harness.executor import LocalExecutor
 
         n_trials = n_trials or self.sweep.n_trials
@@ -110,16 +114,23 @@ class Search:
         # polled often: the pruner should see each periodic eval loss while the run still trains
         executor = executor or LocalExecutor(workers=1, root=self.root, poll_s=0.2)
         start, outcomes = time.monotonic(), []
-        while timeout is None or time.monotonic() - start < timeout:
-            trial = self._next_trial(n_trials)
-            if trial is None:
-                break
-            outcome = self._run_trial(trial, executor)
-            outcomes.append(outcome)
-            values = "" if outcome.values is None else " " + ", ".join(
-                f"{o.metric}={v:.4g}" for o, v in zip(self.sweep.objectives, outcome.values))
-            log(f"trial {outcome.number}: {outcome.state}{values}"
-                + (f" ({outcome.reason})" if outcome.reason else "") + (f"  {outcome.run_id}" if outcome.run_id else ""))
+
+        def trials_in_turn():
+            while timeout is None or time.monotonic() - start < timeout:
+                trial = self._next_trial(n_trials)
+                if trial is None:
+                    break
+                outcome = self._run_trial(trial, executor)
+                outcomes.append(outcome)
+                values = "" if outcome.values is None else " " + ", ".join(
+                    f"{o.metric}={v:.4g}" for o, v in zip(self.sweep.objectives, outcome.values))
+                log(f"trial {outcome.number}: {outcome.state}{values}"
+                    + (f" ({outcome.reason})" if outcome.reason else "") + (f"  {outcome.run_id}" if outcome.run_id else ""))
+
+        if parallel <= 1:
+            trials_in_turn()
+        else:
+            _in_threads(trials_in_turn, parallel, on_interrupt=getattr(executor, "cancel", None))
         self.write_best()
         return outcomes
 
@@ -294,6 +305,25 @@ def _heartbeat(storage, trial):
     finally:
         stop.set()
         thread.join()
+
+
+def _in_threads(work: Callable[[], None], n: int, on_interrupt: Callable[[], None] | None) -> None:
+    """Run `work` on `n` threads until all return; Ctrl-C calls `on_interrupt` (which makes the
+    threads' runs stop) and is raised once they have."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(n, thread_name_prefix="trial") as pool:
+        futures = [pool.submit(work) for _ in range(n)]
+        try:
+            while wait(futures, timeout=0.5).not_done:
+                pass
+        except KeyboardInterrupt:
+            if on_interrupt is not None:
+                on_interrupt()
+            wait(futures)
+            raise
+        for future in futures:
+            future.result()  # a thread's exception is the search's
 
 
 @contextmanager
