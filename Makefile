@@ -17,7 +17,7 @@ RAY_ADDRESS ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 EXEC_FLAGS := $(if $(filter-out local,$(EXECUTOR)),--executor $(EXECUTOR)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 
-.PHONY: install sweep dry-run ls show eval search report test test-fast bench bench-search clean help
+.PHONY: install sweep dry-run ls show eval search report test test-fast bench bench-search bench-ray clean help
 
 help:
 	@echo "make sweep EXP=name [SET=\"k=v ...\"] [ARGS=\"--workers 2\"]  run an experiment grid"
@@ -32,6 +32,7 @@ help:
 	@echo "make test                                     the test suite (CPU, minutes)"
 	@echo "make bench                                    speed/memory figures"
 	@echo "make bench-search                             TPE+pruning against the rank_alpha grid, same step budget (135M)"
+	@echo "make bench-ray                                smoke sweep: local executor vs Ray with 2 workers, Ray's overhead per run"
 	@echo "make install                                  only create .venv"
 
 $(STAMP): pyproject.toml Makefile
@@ -83,6 +84,9 @@ bench: $(STAMP)
 
 bench-search: $(STAMP)
 	$(BIN)/python -m benchmarks.search $(ARGS)
+
+bench-ray: $(STAMP)
+	NETNS_OPTIONAL=1 bash scripts/netns-run.sh $(BIN)/python -m benchmarks.ray_overhead $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

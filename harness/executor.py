@@ -89,9 +89,7 @@ class LocalExecutor:
                         break
                     outcome = self._try_start(spec, plugins, experiment_dir, free_gpus)
                     if outcome == "locked":
-                        if spec.run_id not in waiting_logged:
-                            waiting_logged.add(spec.run_id)
-                            self.console.print(f"[dim]… {spec.slug}: another sweep is running it; waiting[/]")
+                        note_waiting(self.console, spec, waiting_logged)
                         continue
                     pending.remove(spec)
                     progressed = True
@@ -135,17 +133,9 @@ class LocalExecutor:
         return store.status_of(store.run_dir(spec.experiment, spec.run_id, self.root))
 
     def _try_start(self, spec, plugins, experiment_dir, free_gpus):
-        claim = store.try_claim(spec.experiment, spec.run_id, self.root)
-        if claim is None:
-            return "locked"
-        directory = store.run_dir(spec.experiment, spec.run_id, self.root)
-        status = store.status_of(directory)
-        rerun = self.force or (self.retry_failed and status in ("failed", "oom", "diverged"))
-        if status in FINISHED and not rerun:
-            claim.release()
-            return "skipped"
-        if status in FINISHED:
-            store.archive(directory)
+        claim, directory = claim_run(spec, self.root, force=self.force, retry_failed=self.retry_failed)
+        if claim in ("locked", "skipped"):
+            return claim
         store.prepare_run_dir(directory, {**spec.as_dict(), "plugins": list(plugins), "experiment_dir": experiment_dir})
         gpu = free_gpus.pop(0) if free_gpus else None
         threads = max(1, (os.cpu_count() or 1) // self.workers) if gpu is None and self.gpus == 0 and self.workers > 1 else None
@@ -171,6 +161,30 @@ class LocalExecutor:
 
     def _print_line(self, spec: RunSpec, status: str, note: str, done: int, total: int) -> None:
         self.console.print(status_line(spec, status, note, done, total))
+
+
+def claim_run(spec: RunSpec, root: Path, *, force: bool, retry_failed: bool) -> tuple[store.Claim | str, Path]:
+    """Claim a run for this sweep: (`"locked"`, dir) when another sweep holds it, (`"skipped"`, dir)
+    when it is finished and not to be rerun, else (claim, dir), a finished run archived first."""
+    directory = store.run_dir(spec.experiment, spec.run_id, root)
+    claim = store.try_claim(spec.experiment, spec.run_id, root)
+    if claim is None:
+        return "locked", directory
+    status = store.status_of(directory)
+    rerun = force or (retry_failed and status in ("failed", "oom", "diverged"))
+    if status in FINISHED and not rerun:
+        claim.release()
+        return "skipped", directory
+    if status in FINISHED:
+        store.archive(directory)
+    return claim, directory
+
+
+def note_waiting(console: Console, spec: RunSpec, logged: set[str]) -> None:
+    """Say once per run that another sweep holds it."""
+    if spec.run_id not in logged:
+        logged.add(spec.run_id)
+        console.print(f"[dim]… {spec.slug}: another sweep is running it; waiting[/]")
 
 
 def status_line(spec: RunSpec, status: str, note: str, done: int, total: int) -> str:

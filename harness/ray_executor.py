@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness import store
 from harness.errors import ConfigError
-from harness.executor import (FINISHED, _last_json_line, child_env, record_without_result, start_run_process,
+from harness.executor import (_last_json_line, child_env, claim_run, note_waiting, record_without_result, start_run_process,
                               status_line)
 from harness.grid import RunSpec
 
@@ -255,9 +255,7 @@ class RayExecutor:
                             break
                         outcome = self._try_start(spec, plugins, experiment_dir, plugin_files)
                         if outcome == "locked":
-                            if spec.run_id not in waiting_logged:
-                                waiting_logged.add(spec.run_id)
-                                self.console.print(f"[dim]… {spec.slug}: another sweep is running it; waiting[/]")
+                            note_waiting(self.console, spec, waiting_logged)
                             continue
                         pending.remove(spec)
                         if isinstance(outcome, Flight):
@@ -265,7 +263,8 @@ class RayExecutor:
                             flights.append(outcome)
                         else:
                             finished += 1
-                            self._line(spec, store.status_of(outcome), "skipped (finished)", finished, len(specs))
+                            status = store.status_of(store.run_dir(spec.experiment, spec.run_id, self.root))
+                            self._line(spec, status, "skipped (finished)", finished, len(specs))
                     for flight in flights:
                         if flight.poll_ref is None:
                             flight.poll_ref = flight.actor.poll.remote(flight.offset)
@@ -299,17 +298,10 @@ class RayExecutor:
     # -- one run ------------------------------------------------------------------------------------
 
     def _try_start(self, spec, plugins, experiment_dir, plugin_files):
-        claim = store.try_claim(spec.experiment, spec.run_id, self.root)  # claims stay with the driver
-        if claim is None:
-            return "locked"
-        directory = store.run_dir(spec.experiment, spec.run_id, self.root)
-        status = store.status_of(directory)
-        rerun = self.force or (self.retry_failed and status in ("failed", "oom", "diverged"))
-        if status in FINISHED and not rerun:
-            claim.release()
-            return directory
-        if status in FINISHED:
-            store.archive(directory)
+        # claims stay with the driver: a worker never decides whether a run is due
+        claim, directory = claim_run(spec, self.root, force=self.force, retry_failed=self.retry_failed)
+        if claim in ("locked", "skipped"):
+            return claim
         flight = Flight(spec=spec, directory=directory, claim=claim, actor=None,
                         payload=self._payload(spec, plugins, experiment_dir, plugin_files))
         self._launch(flight)
@@ -369,7 +361,7 @@ class RayExecutor:
                 path.write_bytes(data)
             executor = {"name": "ray", "attempts": flight.attempt, "lost": flight.lost,
                         "artifacts_uri": returned.get("artifacts_uri")}
-            if result_bytes is not None and not flight.stopped:
+            if result_bytes is not None:  # as locally: a run that finished before a stop landed keeps its result
                 result = json.loads(result_bytes)
                 result["env"] = {**(result.get("env") or {}), "executor": executor}
                 store.write_json_atomic(flight.directory / "result.json", result)  # the last act, as locally
