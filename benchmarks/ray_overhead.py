@@ -23,7 +23,8 @@ def _specs(seeds: list[int]):
     from harness.config import load_experiment
     from harness.grid import expand
 
-    return expand(load_experiment(EXPERIMENT), [f"seeds={seeds}"])
+    experiment = load_experiment(EXPERIMENT)
+    return expand(experiment.model_copy(update={"grid": {**experiment.grid, "seeds": seeds}}))
 
 
 def _timed(executor, specs) -> tuple[float, list[dict]]:
