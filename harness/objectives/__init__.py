@@ -1,0 +1,1 @@
+"""Training objectives beyond SFT (issue 8, in progress): distillation losses and students so far."""

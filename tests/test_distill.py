@@ -1,0 +1,126 @@
+"""Distillation building blocks (issue 8): each loss on hand-made tensors against torch's own
+definitions, the top-k teacher cache's approximation, the weight schedule, and the depth-pruned
+student built from the tiny model's layers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.objectives.distill_losses import (distill_weight, feature_mse, pooled, projection_layers, relation_loss,
+                                               response_kl, response_kl_topk, teacher_topk)
+from harness.objectives.student import decoder_layers, depth_pruned_copy, keep_layers
+
+
+def logits(seed: int, shape=(2, 5, 11)) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 3
+
+
+MASK = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_response_kl_is_torch_kl_div_over_masked_tokens_times_t_squared(temperature):
+    student, teacher = logits(0), logits(1)
+    keep = MASK.bool()
+    expected = F.kl_div(F.log_softmax(student[keep] / temperature, -1), F.log_softmax(teacher[keep] / temperature, -1),
+                        log_target=True, reduction="batchmean") * temperature ** 2
+    assert response_kl(student, teacher, MASK, temperature).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert response_kl(teacher, teacher, MASK, temperature).item() == pytest.approx(0.0, abs=1e-6)
+    # masked tokens do not count: changing them changes nothing
+    moved = student.clone()
+    moved[0, 3:] += 100
+    assert response_kl(moved, teacher, MASK, temperature).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_top_k_cache_matches_full_kl_at_full_k_and_approaches_it_as_k_grows():
+    student, teacher = logits(2), logits(3)
+    full = response_kl(student, teacher, MASK, 2.0).item()
+    values, ids = teacher_topk(teacher, k=11, temperature=2.0)
+    assert values.dtype == torch.float16 and ids.shape == (2, 5, 11)
+    assert response_kl_topk(student, values, ids, MASK, 2.0).item() == pytest.approx(full, rel=2e-3)  # fp16 storage
+    errors = [abs(response_kl_topk(student, *teacher_topk(teacher, k, 2.0), MASK, 2.0).item() - full)
+              for k in (2, 5, 8, 11)]
+    assert errors[-1] < errors[0]
+
+
+def test_feature_mse_with_and_without_projection():
+    torch.manual_seed(0)
+    teacher_hidden = [torch.randn(2, 5, 8) for _ in range(4)]
+    # a 3-layer student mapped onto a 4-layer teacher: its layer 2 learns the teacher's layer 3
+    student_hidden = [teacher_hidden[0] + 0.5, teacher_hidden[1] + 0.5, teacher_hidden[3] + 0.5]
+    # same width: each pair's masked MSE is 0.25 (every element off by 0.5)
+    assert feature_mse(student_hidden, teacher_hidden, [(1, 1), (2, 3)], MASK).item() == pytest.approx(0.25)
+    assert feature_mse(teacher_hidden, teacher_hidden, [(1, 1), (3, 3)], MASK).item() == 0.0
+    assert feature_mse(student_hidden, teacher_hidden, [(2, 2)], MASK).item() > 1.0  # the wrong layer
+    # narrower student: a learned projection per pair; an identity-like one recovers the teacher exactly
+    narrow = [h[..., :4] for h in teacher_hidden]
+    projections = projection_layers(4, 8, n=1)
+    with torch.no_grad():
+        projections[0].weight.zero_()
+        projections[0].weight[:4, :4] = torch.eye(4)
+    target = [torch.cat([h[..., :4], torch.zeros(2, 5, 4)], -1) for h in teacher_hidden]
+    assert feature_mse(narrow, target, [(2, 2)], MASK, projections).item() == pytest.approx(0.0, abs=1e-7)
+    assert projection_layers(8, 8, n=2) is None
+
+
+def test_relation_loss_is_zero_for_the_same_relations_and_positive_otherwise():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 8)
+    mask = torch.ones(3, 5)
+    teacher = pooled(hidden, mask)
+    assert relation_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
+    # scaled or rotated students relate the examples the same way, even at another width
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8))
+    assert relation_loss(3 * teacher @ rotation, teacher).item() == pytest.approx(0.0, abs=1e-6)
+    assert relation_loss(torch.cat([teacher, teacher], -1), teacher).item() == pytest.approx(0.0, abs=1e-6)
+    assert relation_loss(torch.randn(3, 8), teacher).item() > 1e-3
+    # pooled: the mean over each sequence's masked tokens only
+    assert torch.allclose(pooled(hidden, MASK[:1].expand(3, 5).float())[0], hidden[0, :3].mean(0))
+
+
+def test_distill_weight_schedules():
+    assert [distill_weight(s, 5, 0.8) for s in range(5)] == [0.8] * 5
+    assert [distill_weight(s, 5, 0.8, "linear") for s in range(5)] == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.0])
+    with pytest.raises(ValueError, match="constant or linear"):
+        distill_weight(0, 5, 0.8, "cosine")
+
+
+# --- the depth-pruned student ----------------------------------------------------------------------
+
+def test_keep_layers_resolves_shorthands_and_refuses_bad_indices():
+    assert keep_layers("every_2nd", 30) == list(range(0, 30, 2))
+    assert keep_layers("every_3rd", 7) == [0, 3, 6]
+    assert keep_layers([0, 5, 29], 30) == [0, 5, 29]
+    for bad, needle in ((["x"], "indices must be in [0, 29]"), ([30], "(the teacher has 30 layers)"),
+                        ([1, 1], "repeats"), ([], "at least one"), ("every_5th", "every_2nd")):
+        with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            keep_layers(bad, 30)
+
+
+def test_a_depth_pruned_student_holds_the_chosen_teacher_layers_and_generates():
+    from harness import models
+    from harness.config import ModelCfg
+
+    teacher, tok = models.load(ModelCfg(name="tiny-smollm2"), "cpu")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = depth_pruned_copy(teacher, [1])
+    assert len(decoder_layers(student)) == 1 and student.config.num_hidden_layers == 1
+    assert len(decoder_layers(teacher)) == 2 and teacher.config.num_hidden_layers == 2  # untouched
+    teacher_state, student_state = teacher.state_dict(), student.state_dict()
+    for name, value in student_state.items():
+        source = name.replace("layers.0.", "layers.1.")  # student layer 0 is teacher layer 1
+        assert torch.equal(value, teacher_state[source]), name
+    assert all(torch.equal(before[k], v) for k, v in teacher_state.items())
+    student_params = sum(p.numel() for p in student.parameters())
+    layer_params = sum(p.numel() for p in decoder_layers(teacher)[0].parameters())
+    assert student_params == sum(p.numel() for p in teacher.parameters()) - layer_params
+    assert student.get_decoder().layers[0].self_attn.layer_idx == 0
+    enc = tok(["Hello there"], return_tensors="pt")
+    with torch.no_grad():
+        out = student.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+        loss = student(**enc, labels=enc["input_ids"]).loss
+    assert out.shape[1] == enc["input_ids"].shape[1] + 3 and math.isfinite(loss.item())
