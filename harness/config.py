@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from harness.errors import ConfigError, allowed, did_you_mean
 from harness.methods import METHODS
 from harness.methods.base import MethodCfg
+from harness.objectives.config import ObjectiveCfg
 from harness.registry import UnknownName
 from harness.schema import Section, validate_section
 
@@ -98,6 +99,7 @@ SECTIONS: dict[str, type[Section]] = {
     "train": TrainCfg,
     "eval": EvalCfg,
     "tracking": TrackingCfg,
+    "objective": ObjectiveCfg,
 }
 RUN_KEYS = [*SECTIONS, "method", "seed"]
 
@@ -112,10 +114,11 @@ class RunConfig(BaseModel):
     train: TrainCfg
     eval: EvalCfg
     tracking: TrackingCfg
+    objective: ObjectiveCfg = ObjectiveCfg()
     seed: int = 0
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "model": self.model.model_dump(),
             "data": self.data.model_dump(),
             "method": self.method.as_dict(),
@@ -124,6 +127,9 @@ class RunConfig(BaseModel):
             "tracking": self.tracking.model_dump(),
             "seed": self.seed,
         }
+        if not self.objective.is_default:  # sft runs keep the spec (and run id) they had before objectives
+            out["objective"] = self.objective.model_dump()
+        return out
 
 
 def normalize(section: str, value: Any) -> Any:
@@ -132,7 +138,7 @@ def normalize(section: str, value: Any) -> Any:
     if section == "method" and isinstance(value, list):
         return {"name": "stack", "methods": value}
     if isinstance(value, str):
-        if section in ("model", "method", "data"):
+        if section in ("model", "method", "data", "objective"):
             return {"name": value}
         if section == "tracking":
             return {"backend": value}

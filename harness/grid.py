@@ -285,12 +285,15 @@ def spec_hash(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-_COVERED = {"method", "method.name", "method.r", "method.alpha", "data.n_train", "seed", "seeds"}
+_COVERED = {"method", "method.name", "method.r", "method.alpha", "data.n_train", "seed", "seeds", "objective",
+            "objective.name"}
 
 
 def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
     """A readable name such as `lora-r8-a16-n256-s0`."""
     parts = [config.method.build().slug()]
+    if not config.objective.is_default:
+        parts.insert(0, config.objective.name)  # `distill-full-…` next to `full-…`
     if config.data.n_train:
         parts.append(f"n{config.data.n_train}")
     for key, value in varied.items():

@@ -41,10 +41,63 @@ def check(specs, *, file: str) -> None:
                 problems.append(problem)
         except KeyError as exc:  # unknown dataset name
             problems.append((file, "data.name", str(exc)))
+    problems.extend(p for p in check_objectives(specs, file=file) if p not in problems)
     problems.extend(p for p in check_methods(specs, file=file) if p not in problems)
     problems.extend(check_tasks(sorted({t for s in specs for t in s.config.eval.tasks}), file=file))
     if problems:
         raise ConfigError(problems)
+
+
+def check_objectives(specs, *, file: str) -> list[tuple[str, str, str]]:
+    """Distillation: the teacher exists, `keep_layers` and `feature_layers` fit the teacher's and the
+    student's depths, and student and teacher share a vocabulary."""
+    from harness.objectives.distill import layer_pairs
+    from harness.objectives.student import keep_layers
+
+    problems: list[tuple[str, str, str]] = []
+    for spec in specs:
+        objective = spec.config.objective
+        if objective.name != "distill":
+            continue
+        where = f"[{spec.slug}] objective"
+        try:
+            models.check(objective.teacher, file=file, field=f"{where}.teacher")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        teacher = _model_config(objective.teacher, spec.config.model)
+        if teacher is None:  # a hub id offline: the run itself reports that
+            continue
+        student = teacher if objective.student is not None else _model_config(spec.config.model.name, spec.config.model)
+        n_teacher = teacher.num_hidden_layers
+        n_student = student.num_hidden_layers if student is not None else None
+        if objective.student is not None:
+            try:
+                n_student = len(keep_layers(objective.student.keep_layers, n_teacher))
+            except ValueError as exc:
+                problems.append((file, f"{where}.student.keep_layers", str(exc)))
+                continue
+        elif student is not None and student.vocab_size != teacher.vocab_size:
+            problems.append((file, f"{where}.teacher", f"student `{spec.config.model.name}` (vocabulary "
+                             f"{student.vocab_size}) and teacher `{objective.teacher}` (vocabulary {teacher.vocab_size}) "
+                             "must share a tokenizer"))
+        if n_student is not None and (objective.losses.feature > 0):
+            for s_layer, t_layer in layer_pairs(objective.feature_layers, n_student, n_teacher):
+                if not (0 <= s_layer <= n_student and 0 <= t_layer <= n_teacher):
+                    problems.append((file, f"{where}.feature_layers", f"pair ({s_layer}, {t_layer}) is out of range: "
+                                     f"student hidden states 0..{n_student}, teacher 0..{n_teacher} (0: embeddings)"))
+                    break
+    return problems
+
+
+def _model_config(name: str, model_cfg):
+    """A model's transformers config, or None when it cannot be read here (a hub id offline)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(models.resolve(name), trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError):
+        return None
 
 
 def check_methods(specs, *, file: str) -> list[tuple[str, str, str]]:

@@ -30,7 +30,15 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     transformers.set_seed(spec.seed)
     device = models.pick_device()
     t0 = time.perf_counter()
-    model, tokenizer = models.load(spec.model, device)
+    teacher = None
+    if spec.objective.name == "distill":
+        from harness.objectives import distill
+
+        teacher, teacher_tokenizer = distill.load_teacher(spec.objective, spec.model, device)
+    if teacher is not None and spec.objective.student is not None:  # a depth-pruned copy of the teacher
+        model, tokenizer = distill.pruned_student(spec.objective, teacher), teacher_tokenizer
+    else:
+        model, tokenizer = models.load(spec.model, device)
     train_set, val_set = _datasets(spec, tokenizer)
     steps = spec.train.max_steps or math.ceil(
         len(train_set) / (spec.train.micro_batch * spec.train.grad_accum) * spec.train.epochs)
@@ -45,8 +53,13 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
                    trainable_params_peft=peft_trainable_params(model))
 
     collator = make_collator(tokenizer, spec.train.packing)
+    prompts = [prompt_text(tokenizer, p, spec.data) for p in LATENCY_PROMPTS[: spec.eval.latency_prompts]]
+    if teacher is not None:
+        metrics.update(_teacher_figures(spec, teacher, model, tokenizer, val_set, collator, prompts, device))
     if method.trains:
-        _train(spec, model, method, ctx, train_set, val_set, collator, run_dir, metrics, tracker)
+        _train(spec, model, method, ctx, train_set, val_set, collator, run_dir, metrics, tracker, teacher=teacher)
+    if teacher is not None:
+        metrics["distill_kl"] = distill.val_kl(model, teacher, val_set, collator, spec.eval.batch_size, device)
 
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
@@ -58,10 +71,11 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     if spec.eval.tasks:
         _score_tasks(spec, model, tokenizer, metrics, reference)
 
-    prompts = [prompt_text(tokenizer, p, spec.data) for p in LATENCY_PROMPTS[: spec.eval.latency_prompts]]
     if spec.eval.latency:
         prefill, decode = latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device)
         metrics.update(infer_prefill_ms=prefill, infer_decode_ms_per_token=decode)
+    if teacher is not None:
+        metrics.update(distill.comparison(metrics))
 
     metrics["adapter_bytes"] = _save(method, model, run_dir, spec.train.save_weights)
     if method.merges and hasattr(model, "merge_and_unload"):
@@ -79,8 +93,10 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     return device
 
 
-def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path, metrics: dict, tracker) -> None:
-    """The Trainer part of the recipe: train with the run's callbacks and record the training figures."""
+def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path, metrics: dict, tracker,
+           teacher=None) -> None:
+    """The Trainer part of the recipe: train with the run's callbacks and record the training figures
+    (toward the teacher's outputs too when the objective is `distill`)."""
     from harness.train import MetricsLog, PeriodicEval, TrainStats, build_trainer, training_args
 
     device = ctx.device
@@ -93,8 +109,13 @@ def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path
     with tempfile.TemporaryDirectory(prefix="trainer-", dir=run_dir) as trainer_dir:
         args = training_args(spec.train, out_dir=Path(trainer_dir), seed=spec.seed, device=device,
                              packing=spec.train.packing)
+        extra = {}
+        if teacher is not None:
+            from harness.objectives.distill import DistillTrainer
+
+            extra = {"trainer_cls": DistillTrainer, "teacher": teacher, "objective": spec.objective}
         trainer = build_trainer(model, args, train_set, collator, callbacks=callbacks,
-                                optimizer=method.optimizer(model, spec.train))
+                                optimizer=method.optimizer(model, spec.train), **extra)
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()
             trainer.train()
@@ -106,6 +127,20 @@ def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path
     metrics["train_tokens_per_s"] = metrics["train_tokens"] / metrics["train_s"] if metrics["train_s"] else None
     metrics["step_ms_p50"] = percentile(stats.step_ms, 50)
     metrics["step_ms_p90"] = percentile(stats.step_ms, 90)
+
+
+def _teacher_figures(spec, teacher, student, tokenizer, val_set, collator, prompts, device) -> dict:
+    """The teacher's size, validation loss and decode speed, and the student's KL to it before training."""
+    from harness.objectives.distill import val_kl
+
+    loss, _ = token_loss(teacher, val_set, collator, spec.eval.batch_size, device)
+    figures = {"teacher_params": count_params(teacher)[1], "student_params": count_params(student)[1],
+               "teacher_eval_loss": loss, "teacher_eval_ppl": perplexity(loss),
+               "distill_kl_before": val_kl(student, teacher, val_set, collator, spec.eval.batch_size, device)}
+    if spec.eval.latency:
+        figures["teacher_decode_ms_per_token"] = latency(teacher, tokenizer, prompts, spec.eval.latency_new_tokens,
+                                                         device)[1]
+    return figures
 
 
 def _score_tasks(spec, model, tokenizer, metrics: dict, reference: Path | None) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from harness import store
-from harness.config import RunConfig, build_run_config
+from harness.config import RUN_KEYS, RunConfig, build_run_config
 from harness.plugins import import_plugins
 
 
@@ -74,7 +74,7 @@ def execute(run_dir: Path) -> dict:
     status, error, device, tracker = "ok", None, None, None
     try:
         import_plugins(raw.get("plugins") or [], base=raw.get("experiment_dir"))
-        spec = build_run_config({k: raw[k] for k in ("model", "data", "method", "train", "eval", "tracking", "seed")},
+        spec = build_run_config({k: raw[k] for k in RUN_KEYS if k in raw},
                                 file=str(run_dir / "spec.yaml"))
         from harness import tracking
 

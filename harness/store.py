@@ -25,6 +25,9 @@ METRIC_KEYS = [
 OPTIONAL_METRIC_KEYS = [
     "eval_tokens", "trainable_params_peft", "merge_s", "infer_prefill_ms_merged", "infer_decode_ms_per_token_merged",
     "task_eval_s", "forgetting_ppl_delta", "forgetting_ppl_pct",
+    # objective `distill`: the teacher beside the student
+    "teacher_params", "student_params", "compression_ratio", "teacher_eval_loss", "teacher_eval_ppl",
+    "teacher_decode_ms_per_token", "quality_retention_pct", "infer_speedup", "distill_kl_before", "distill_kl",
 ]
 #: `pruned`: a search stopped the run early because its eval loss was not promising (a decision, not a failure)
 STATUSES = ("ok", "failed", "oom", "diverged", "pruned")

@@ -107,8 +107,9 @@ def training_args(cfg, *, out_dir: Path, seed: int, device: str, packing: bool) 
 
 
 def build_trainer(model, args: TrainingArguments, train_set: list[dict], collator, *,
-                  callbacks: list, optimizer=None) -> Trainer:
-    return Trainer(
+                  callbacks: list, optimizer=None, trainer_cls: type[Trainer] = Trainer, **extra) -> Trainer:
+    """The run's Trainer (`trainer_cls` and its `extra` arguments: an objective's own loss)."""
+    return trainer_cls(
         model=model, args=args, train_dataset=train_set, data_collator=collator,
-        callbacks=callbacks, optimizers=(optimizer, None),
+        callbacks=callbacks, optimizers=(optimizer, None), **extra,
     )

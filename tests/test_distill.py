@@ -124,3 +124,73 @@ def test_a_depth_pruned_student_holds_the_chosen_teacher_layers_and_generates():
         out = student.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
         loss = student(**enc, labels=enc["input_ids"]).loss
     assert out.shape[1] == enc["input_ids"].shape[1] + 3 and math.isfinite(loss.item())
+
+
+# --- the `distill` objective ------------------------------------------------------------------------
+
+def test_packed_rows_pool_each_example_apart():
+    from harness.objectives.distill import pooled_examples, segments
+
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])  # three examples packed in one row
+    seg = segments({"position_ids": positions, "input_ids": positions}, positions.shape)
+    assert seg.tolist() == [[0, 0, 0, 1, 1, 2, 2, 2, 2]]
+    hidden = torch.arange(9, dtype=torch.float).view(1, 9, 1)
+    mask = torch.tensor([[0, 1, 1, 1, 1, 0, 0, 1, 1]])
+    assert pooled_examples(hidden, mask, seg).flatten().tolist() == [1.5, 3.5, 7.5]
+    padded = segments({"input_ids": torch.zeros(2, 3)}, torch.Size([2, 3]))
+    assert padded.tolist() == [[0, 0, 0], [1, 1, 1]]
+
+
+def test_sft_runs_keep_their_spec_and_run_id():
+    from harness.config import build_run_config
+    from harness.grid import spec_hash
+
+    plain = build_run_config({"model": "tiny-smollm2", "method": "lora"}, file="t")
+    explicit = build_run_config({"model": "tiny-smollm2", "method": "lora", "objective": "sft"}, file="t")
+    assert "objective" not in plain.as_dict() and spec_hash(plain) == spec_hash(explicit)
+    distill = build_run_config({"model": "tiny-smollm2", "method": "lora",
+                                "objective": {"name": "distill", "teacher": "tiny-smollm2"}}, file="t")
+    assert distill.as_dict()["objective"]["teacher"] == "tiny-smollm2" and spec_hash(distill) != spec_hash(plain)
+
+
+@pytest.mark.parametrize("objective, field, needle", [
+    ({"name": "distill"}, "objective", "needs a `teacher`"),
+    ({"name": "sft", "temperature": 3}, "objective", "applies to objective `distill`"),
+    ({"name": "distill", "teacher": "tiny-smollm2", "losses": {"kl": -1}}, "objective.losses.kl", "greater than or equal to 0"),
+    ({"name": "distill", "teacher": "tiny-smollm2", "student": {"keep_layers": [0, 7]}},
+     "objective.student.keep_layers", "(the teacher has 2 layers)"),
+    ({"name": "distill", "teacher": "tiny-smollm2", "student": {"keep_layers": [1]}, "losses": {"feature": 1},
+      "feature_layers": [[1, 9]]}, "objective.feature_layers", "out of range"),
+    ({"name": "distill", "teacher": "smollm-135m"}, "objective.teacher", "Did you mean `smollm2-135m`?"),
+    ({"name": "distil", "teacher": "tiny-smollm2"}, "objective.name", "distill"),
+])
+def test_bad_objectives_are_one_clear_message_before_any_run(tmp_path, objective, field, needle):
+    from conftest import run_cli, tiny_base, write_experiment
+
+    path = write_experiment(tmp_path, "badkd", base=tiny_base(method="full", objective=objective), grid={})
+    res = run_cli("run", str(path), "--results", str(tmp_path / "results"))
+    assert res.code == 2 and "Traceback" not in res.err, res.err
+    assert field in res.err and needle in res.err, res.err
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_distill_run_moves_the_student_toward_its_teacher(tmp_path):
+    """Half-depth student of the tiny model, packed batches, all three distillation losses."""
+    from conftest import read_result, run_cli, run_dirs, tiny_base, write_experiment
+
+    objective = {"name": "distill", "teacher": "tiny-smollm2", "student": {"keep_layers": [1]}, "temperature": 2.0,
+                 "losses": {"ce": 0.0, "kl": 1.0, "feature": 1.0, "relation": 1.0}}
+    path = write_experiment(tmp_path, "kd", grid={}, base=tiny_base(
+        method="full", objective=objective, train={"max_steps": 12, "micro_batch": 4, "lr": 3.0e-3, "seq_len": 64}))
+    res = run_cli("run", str(path), "--results", str(tmp_path / "results"))
+    assert res.code == 0, res.out + res.err
+    (directory,) = run_dirs(tmp_path / "results", "kd")
+    result = read_result(directory)
+    assert result["slug"].startswith("distill-full-")
+    m = result["metrics"]
+    assert m["distill_kl"] < 0.8 * m["distill_kl_before"], (m["distill_kl_before"], m["distill_kl"])
+    assert m["teacher_params"] > m["student_params"] == m["total_params"]
+    layer = (m["teacher_params"] - m["student_params"])
+    assert m["compression_ratio"] == pytest.approx(m["teacher_params"] / m["student_params"]) and layer > 0
+    assert m["quality_retention_pct"] == pytest.approx(100 * m["teacher_eval_ppl"] / m["eval_ppl"])
+    assert math.isfinite(m["train_loss"])

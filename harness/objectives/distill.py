@@ -1,0 +1,149 @@
+"""The `distill` objective: a frozen teacher, a student (any model, or a depth-pruned copy of the
+teacher) trained with CE plus the weighted distillation losses, and the figures that compare them."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Trainer
+
+from harness import models
+from harness.config import ModelCfg
+from harness.objectives.distill_losses import (distill_weight, feature_mse, projection_layers, relation_loss,
+                                               response_kl)
+from harness.objectives.student import decoder_layers, depth_pruned_copy, keep_layers
+
+def load_teacher(objective, model_cfg: ModelCfg, device: str):
+    """The frozen teacher (in eval mode) and its tokenizer, in the run's dtype."""
+    teacher, tokenizer = models.load(ModelCfg(name=objective.teacher, dtype=model_cfg.dtype,
+                                              trust_remote_code=model_cfg.trust_remote_code), device)
+    return freeze(teacher), tokenizer
+
+
+def freeze(model):
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def pruned_student(objective, teacher):
+    """A trainable depth-pruned copy of the teacher (`student.keep_layers`)."""
+    keep = keep_layers(objective.student.keep_layers, len(decoder_layers(teacher)))
+    student = depth_pruned_copy(teacher, keep)
+    for param in student.parameters():
+        param.requires_grad_(True)
+    student.train()
+    return student
+
+
+def layer_pairs(feature_layers, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices (0: embeddings, i: after layer i). `auto` maps each
+    student layer to the teacher layer at the same relative depth."""
+    if feature_layers == "auto":
+        return [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]
+    return [tuple(p) for p in feature_layers]
+
+
+def segments(inputs: dict, shape: torch.Size) -> torch.Tensor:
+    """An id per example for every token: rows of a padded batch, or the examples of a packed row
+    (each starts where position_ids restarts at 0)."""
+    positions = inputs.get("position_ids")
+    if positions is None:
+        return torch.arange(shape[0], device=inputs["input_ids"].device).unsqueeze(1).expand(shape)
+    starts = (positions == 0).long().flatten()
+    return (starts.cumsum(0) - 1).clamp_min(0).view(shape)
+
+
+def pooled_examples(hidden: torch.Tensor, mask: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """Mean hidden state over each example's masked tokens: (examples, width)."""
+    flat_h, flat_m, flat_s = hidden.reshape(-1, hidden.size(-1)).float(), mask.flatten().float(), seg.flatten()
+    n = int(flat_s.max()) + 1
+    sums = torch.zeros(n, flat_h.size(-1), device=hidden.device).index_add_(0, flat_s, flat_h * flat_m[:, None])
+    counts = torch.zeros(n, device=hidden.device).index_add_(0, flat_s, flat_m)
+    keep = counts > 0
+    return sums[keep] / counts[keep, None]
+
+
+class DistillTrainer(Trainer):
+    """Trainer whose loss is w_ce·CE + s(step)·(w_kl·KL + w_feature·MSE + w_relation·relation)."""
+
+    def __init__(self, *args, teacher, objective, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.objective = teacher, objective
+        weights = objective.losses
+        self.needs_hidden = weights.feature > 0 or weights.relation > 0
+        n_student = self.model.config.num_hidden_layers
+        self.pairs = layer_pairs(objective.feature_layers, n_student, teacher.config.num_hidden_layers)
+        width = self.model.config.hidden_size
+        self.projections = projection_layers(width, teacher.config.hidden_size, len(self.pairs)) \
+            if weights.feature > 0 else None
+        if self.projections is not None:
+            self.projections.to(next(self.model.parameters()).device)
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if self.projections is not None and not getattr(self, "_projections_added", False):
+            optimizer.add_param_group({"params": list(self.projections.parameters()), "weight_decay": 0.0})
+            self._projections_added = True
+        return optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        w = self.objective.losses
+        labels = inputs["labels"]
+        student_inputs = {**inputs, "output_hidden_states": True} if self.needs_hidden else inputs
+        ce, outputs = super().compute_loss(model, student_inputs, return_outputs=True,
+                                           num_items_in_batch=num_items_in_batch)
+        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad():
+            teacher_out = self.teacher(**teacher_inputs, output_hidden_states=self.needs_hidden, use_cache=False)
+        length = labels.size(1)  # prompt-tuning students have virtual positions first: keep the real ones
+        kd = torch.zeros((), device=ce.device)
+        if w.kl > 0:
+            kd = kd + w.kl * response_kl(outputs.logits[:, -length:][:, :-1], teacher_out.logits[:, :-1],
+                                         labels[:, 1:] != -100, self.objective.temperature)
+        if self.needs_hidden:
+            mask = labels != -100
+            student_hidden = [h[:, -length:] for h in outputs.hidden_states]
+            if w.feature > 0:
+                kd = kd + w.feature * feature_mse(student_hidden, teacher_out.hidden_states, self.pairs, mask,
+                                                  self.projections)
+            if w.relation > 0:
+                seg = segments(inputs, labels.shape)
+                kd = kd + w.relation * relation_loss(pooled_examples(student_hidden[-1], mask, seg),
+                                                     pooled_examples(teacher_out.hidden_states[-1], mask, seg))
+        scale = distill_weight(self.state.global_step, self.state.max_steps, 1.0, self.objective.schedule)
+        loss = w.ce * ce + scale * kd
+        return (loss, outputs) if return_outputs else loss
+
+
+def val_kl(student, teacher, examples: list[dict], collator, batch_size: int, device: str) -> float | None:
+    """Token-weighted KL(teacher ‖ student) at T = 1 over the validation responses."""
+    was_training = student.training
+    student.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collator(examples[start:start + batch_size]).items()}
+            labels = batch.pop("labels")
+            s_logits = student(**batch, use_cache=False).logits[:, -labels.size(1):]
+            t_logits = teacher(**batch, use_cache=False).logits
+            mask = labels[:, 1:] != -100
+            n = int(mask.sum())
+            if n:
+                total += response_kl(s_logits[:, :-1], t_logits[:, :-1], mask, 1.0).item() * n
+                count += n
+    student.train(was_training)
+    return total / count if count else None
+
+
+def comparison(metrics: dict) -> dict:
+    """compression_ratio, quality_retention_pct (teacher ppl ÷ student ppl, in %: 100 = as good) and
+    infer_speedup (teacher decode ms/token ÷ student's), from the figures already measured."""
+    out = {}
+    if metrics.get("teacher_params") and metrics.get("student_params"):
+        out["compression_ratio"] = metrics["teacher_params"] / metrics["student_params"]
+    if metrics.get("teacher_eval_ppl") and metrics.get("eval_ppl"):
+        out["quality_retention_pct"] = 100 * metrics["teacher_eval_ppl"] / metrics["eval_ppl"]
+    if metrics.get("teacher_decode_ms_per_token") and metrics.get("infer_decode_ms_per_token"):
+        out["infer_speedup"] = metrics["teacher_decode_ms_per_token"] / metrics["infer_decode_ms_per_token"]
+    return out
