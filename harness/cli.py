@@ -48,7 +48,7 @@ def cmd_run(args) -> int:
                       "their results are not like for like")
     specs = with_references(specs)  # the untouched base, scored once, when runs score tasks
     root = Path(args.results) if args.results else store.results_root()
-    preflight.check(specs, file=str(path))
+    preflight.check(specs, file=str(path), root=root)
     if args.dry_run:
         statuses = [store.status_of(store.run_dir(s.experiment, s.run_id, root)) for s in specs]
         console.print(_grid_table(specs, statuses))

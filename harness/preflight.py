@@ -10,7 +10,7 @@ from harness.data.base import split
 from harness.errors import ConfigError
 
 
-def check(specs, *, file: str) -> None:
+def check(specs, *, file: str, root=None) -> None:
     """Verify every distinct model and data config of the grid.
 
     Raises:
@@ -41,17 +41,19 @@ def check(specs, *, file: str) -> None:
                 problems.append(problem)
         except KeyError as exc:  # unknown dataset name
             problems.append((file, "data.name", str(exc)))
-    problems.extend(p for p in check_objectives(specs, file=file) if p not in problems)
+    problems.extend(p for p in check_objectives(specs, file=file, root=root) if p not in problems)
     problems.extend(p for p in check_methods(specs, file=file) if p not in problems)
     problems.extend(check_tasks(sorted({t for s in specs for t in s.config.eval.tasks}), file=file))
     if problems:
         raise ConfigError(problems)
 
 
-def check_objectives(specs, *, file: str) -> list[tuple[str, str, str]]:
-    """Distillation: the teacher exists, `keep_layers` and `feature_layers` fit the teacher's and the
-    student's depths, and student and teacher share a vocabulary."""
-    from harness.objectives.distill import layer_pairs
+def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str]]:
+    """Distillation: the teacher exists (a model, or a run of the store that finished `ok` with its
+    weights), `keep_layers` and `feature_layers` fit the teacher's and the student's depths, and
+    student and teacher share a vocabulary."""
+    from harness import store
+    from harness.objectives.distill import RUN_PREFIX, layer_pairs, teacher_run
     from harness.objectives.student import keep_layers
 
     problems: list[tuple[str, str, str]] = []
@@ -60,12 +62,19 @@ def check_objectives(specs, *, file: str) -> list[tuple[str, str, str]]:
         if objective.name != "distill":
             continue
         where = f"[{spec.slug}] objective"
+        teacher_model = objective.teacher
+        if teacher_model.startswith(RUN_PREFIX):
+            result, why = teacher_run(teacher_model, root or store.results_root())
+            if result is None:
+                problems.append((file, f"{where}.teacher", why))
+                continue
+            teacher_model = result["spec"]["model"]["name"]
         try:
-            models.check(objective.teacher, file=file, field=f"{where}.teacher")
+            models.check(teacher_model, file=file, field=f"{where}.teacher")
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        teacher = _model_config(objective.teacher, spec.config.model)
+        teacher = _model_config(teacher_model, spec.config.model)
         if teacher is None:  # a hub id offline: the run itself reports that
             continue
         student = teacher if objective.student is not None else _model_config(spec.config.model.name, spec.config.model)

@@ -194,3 +194,30 @@ def test_a_distill_run_moves_the_student_toward_its_teacher(tmp_path):
     assert m["compression_ratio"] == pytest.approx(m["teacher_params"] / m["student_params"]) and layer > 0
     assert m["quality_retention_pct"] == pytest.approx(100 * m["teacher_eval_ppl"] / m["eval_ppl"])
     assert math.isfinite(m["train_loss"])
+
+
+def test_a_finished_run_teaches_with_its_fine_tuned_weights(tmp_path):
+    """`teacher: run:<id>`: the LoRA run's adapter is loaded (and merged): on the same validation set
+    the teacher scores exactly the eval loss that run recorded. A run that does not exist is refused."""
+    from conftest import read_result, run_cli, run_dirs, tiny_base, write_experiment
+
+    results = tmp_path / "results"
+    teach = write_experiment(tmp_path, "teach", base=tiny_base(train={"max_steps": 4, "micro_batch": 4, "lr": 1.0e-2,
+                                                                      "seq_len": 64}), grid={})
+    assert run_cli("run", str(teach), "--results", str(results)).code == 0
+    (teacher_dir,) = run_dirs(results, "teach")
+    teacher_result = read_result(teacher_dir)
+
+    objective = {"name": "distill", "teacher": f"run:{teacher_dir.name}", "student": {"keep_layers": [0]}}
+    path = write_experiment(tmp_path, "learn", base=tiny_base(method="full", objective=objective), grid={})
+    res = run_cli("run", str(path), "--results", str(results))
+    assert res.code == 0, res.out + res.err
+    (directory,) = run_dirs(results, "learn")
+    m = read_result(directory)["metrics"]
+    assert m["teacher_eval_loss"] == pytest.approx(teacher_result["metrics"]["eval_loss"], rel=1e-4)
+    assert m["teacher_params"] == teacher_result["metrics"]["total_params"] - teacher_result["metrics"]["trainable_params"]
+
+    missing = write_experiment(tmp_path, "orphan", grid={}, base=tiny_base(
+        method="full", objective={**objective, "teacher": "run:lora-nope-s0-deadbeef"}))
+    res = run_cli("run", str(missing), "--results", str(results))
+    assert res.code == 2 and "objective.teacher" in res.err and "no finished run `lora-nope-s0-deadbeef`" in res.err

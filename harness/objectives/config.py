@@ -28,7 +28,8 @@ class ObjectiveCfg(Section):
     """`sft` (the default: cross-entropy on the responses) or `distill` (teacher → student)."""
 
     name: Literal["sft", "distill"] = "sft"
-    teacher: str | None = Field(None, description="distill: the teacher's model (alias, folder or hub id)")
+    teacher: str | None = Field(None, description="distill: the teacher: a model (alias, folder or hub id), or "
+                                                  "`run:<run id>`, the fine-tuned weights of a finished run of the store")
     student: StudentCfg | None = Field(None, description="distill: a depth-pruned copy of the teacher; "
                                                          "None: the run's `model` is the student")
     temperature: float = Field(2.0, gt=0, description="distill: softening of both distributions (KL × T²)")

@@ -12,10 +12,50 @@ from harness.objectives.distill_losses import (distill_weight, feature_mse, proj
                                                response_kl)
 from harness.objectives.student import decoder_layers, depth_pruned_copy, keep_layers
 
-def load_teacher(objective, model_cfg: ModelCfg, device: str):
-    """The frozen teacher (in eval mode) and its tokenizer, in the run's dtype."""
-    teacher, tokenizer = models.load(ModelCfg(name=objective.teacher, dtype=model_cfg.dtype,
-                                              trust_remote_code=model_cfg.trust_remote_code), device)
+RUN_PREFIX = "run:"
+
+
+def teacher_run(name: str, root) -> tuple[dict | None, str | None]:
+    """For `teacher: run:<run id>`: (that run's result, None), or (None, why it cannot teach)."""
+    from harness import store
+
+    run = name[len(RUN_PREFIX):]
+    directory = store.find_run(run, root)
+    result = store.read_result(directory) if directory is not None else None
+    if result is None:
+        return None, f"no finished run `{run}` under {root}"
+    if result["status"] != "ok":
+        return None, f"run `{run}` finished `{result['status']}`, not `ok`: it cannot teach"
+    artifact = directory / "adapter"
+    if not artifact.is_dir() or (result["spec"]["method"]["name"] == "full" and not (artifact / "config.json").is_file()):
+        return None, f"run `{run}` kept no weights (rerun it with train.save_weights: all)"
+    return result, None
+
+
+def load_teacher(objective, model_cfg: ModelCfg, device: str, root=None):
+    """The frozen teacher (in eval mode) and its tokenizer, in the run's dtype: a model, or the
+    fine-tuned weights of a finished run of the store (`run:<run id>`), merged when they can be."""
+    if not objective.teacher.startswith(RUN_PREFIX):
+        teacher, tokenizer = models.load(ModelCfg(name=objective.teacher, dtype=model_cfg.dtype,
+                                                  trust_remote_code=model_cfg.trust_remote_code), device)
+        return freeze(teacher), tokenizer
+    from harness import store
+    from harness.config import RUN_KEYS, build_run_config
+    from harness.run import RunContext
+
+    result, why = teacher_run(objective.teacher, root)
+    if result is None:
+        raise ValueError(f"objective.teacher: {why}")
+    config = build_run_config({k: v for k, v in result["spec"].items() if k in RUN_KEYS}, file=result["run_id"])
+    base, tokenizer = models.load(config.model, device)
+    directory = store.find_run(result["run_id"], root)
+    ctx = RunContext(spec=config, run_dir=directory, device=device, total_steps=config.train.max_steps or 1)
+    teacher = config.method.build().load(base, directory / "adapter", ctx)
+    if hasattr(teacher, "merge_and_unload"):
+        try:
+            teacher = teacher.merge_and_unload()  # a plain model: faster forwards, honest parameter count
+        except (ValueError, NotImplementedError, RuntimeError):
+            pass
     return freeze(teacher), tokenizer
 
 

@@ -96,7 +96,7 @@ class Search:
             except ConfigError as exc:
                 raise ConfigError([(self.sweep.file, f"space (sampled {trial.params})", m) for _, _, m in exc.problems])
             scratch.tell(trial, state=optuna.trial.TrialState.FAIL)
-        preflight.check(specs, file=self.sweep.file)
+        preflight.check(specs, file=self.sweep.file, root=self.root)
 
     # -- the worker loop --------------------------------------------------------------------------
 
