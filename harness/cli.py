@@ -34,7 +34,7 @@ def _experiment_path(name: str) -> Path:
 def cmd_run(args) -> int:
     from harness import preflight, store
     from harness.config import load_experiment
-    from harness.grid import budget_confounds, expand, with_references
+    from harness.grid import budget_confounds, expand, phases, with_references
     from harness.plugins import import_plugins
     from harness.report.table import runs_table
 
@@ -58,10 +58,8 @@ def cmd_run(args) -> int:
         console.print(f"{len(specs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + " (dry run: nothing started)")
         return 0
     executor = _executor(args, experiment, root)
-    # reference rows first: the runs read their general_ppl for the forgetting figures
-    phases = [[s for s in specs if s.config.method.name == "none" and s.reference is None],
-              [s for s in specs if not (s.config.method.name == "none" and s.reference is None)]]
-    results = [r for phase in phases if phase
+    # reference rows first (the runs read their general_ppl for the forgetting figures), teachers before students
+    results = [r for phase in phases(specs, file=str(path))
                for r in executor.run(phase, plugins=experiment.plugins, experiment_dir=str(path.parent.resolve()))]
     console.print(runs_table(results, title=f"{experiment.name}: {len(results)} runs"))
     bad = [r for r in results if r is None or r["status"] != "ok"]

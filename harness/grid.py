@@ -292,8 +292,11 @@ _COVERED = {"method", "method.name", "method.r", "method.alpha", "data.n_train",
 def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
     """A readable name such as `lora-r8-a16-n256-s0`."""
     parts = [config.method.build().slug()]
-    if not config.objective.is_default:
-        parts.insert(0, config.objective.name)  # `distill-full-…` next to `full-…`
+    objective = config.objective
+    if not objective.is_default:  # `distill-full-…` next to `full-…`; `distill-keep15-…` for a pruned student
+        keep = objective.student.keep_layers if objective.student is not None else None
+        parts.insert(0, objective.name + ("" if keep is None else f"-keep{len(keep)}" if isinstance(keep, list)
+                                          else f"-{keep}"))
     if config.data.n_train:
         parts.append(f"n{config.data.n_train}")
     for key, value in varied.items():
@@ -343,9 +346,53 @@ def reference_config(config: RunConfig) -> RunConfig:
     from harness.config import TrainCfg
     from harness.methods.base import MethodCfg
 
+    from harness.objectives.config import ObjectiveCfg
+
     none = MethodCfg(name="none", options=METHODS.get("none").Options())
-    return config.model_copy(update={"method": none, "seed": 0, "train": TrainCfg(),
+    return config.model_copy(update={"method": none, "seed": 0, "train": TrainCfg(), "objective": ObjectiveCfg(),
                                      "data": config.data.model_copy(update={"n_train": None})})
+
+
+TEACHER_RUN = "run:"
+
+
+def teacher_in_grid(spec: RunSpec, specs: list[RunSpec], file: str = "") -> RunSpec | None:
+    """The run of `specs` that `spec` distills from (`teacher: run:<slug or run id>`), if any."""
+    teacher = spec.config.objective.teacher or ""
+    if not teacher.startswith(TEACHER_RUN):
+        return None
+    name = teacher[len(TEACHER_RUN):]
+    found = [s for s in specs if name in (s.run_id, s.slug)]
+    if len(found) > 1:
+        raise ConfigError.one(file, f"[{spec.slug}] objective.teacher",
+                              f"`{name}` names {len(found)} runs of the grid; use one's run id: "
+                              + ", ".join(s.run_id for s in found))
+    return found[0] if found else None
+
+
+def phases(specs: list[RunSpec], *, file: str = "") -> list[list[RunSpec]]:
+    """The order a sweep runs in: the reference rows first (runs read their scores), then each run
+    after the run of the grid it distills from (stages: teacher → student → smaller student).
+
+    Raises:
+        ConfigError: teachers that form a cycle.
+    """
+    depth: dict[str, int] = {}
+
+    def level(spec: RunSpec, chain: tuple[str, ...] = ()) -> int:
+        if spec.run_id in chain:
+            raise ConfigError.one(file, "objective.teacher", "the grid's teachers form a cycle: "
+                                  + " → ".join(s for s in (*chain, spec.run_id)))
+        if spec.run_id not in depth:
+            teacher = teacher_in_grid(spec, specs, file)
+            depth[spec.run_id] = 0 if teacher is None else level(teacher, (*chain, spec.run_id)) + 1
+        return depth[spec.run_id]
+
+    references = [s for s in specs if s.config.method.name == "none" and s.reference is None]
+    rest = [s for s in specs if s not in references]
+    levels = [level(s) for s in rest]
+    staged = [[s for s, d in zip(rest, levels) if d == n] for n in range(max(levels, default=-1) + 1)]
+    return [phase for phase in [references, *staged] if phase]
 
 
 def with_references(specs: list[RunSpec]) -> list[RunSpec]:

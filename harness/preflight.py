@@ -53,6 +53,7 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
     weights), `keep_layers` and `feature_layers` fit the teacher's and the student's depths, and
     student and teacher share a vocabulary."""
     from harness import store
+    from harness.grid import teacher_in_grid
     from harness.objectives.distill import RUN_PREFIX, layer_pairs, teacher_run
     from harness.objectives.student import keep_layers
 
@@ -62,11 +63,18 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
         if objective.name != "distill":
             continue
         where = f"[{spec.slug}] objective"
-        teacher_model = objective.teacher
-        if teacher_model.startswith(RUN_PREFIX):
-            result, why = teacher_run(teacher_model, root or store.results_root())
+        teacher_model, n_teacher = objective.teacher, None
+        try:
+            in_grid = teacher_in_grid(spec, specs, file)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if in_grid is not None:  # an earlier stage of this sweep: it runs first
+            teacher_model, n_teacher = in_grid.config.model.name, _depth(in_grid, specs)
+        elif teacher_model.startswith(RUN_PREFIX):
+            result, why = teacher_run(teacher_model, root or store.results_root(), spec.experiment)
             if result is None:
-                problems.append((file, f"{where}.teacher", why))
+                problems.append((file, f"{where}.teacher", why + " (nor a run of this grid)"))
                 continue
             teacher_model = result["spec"]["model"]["name"]
         try:
@@ -78,7 +86,7 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
         if teacher is None:  # a hub id offline: the run itself reports that
             continue
         student = teacher if objective.student is not None else _model_config(spec.config.model.name, spec.config.model)
-        n_teacher = teacher.num_hidden_layers
+        n_teacher = n_teacher or teacher.num_hidden_layers
         n_student = student.num_hidden_layers if student is not None else None
         if objective.student is not None:
             try:
@@ -97,6 +105,27 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
                                      f"student hidden states 0..{n_student}, teacher 0..{n_teacher} (0: embeddings)"))
                     break
     return problems
+
+
+def _depth(spec, specs, hops: int = 0) -> int | None:
+    """Layers of the model a run of the grid trains: its `model`'s, or its `keep_layers` of its teacher's."""
+    from harness.grid import teacher_in_grid
+    from harness.objectives.student import keep_layers
+
+    objective = spec.config.objective
+    if objective.name != "distill" or objective.student is None or hops > len(specs):
+        config = _model_config(spec.config.model.name, spec.config.model)
+        return config.num_hidden_layers if config is not None else None
+    teacher = teacher_in_grid(spec, specs)
+    if teacher is not None:
+        n_teacher = _depth(teacher, specs, hops + 1)
+    else:
+        config = _model_config(objective.teacher, spec.config.model) if not objective.teacher.startswith("run:") else None
+        n_teacher = config.num_hidden_layers if config is not None else None
+    try:
+        return len(keep_layers(objective.student.keep_layers, n_teacher)) if n_teacher else None
+    except ValueError:
+        return None
 
 
 def _model_config(name: str, model_cfg):

@@ -34,7 +34,8 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     if spec.objective.name == "distill":
         from harness.objectives import distill
 
-        teacher, teacher_tokenizer = distill.load_teacher(spec.objective, spec.model, device, root=run_dir.parent.parent)
+        teacher, teacher_tokenizer = distill.load_teacher(spec.objective, spec.model, device,
+                                                          root=run_dir.parent.parent, experiment=run_dir.parent.name)
     if teacher is not None and spec.objective.student is not None:  # a depth-pruned copy of the teacher
         model, tokenizer = distill.pruned_student(spec.objective, teacher), teacher_tokenizer
     else:

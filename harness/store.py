@@ -147,12 +147,15 @@ def iter_results(experiment: str, root: Path | None = None) -> list[dict]:
     return sorted(results, key=lambda r: r.get("started_at") or "")
 
 
-def find_run(run: str, root: Path | None = None) -> Path | None:
-    """Find a run directory by full run id, slug or hash, across experiments."""
+def find_run(run: str, root: Path | None = None, prefer: str | None = None) -> Path | None:
+    """Find a run directory by full run id, slug or hash, in experiment `prefer` first, then across experiments."""
     base = root or results_root()
     if not base.is_dir():
         return None
-    for exp in sorted(base.iterdir()):
+    experiments = sorted(base.iterdir())
+    if prefer is not None and (base / prefer).is_dir():
+        experiments.insert(0, base / prefer)
+    for exp in experiments:
         if not exp.is_dir():
             continue
         for d in sorted(exp.iterdir()):

@@ -221,3 +221,31 @@ def test_a_finished_run_teaches_with_its_fine_tuned_weights(tmp_path):
         method="full", objective={**objective, "teacher": "run:lora-nope-s0-deadbeef"}))
     res = run_cli("run", str(missing), "--results", str(results))
     assert res.code == 2 and "objective.teacher" in res.err and "no finished run `lora-nope-s0-deadbeef`" in res.err
+
+
+def test_stages_in_one_grid_run_teacher_first_and_chain_through_the_store(tmp_path):
+    """SFT teacher → distilled student (full, weights kept) → a student of that student, in one grid
+    with two workers: each stage waits for its teacher's record."""
+    from conftest import expand_file, read_result, run_cli, tiny_base, write_experiment
+
+    stage = lambda teacher, keep: {"method": "full", "train.save_weights": "all",  # noqa: E731
+                                   "objective": {"name": "distill", "teacher": f"run:{teacher}",
+                                                 "student": {"keep_layers": keep}}}
+    grid = {"stage": [stage("lora-r4-a8-n16-s0", [0, 1]), {"method": "lora"},
+                      stage("distill-keep2-full-n16-save_weightsall-s0", [0])]}
+    path = write_experiment(tmp_path, "stages", base=tiny_base(), grid=grid)
+    specs = expand_file(path)
+    slugs = [s.slug for s in specs]
+    assert "lora-r4-a8-n16-s0" in slugs, slugs
+    results = tmp_path / "results"
+    res = run_cli("run", str(path), "--results", str(results), "--workers", "2")
+    assert res.code == 0, res.out + res.err
+    records = {s.slug: read_result(results / "stages" / s.run_id) for s in specs}
+    sft, mid, small = (records[k] for k in ("lora-r4-a8-n16-s0", "distill-keep2-full-n16-save_weightsall-s0",
+                                            "distill-keep1-full-n16-save_weightsall-s0"))
+    assert all(r["status"] == "ok" for r in records.values()), {k: r["error"] for k, r in records.items()}
+    assert sft["finished_at"] <= mid["started_at"] and mid["finished_at"] <= small["started_at"]
+    # each student was scored against the stage before it: the teacher figures are that run's own
+    assert mid["metrics"]["teacher_eval_loss"] == pytest.approx(sft["metrics"]["eval_loss"], rel=1e-4)
+    assert small["metrics"]["teacher_eval_loss"] == pytest.approx(mid["metrics"]["eval_loss"], rel=1e-4)
+    assert small["metrics"]["teacher_params"] == mid["metrics"]["total_params"] > small["metrics"]["student_params"]

@@ -15,12 +15,13 @@ from harness.objectives.student import decoder_layers, depth_pruned_copy, keep_l
 RUN_PREFIX = "run:"
 
 
-def teacher_run(name: str, root) -> tuple[dict | None, str | None]:
-    """For `teacher: run:<run id>`: (that run's result, None), or (None, why it cannot teach)."""
+def teacher_run(name: str, root, experiment: str | None = None) -> tuple[dict | None, str | None]:
+    """For `teacher: run:<run id or slug>`: (that run's result, None), or (None, why it cannot teach).
+    The run is looked up in `experiment` first, then across the store."""
     from harness import store
 
     run = name[len(RUN_PREFIX):]
-    directory = store.find_run(run, root)
+    directory = store.find_run(run, root, prefer=experiment)
     result = store.read_result(directory) if directory is not None else None
     if result is None:
         return None, f"no finished run `{run}` under {root}"
@@ -32,7 +33,7 @@ def teacher_run(name: str, root) -> tuple[dict | None, str | None]:
     return result, None
 
 
-def load_teacher(objective, model_cfg: ModelCfg, device: str, root=None):
+def load_teacher(objective, model_cfg: ModelCfg, device: str, root=None, experiment: str | None = None):
     """The frozen teacher (in eval mode) and its tokenizer, in the run's dtype: a model, or the
     fine-tuned weights of a finished run of the store (`run:<run id>`), merged when they can be."""
     if not objective.teacher.startswith(RUN_PREFIX):
@@ -43,12 +44,12 @@ def load_teacher(objective, model_cfg: ModelCfg, device: str, root=None):
     from harness.config import RUN_KEYS, build_run_config
     from harness.run import RunContext
 
-    result, why = teacher_run(objective.teacher, root)
+    result, why = teacher_run(objective.teacher, root, experiment)
     if result is None:
         raise ValueError(f"objective.teacher: {why}")
     config = build_run_config({k: v for k, v in result["spec"].items() if k in RUN_KEYS}, file=result["run_id"])
     base, tokenizer = models.load(config.model, device)
-    directory = store.find_run(result["run_id"], root)
+    directory = store.find_run(result["run_id"], root, prefer=result["experiment"])
     ctx = RunContext(spec=config, run_dir=directory, device=device, total_steps=config.train.max_steps or 1)
     teacher = config.method.build().load(base, directory / "adapter", ctx)
     if hasattr(teacher, "merge_and_unload"):
