@@ -295,8 +295,10 @@ def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
     objective = config.objective
     if not objective.is_default:  # `distill-full-…` next to `full-…`; `distill-keep15-…` for a pruned student
         keep = objective.student.keep_layers if objective.student is not None else None
+        mix = "+".join(short for short, weight in (("kl", objective.losses.kl), ("feat", objective.losses.feature),
+                                                    ("rel", objective.losses.relation)) if weight > 0) or "ce"
         parts.insert(0, objective.name + ("" if keep is None else f"-keep{len(keep)}" if isinstance(keep, list)
-                                          else f"-{keep}"))
+                                          else f"-{keep}") + f"-{mix}")
     if config.data.n_train:
         parts.append(f"n{config.data.n_train}")
     for key, value in varied.items():

@@ -116,7 +116,10 @@ def _depth(spec, specs, hops: int = 0) -> int | None:
     if objective.name != "distill" or objective.student is None or hops > len(specs):
         config = _model_config(spec.config.model.name, spec.config.model)
         return config.num_hidden_layers if config is not None else None
-    teacher = teacher_in_grid(spec, specs)
+    try:
+        teacher = teacher_in_grid(spec, specs)
+    except ConfigError:  # said where that run's own objective is checked
+        return None
     if teacher is not None:
         n_teacher = _depth(teacher, specs, hops + 1)
     else:
