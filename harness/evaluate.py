@@ -13,23 +13,33 @@ def token_loss(model, examples: list[dict], collator, batch_size: int, device: s
     """
     import torch
 
+    total, count = 0.0, 0
+    for batch, labels in eval_batches(model, examples, collator, batch_size, device):
+        logits = model(**batch, use_cache=False).logits  # a cache disables packed-sequence masks
+        # prompt-tuning methods return logits for their virtual tokens too: keep the real positions
+        logits = logits[:, -labels.size(1):][:, :-1].float()
+        target = labels[:, 1:]
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+        ).item()
+        count += int((target != -100).sum())
+    return (total / count if count else float("nan")), count
+
+
+def eval_batches(model, examples: list[dict], collator, batch_size: int, device: str):
+    """Yield (inputs, labels) batches of `examples` on `device`, with `model` in eval mode and no
+    autograd for the whole loop (its training mode is restored after)."""
+    import torch
+
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collator(examples[start:start + batch_size]).items()}
-            labels = batch.pop("labels")
-            logits = model(**batch, use_cache=False).logits  # a cache disables packed-sequence masks
-            # prompt-tuning methods return logits for their virtual tokens too: keep the real positions
-            logits = logits[:, -labels.size(1):][:, :-1].float()
-            target = labels[:, 1:]
-            total += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
-            ).item()
-            count += int((target != -100).sum())
-    model.train(was_training)
-    return (total / count if count else float("nan")), count
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(examples), batch_size):
+                batch = {k: v.to(device) for k, v in collator(examples[start:start + batch_size]).items()}
+                yield batch, batch.pop("labels")
+    finally:
+        model.train(was_training)
 
 
 def perplexity(loss: float | None) -> float | None:

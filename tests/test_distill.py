@@ -56,6 +56,12 @@ def test_feature_mse_with_and_without_projection():
     assert feature_mse(student_hidden, teacher_hidden, [(1, 1), (2, 3)], MASK).item() == pytest.approx(0.25)
     assert feature_mse(teacher_hidden, teacher_hidden, [(1, 1), (3, 3)], MASK).item() == 0.0
     assert feature_mse(student_hidden, teacher_hidden, [(2, 2)], MASK).item() > 1.0  # the wrong layer
+    # relative: each pair's MSE over its teacher layer's mean square — the same at any scale
+    scaled_s, scaled_t = [100 * h for h in student_hidden], [100 * h for h in teacher_hidden]
+    rel = feature_mse(student_hidden, teacher_hidden, [(1, 1)], MASK, relative=True).item()
+    keep = MASK.bool()
+    assert rel == pytest.approx(0.25 / teacher_hidden[1][keep].pow(2).mean().item(), rel=1e-5)
+    assert feature_mse(scaled_s, scaled_t, [(1, 1)], MASK, relative=True).item() == pytest.approx(rel, rel=1e-5)
     # narrower student: a learned projection per pair; an identity-like one recovers the teacher exactly
     narrow = [h[..., :4] for h in teacher_hidden]
     projections = projection_layers(4, 8, n=1)

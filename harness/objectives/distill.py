@@ -147,7 +147,7 @@ class DistillTrainer(Trainer):
             student_hidden = [h[:, -length:] for h in outputs.hidden_states]
             if w.feature > 0:
                 kd = kd + w.feature * feature_mse(student_hidden, teacher_out.hidden_states, self.pairs, mask,
-                                                  self.projections)
+                                                  self.projections, relative=True)
             if w.relation > 0:
                 seg = segments(inputs, labels.shape)
                 kd = kd + w.relation * relation_loss(pooled_examples(student_hidden[-1], mask, seg),
@@ -159,21 +159,17 @@ class DistillTrainer(Trainer):
 
 def val_kl(student, teacher, examples: list[dict], collator, batch_size: int, device: str) -> float | None:
     """Token-weighted KL(teacher ‖ student) at T = 1 over the validation responses."""
-    was_training = student.training
-    student.eval()
+    from harness.evaluate import eval_batches
+
     total, count = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collator(examples[start:start + batch_size]).items()}
-            labels = batch.pop("labels")
-            s_logits = student(**batch, use_cache=False).logits[:, -labels.size(1):]
-            t_logits = teacher(**batch, use_cache=False).logits
-            mask = labels[:, 1:] != -100
-            n = int(mask.sum())
-            if n:
-                total += response_kl(s_logits[:, :-1], t_logits[:, :-1], mask, 1.0).item() * n
-                count += n
-    student.train(was_training)
+    for batch, labels in eval_batches(student, examples, collator, batch_size, device):
+        s_logits = student(**batch, use_cache=False).logits[:, -labels.size(1):]
+        t_logits = teacher(**batch, use_cache=False).logits
+        mask = labels[:, 1:] != -100
+        n = int(mask.sum())
+        if n:
+            total += response_kl(s_logits[:, :-1], t_logits[:, :-1], mask, 1.0).item() * n
+            count += n
     return total / count if count else None
 
 

@@ -53,17 +53,24 @@ def response_kl_topk(student_logits: torch.Tensor, topk_logp: torch.Tensor, topk
 
 def feature_mse(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor],
                 pairs: list[tuple[int, int]], mask: torch.Tensor,
-                projections: nn.ModuleList | None = None) -> torch.Tensor:
+                projections: nn.ModuleList | None = None, relative: bool = False) -> torch.Tensor:
     """Mean over `pairs` (student layer, teacher layer) of the masked per-token MSE between hidden
     states; `projections[i]` maps the student's width to the teacher's for pair i (None: same width).
-    Hidden-state lists are as transformers returns them: index 0 is the embeddings."""
+    Hidden-state lists are as transformers returns them: index 0 is the embeddings.
+
+    `relative`: each pair's MSE divided by the teacher layer's mean square (masked), so every pair
+    weighs alike and the loss is on the scale of the others (a decoder's late hidden states reach
+    norms in the hundreds: raw MSE would drown KL and CE)."""
     losses = []
     for i, (s_layer, t_layer) in enumerate(pairs):
         student = student_hidden[s_layer].float()
         if projections is not None:
             student = projections[i](student)
-        per_token = (student - teacher_hidden[t_layer].float()).pow(2).mean(-1)
-        losses.append(_masked_mean(per_token, mask))
+        teacher = teacher_hidden[t_layer].float()
+        loss = _masked_mean((student - teacher).pow(2).mean(-1), mask)
+        if relative:
+            loss = loss / _masked_mean(teacher.pow(2).mean(-1), mask).clamp_min(1e-12)
+        losses.append(loss)
     return torch.stack(losses).mean()
 
 
