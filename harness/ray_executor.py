@@ -241,7 +241,7 @@ class RayExecutor:
             monitor: Callable[[RunSpec, Path], str | None] | None = None) -> list[dict]:
         """Run every spec not yet finished on the cluster; returns all results (as `LocalExecutor.run`)."""
         plugin_files = _plugin_sources(plugins, experiment_dir)
-        pending, flights, done = list(specs), [], Counter()
+        pending, flights = list(specs), []
         per_node: dict[str, Counter] = {}
         start, finished, waiting_logged = time.monotonic(), 0, set()
         view = _View(self.console, len(specs), enabled=self.show_progress)
