@@ -51,8 +51,8 @@ class Boom(Method):
 
 register(Boom)
 '''
-#: long enough (~5 s of training on the tiny model) for a kill to land mid-run
-LONG = tiny_base(train={"max_steps": 40, "micro_batch": 4, "lr": 1.0e-3, "seq_len": 64}, eval={"latency": False})
+#: long enough (25 steps, a few seconds of training on the tiny model) for a kill to land mid-run
+LONG = tiny_base(train={"max_steps": 25, "micro_batch": 4, "lr": 1.0e-3, "seq_len": 64}, eval={"latency": False})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -177,7 +177,7 @@ def test_a_worker_killed_mid_run_is_retried_once_then_recorded(tmp_path):
     assert result["env"]["executor"]["attempts"] == 2
     (reason,) = result["env"]["executor"]["lost"]
     assert "attempt 1" in reason and "127.0.0.1" in reason
-    assert [r["step"] for r in metric_lines(store.run_dir("lost", first.run_id, tmp_path / "results"))] == list(range(1, 41))
+    assert [r["step"] for r in metric_lines(store.run_dir("lost", first.run_id, tmp_path / "results"))] == list(range(1, 26))
 
     monitor, killed = kill_worker_when_training(times=2)
     (result,) = ex.run([second], monitor=monitor)
