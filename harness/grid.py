@@ -355,11 +355,10 @@ def reference_config(config: RunConfig) -> RunConfig:
                                      "data": config.data.model_copy(update={"n_train": None})})
 
 
-TEACHER_RUN = "run:"
-
-
 def teacher_in_grid(spec: RunSpec, specs: list[RunSpec], file: str = "") -> RunSpec | None:
     """The run of `specs` that `spec` distills from (`teacher: run:<slug or run id>`), if any."""
+    from harness.objectives.config import TEACHER_RUN
+
     teacher = spec.config.objective.teacher or ""
     if not teacher.startswith(TEACHER_RUN):
         return None

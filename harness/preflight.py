@@ -54,7 +54,8 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
     student and teacher share a vocabulary."""
     from harness import store
     from harness.grid import teacher_in_grid
-    from harness.objectives.distill import RUN_PREFIX, layer_pairs, teacher_run
+    from harness.objectives.config import TEACHER_RUN
+    from harness.objectives.distill import layer_pairs, teacher_run
     from harness.objectives.student import keep_layers
 
     problems: list[tuple[str, str, str]] = []
@@ -71,8 +72,8 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
             continue
         if in_grid is not None:  # an earlier stage of this sweep: it runs first
             teacher_model, n_teacher = in_grid.config.model.name, _depth(in_grid, specs)
-        elif teacher_model.startswith(RUN_PREFIX):
-            result, why = teacher_run(teacher_model, root or store.results_root(), spec.experiment)
+        elif teacher_model.startswith(TEACHER_RUN):
+            result, _, _, why = teacher_run(teacher_model, root or store.results_root(), spec.experiment)
             if result is None:
                 problems.append((file, f"{where}.teacher", why + " (nor a run of this grid)"))
                 continue
@@ -110,6 +111,7 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
 def _depth(spec, specs, hops: int = 0) -> int | None:
     """Layers of the model a run of the grid trains: its `model`'s, or its `keep_layers` of its teacher's."""
     from harness.grid import teacher_in_grid
+    from harness.objectives.config import TEACHER_RUN
     from harness.objectives.student import keep_layers
 
     objective = spec.config.objective
@@ -123,7 +125,7 @@ def _depth(spec, specs, hops: int = 0) -> int | None:
     if teacher is not None:
         n_teacher = _depth(teacher, specs, hops + 1)
     else:
-        config = _model_config(objective.teacher, spec.config.model) if not objective.teacher.startswith("run:") else None
+        config = _model_config(objective.teacher, spec.config.model) if not objective.teacher.startswith(TEACHER_RUN) else None
         n_teacher = config.num_hidden_layers if config is not None else None
     try:
         return len(keep_layers(objective.student.keep_layers, n_teacher)) if n_teacher else None

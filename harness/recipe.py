@@ -56,7 +56,8 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     collator = make_collator(tokenizer, spec.train.packing)
     prompts = [prompt_text(tokenizer, p, spec.data) for p in LATENCY_PROMPTS[: spec.eval.latency_prompts]]
     if teacher is not None:
-        metrics.update(_teacher_figures(spec, teacher, model, tokenizer, val_set, collator, prompts, device))
+        metrics.update(_teacher_figures(spec, teacher, model, tokenizer, val_set, collator, prompts, device),
+                       student_params=metrics["total_params"])
     if method.trains:
         _train(spec, model, method, ctx, train_set, val_set, collator, run_dir, metrics, tracker, teacher=teacher)
     if teacher is not None:
@@ -135,8 +136,7 @@ def _teacher_figures(spec, teacher, student, tokenizer, val_set, collator, promp
     from harness.objectives.distill import val_kl
 
     loss, _ = token_loss(teacher, val_set, collator, spec.eval.batch_size, device)
-    figures = {"teacher_params": count_params(teacher)[1], "student_params": count_params(student)[1],
-               "teacher_eval_loss": loss, "teacher_eval_ppl": perplexity(loss),
+    figures = {"teacher_params": count_params(teacher)[1], "teacher_eval_loss": loss, "teacher_eval_ppl": perplexity(loss),
                "distill_kl_before": val_kl(student, teacher, val_set, collator, spec.eval.batch_size, device)}
     if spec.eval.latency:
         figures["teacher_decode_ms_per_token"] = latency(teacher, tokenizer, prompts, spec.eval.latency_new_tokens,

@@ -8,6 +8,9 @@ from pydantic import Field, model_validator
 
 from harness.schema import Section
 
+#: `teacher: run:<run id or slug>` names a run of the store (or of the same grid) as the teacher
+TEACHER_RUN = "run:"
+
 
 class LossWeights(Section):
     """Weights of the distillation losses; each ≥ 0, combinable."""

@@ -8,48 +8,45 @@ from transformers import Trainer
 
 from harness import models
 from harness.config import ModelCfg
+from harness.objectives.config import TEACHER_RUN
 from harness.objectives.distill_losses import (distill_weight, feature_mse, projection_layers, relation_loss,
                                                response_kl)
 from harness.objectives.student import decoder_layers, depth_pruned_copy, keep_layers
 
-RUN_PREFIX = "run:"
-
-
-def teacher_run(name: str, root, experiment: str | None = None) -> tuple[dict | None, str | None]:
-    """For `teacher: run:<run id or slug>`: (that run's result, None), or (None, why it cannot teach).
-    The run is looked up in `experiment` first, then across the store."""
+def teacher_run(name: str, root, experiment: str | None = None):
+    """For `teacher: run:<run id or slug>`: (that run's result, its directory, its RunConfig, None), or
+    (None, None, None, why it cannot teach). The run is looked up in `experiment` first, then across the store."""
     from harness import store
+    from harness.config import RUN_KEYS, build_run_config
 
-    run = name[len(RUN_PREFIX):]
+    run = name[len(TEACHER_RUN):]
     directory = store.find_run(run, root, prefer=experiment)
     result = store.read_result(directory) if directory is not None else None
     if result is None:
-        return None, f"no finished run `{run}` under {root}"
+        return None, None, None, f"no finished run `{run}` under {root}"
     if result["status"] != "ok":
-        return None, f"run `{run}` finished `{result['status']}`, not `ok`: it cannot teach"
+        return None, None, None, f"run `{run}` finished `{result['status']}`, not `ok`: it cannot teach"
+    config = build_run_config({k: v for k, v in result["spec"].items() if k in RUN_KEYS}, file=result["run_id"])
     artifact = directory / "adapter"
-    if not artifact.is_dir() or (result["spec"]["method"]["name"] == "full" and not (artifact / "config.json").is_file()):
-        return None, f"run `{run}` kept no weights (rerun it with train.save_weights: all)"
-    return result, None
+    # as `ftbench eval` checks: a full-model method keeps a loadable model only with save_weights: all
+    if not artifact.is_dir() or (config.method.build().saves_full_model and not (artifact / "config.json").is_file()):
+        return None, None, None, f"run `{run}` kept no weights (rerun it with train.save_weights: all)"
+    return result, directory, config, None
 
 
 def load_teacher(objective, model_cfg: ModelCfg, device: str, root=None, experiment: str | None = None):
     """The frozen teacher (in eval mode) and its tokenizer, in the run's dtype: a model, or the
     fine-tuned weights of a finished run of the store (`run:<run id>`), merged when they can be."""
-    if not objective.teacher.startswith(RUN_PREFIX):
+    if not objective.teacher.startswith(TEACHER_RUN):
         teacher, tokenizer = models.load(ModelCfg(name=objective.teacher, dtype=model_cfg.dtype,
                                                   trust_remote_code=model_cfg.trust_remote_code), device)
         return freeze(teacher), tokenizer
-    from harness import store
-    from harness.config import RUN_KEYS, build_run_config
     from harness.run import RunContext
 
-    result, why = teacher_run(objective.teacher, root, experiment)
+    result, directory, config, why = teacher_run(objective.teacher, root, experiment)
     if result is None:
         raise ValueError(f"objective.teacher: {why}")
-    config = build_run_config({k: v for k, v in result["spec"].items() if k in RUN_KEYS}, file=result["run_id"])
     base, tokenizer = models.load(config.model, device)
-    directory = store.find_run(result["run_id"], root, prefer=result["experiment"])
     ctx = RunContext(spec=config, run_dir=directory, device=device, total_steps=config.train.max_steps or 1)
     teacher = config.method.build().load(base, directory / "adapter", ctx)
     if hasattr(teacher, "merge_and_unload"):
