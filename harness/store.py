@@ -28,6 +28,10 @@ OPTIONAL_METRIC_KEYS = [
     # objective `distill`: the teacher beside the student
     "teacher_params", "student_params", "compression_ratio", "teacher_eval_loss", "teacher_eval_ppl",
     "teacher_decode_ms_per_token", "quality_retention_pct", "infer_speedup", "distill_kl_before", "distill_kl",
+    "teacher_cache_s",
+    # objectives `dpo`/`kto`: held-out pairs whose chosen answer gets the higher implicit reward, the mean
+    # reward margin, the policy's per-token KL to the reference, and the accuracy on training pairs
+    "pref_accuracy", "reward_margin", "kl_to_ref", "pref_accuracy_train",
 ]
 #: `pruned`: a search stopped the run early because its eval loss was not promising (a decision, not a failure)
 STATUSES = ("ok", "failed", "oom", "diverged", "pruned")
