@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from harness import store
+from harness.report.objectives import loss_mix
 
 ENV = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0", "peft": "0.21.2", "cpu_count": 2,
        "gpu_count": 0, "device": "cpu", "device_name": "x86_64", "git_sha": "abc123", "git_dirty": False}
@@ -16,18 +17,26 @@ def write_run(root: Path, experiment: str, *, method: str = "lora", seed: int = 
               alpha: float | None = None, n_train: int = 100, micro_batch: int = 4, status: str = "ok",
               eval_loss: float = 2.0, mem: float = 1000.0, params: int = 10_000, train_s: float = 60.0,
               tokens: int = 4000, env: dict | None = None, losses: list[float] | None = None,
-              extra: dict | None = None, slug: str | None = None, reference: str | None = None) -> str:
-    """One finished run; returns its run id. `reference`: the run id of its untouched-base row."""
+              extra: dict | None = None, slug: str | None = None, reference: str | None = None,
+              objective: dict | None = None) -> str:
+    """One finished run; returns its run id. `reference`: the run id of its untouched-base row.
+
+    `objective`: the spec's `objective` section (sft runs have none); its name, and a distillation's loss mix,
+    lead the slug as in `grid.make_slug`."""
     method_spec = {"name": method, **({"r": r} if r is not None else {}), **({"alpha": alpha} if alpha is not None else {})}
     name = slug
     slug = method + (f"-r{r}" if r is not None else "") + (f"-a{alpha:g}" if alpha is not None else "")
     slug += f"-n{n_train}-s{seed}" if method != "none" else ""
+    if objective:
+        mix = loss_mix(objective.get("losses") or {}) if objective["name"] == "distill" else None
+        slug = "-".join(p for p in (objective["name"], mix, slug) if p)
     slug = name or slug
     run_id = f"{slug}-{abs(hash((slug, micro_batch))) % 10**8:08d}"
     spec = {"experiment": experiment, "run_id": run_id, "slug": slug, "varied": {},
             "model": {"name": "tiny"}, "data": {"name": "synthetic", "n_train": n_train},
             "method": method_spec, "train": {"max_steps": 5, "lr": 1e-3, "micro_batch": micro_batch},
-            "eval": {"batch_size": 8}, "seed": seed, **({"reference": reference} if reference else {})}
+            "eval": {"batch_size": 8}, "seed": seed, **({"reference": reference} if reference else {}),
+            **({"objective": objective} if objective else {})}
     metrics = {}
     error = None
     if status == "ok":

@@ -12,6 +12,8 @@ from scipy import stats
 from conftest import run_cli
 from harness.report.build import build
 from harness.report.findings import significance
+from harness.report.frame import lower_is_better
+from harness.report.objectives import loss_mix
 from harness.report.render import write
 from harness.report.stats import fit_power_law, mean_ci, pareto_mask, power_law, welch_p
 from report_store import write_run
@@ -240,3 +242,128 @@ def test_cli_report_writes_three_files_and_refuses_nothing_to_report(tmp_path):
     assert missing.code == 2 and "no finished runs for experiment `nothing`" in missing.err
     price = run_cli("report", "cli", "--results", str(tmp_path / "results"), "--price-per-hour", "-1")
     assert price.code == 2 and "--price-per-hour" in price.err
+
+
+# -- objective sections ---------------------------------------------------------------------------------------------
+
+TEACHER_LOSS = 2.0  # every student below distils the same teacher (ppl e²)
+
+
+def _distill(tmp_path, exp, mix: dict, seed: int, loss: float, *, teachers: list | None = None,
+             speedup: float | None = 1.8, kl: float = 0.3, status: str = "ok"):
+    losses = {"ce": 1.0, "kl": 1.0, "feature": 0.0, "relation": 0.0, **mix}
+    objective = {"name": "distill", "student": {"keep_layers": "every_2nd"}, "temperature": 2.0, "losses": losses,
+                 **({"teachers": teachers} if teachers else {"teacher": "run:lora-n100-s0"})}
+    return write_run(tmp_path, exp, method="full", seed=seed, eval_loss=loss, status=status, objective=objective,
+                     slug=None if not teachers else f"distill-ens-s{seed}",
+                     extra={"teacher_eval_ppl": math.exp(TEACHER_LOSS), "compression_ratio": 2.0,
+                            "quality_retention_pct": 100 * math.exp(TEACHER_LOSS - loss), "infer_speedup": speedup,
+                            "distill_kl_before": 1.2, "distill_kl": kl, "teacher_params": 2e6, "student_params": 1e6})
+
+
+def test_distillation_section_compares_loss_mixes(tmp_path):
+    write_run(tmp_path, "kd", method="lora", eval_loss=TEACHER_LOSS)  # the sft teacher: in no distillation row
+    for seed, loss in enumerate([2.30, 2.32]):
+        _distill(tmp_path, "kd", {}, seed, loss, kl=0.40)
+    for seed, loss in enumerate([2.15, 2.17]):
+        _distill(tmp_path, "kd", {"feature": 1.0}, seed, loss, kl=0.25 + seed / 100)
+    _distill(tmp_path, "kd", {"feature": 1.0, "relation": 0.5}, 0, 3.0, status="failed")
+    _distill(tmp_path, "kd", {}, 0, 2.4, teachers=[{"model": "smollm2-135m", "weight": 1.0}, {"model": "run:lora-n100-s0", "weight": 0.5}], speedup=None)
+    report = build("kd", tmp_path)
+    assert [s.title for s in report.sections].count("Distillation") == 1
+    assert not any(s.title == "Preference" for s in report.sections)
+    section = _section(report, "Distillation")
+    table = section.tables[0]
+    rows = {row[0].text: dict(zip(table.columns, row)) for row in table.rows}
+    assert list(rows) == ["distill-kl+feat-full-n100", "distill-kl-full-n100", "distill-ens"]  # best retention first
+    feat, kl, ens = rows["distill-kl+feat-full-n100"], rows["distill-kl-full-n100"], rows["distill-ens"]
+    assert (feat["loss mix"].text, kl["loss mix"].text, ens["loss mix"].text) == ("kl+feat", "kl", "kl")
+    assert feat["method"].text == "full" and feat["teacher"].text == "run:lora-n100-s0"
+    assert ens["teacher"].text == "ensemble of 2"
+    retention = 100 * np.exp(TEACHER_LOSS - np.array([2.15, 2.17]))
+    half = stats.t.ppf(0.975, 1) * stats.sem(retention)
+    assert feat["quality retention %"].text == f"{retention.mean():.1f} ± {half:.1f}"
+    assert feat["quality retention %"].best and not kl["quality retention %"].best
+    assert feat["n"].text == "2" and feat["compression ×"].text == "2.00"
+    assert feat["KL before → after"].text == "1.200 → 0.255" and feat["KL before → after"].best
+    assert kl["KL before → after"].text == "1.200 → 0.400" and not kl["KL before → after"].best
+    assert feat["student ppl vs teacher"].text == (f"{np.exp([2.15, 2.17]).mean():.2f} vs "
+                                                   f"{math.exp(TEACHER_LOSS):.2f}")
+    assert ens["speed-up ×"].text == "–" and kl["speed-up ×"].text == "1.80"
+    assert "teacher cache s" not in table.columns  # no run cached its teacher
+    # the failed relation run is no data point, but a failure
+    assert "distill-kl+feat+rel-full-n100" not in rows
+    failed = _section(report, "Failures and caveats").tables[0]
+    assert failed.rows[0][0].text == "distill-kl+feat+rel-full-n100-s0"
+    # findings from the numbers: the feature mix kept more at the same compression
+    first = section.bullets[0]
+    assert first.startswith("At 2× compression, full kl+feat (distill-kl+feat-full-n100) kept the most of the "
+                            f"teacher's quality: {retention.mean():.1f}%")
+    assert f"against {100 * np.exp(TEACHER_LOSS - np.array([2.30, 2.32])).mean():.1f}% for full kl " in first
+    assert "Welch p=" in first
+    assert section.bullets[1] == "Closest to the teacher after training: full kl+feat (distill-kl+feat-full-n100), KL 1.200 → 0.255."
+    paths = write(report, tmp_path / "out")
+    assert (tmp_path / "out" / "distillation.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Distillation" in paths["markdown"].read_text()
+
+
+def test_distillation_findings_follow_the_numbers(tmp_path):
+    # the response-only mix wins here: the sentence must say so, not name the feature mix
+    _distill(tmp_path, "kd2", {}, 0, 2.1)
+    _distill(tmp_path, "kd2", {"feature": 1.0}, 0, 2.5)
+    bullets = _section(build("kd2", tmp_path), "Distillation").bullets
+    assert bullets[0].startswith("At 2× compression, full kl (distill-kl-full-n100) kept the most")
+    assert "single seed — no significance" in bullets[0]
+
+
+def test_preference_section_lists_each_method(tmp_path):
+    start = {"start": "run:lora-r8-n100-s0"}
+    for seed in range(2):
+        write_run(tmp_path, "pref", method="lora", seed=seed, params=10_000, mem=900,
+                  objective={"name": "dpo", "beta": 0.1, **start},
+                  extra={"pref_accuracy": 0.70 + seed / 50, "pref_accuracy_train": 0.9, "reward_margin": 0.5,
+                         "kl_to_ref": 0.05})
+        write_run(tmp_path, "pref", method="full", seed=seed, params=1_000_000, mem=3000,
+                  objective={"name": "dpo", "beta": 0.1, **start},
+                  extra={"pref_accuracy": 0.80 + seed / 50, "pref_accuracy_train": 0.99, "reward_margin": 1.5,
+                         "kl_to_ref": 0.20})
+    write_run(tmp_path, "pref", method="lora", objective={"name": "orpo", "beta": 0.2}, extra={"pref_accuracy": 0.6})
+    write_run(tmp_path, "pref", method="lora", objective={"name": "kto", "beta": 0.1}, status="oom")
+    report = build("pref", tmp_path)
+    assert not any(s.title == "Distillation" for s in report.sections)
+    section = _section(report, "Preference")
+    table = section.tables[0]
+    rows = {row[0].text: dict(zip(table.columns, row)) for row in table.rows}
+    assert list(rows) == ["dpo-full-n100", "dpo-lora-n100", "orpo-lora-n100"]  # no row for the oom kto run
+    full, lora, orpo = rows["dpo-full-n100"], rows["dpo-lora-n100"], rows["orpo-lora-n100"]
+    assert (full["objective"].text, full["method"].text, full["β"].text) == ("dpo", "full", "0.1")
+    assert full["started from"].text == "run:lora-r8-n100-s0" and orpo["started from"].text == "–"
+    half = stats.t.ppf(0.975, 1) * stats.sem([80.0, 82.0])
+    assert full["pref accuracy %"].text == f"81.0 ± {half:.1f}" and full["pref accuracy %"].best
+    assert lora["pref accuracy %"].text == f"71.0 ± {half:.1f}" and not lora["pref accuracy %"].best
+    assert orpo["pref accuracy %"].text == "60.0" and orpo["KL to ref"].text == "–"
+    assert lora["KL to ref"].best and not full["KL to ref"].best  # lower KL is better
+    assert full["reward margin"].best and lora["trainable params"].best
+    bullets = section.bullets
+    assert bullets[0].startswith("Highest preference accuracy: dpo full (dpo-full-n100), 81.0% of held-out pairs "
+                                 "ranked right (chance: 50%) at a KL to the reference of 0.200; next dpo lora "
+                                 "(dpo-lora-n100) at 71.0%, significant over 2 seeds")
+    assert bullets[1] == "dpo lora (dpo-lora-n100) stayed closest to its reference (KL 0.050) at 71.0% accuracy."
+    assert section.figures[0][0] == "preference.png" and section.figures[0][1][:4] == b"\x89PNG"
+
+
+def test_sft_only_experiment_has_no_objective_sections(tmp_path):
+    write_run(tmp_path, "sft", method="lora", eval_loss=2.0)
+    write_run(tmp_path, "sft", method="full", eval_loss=1.9)
+    titles = [s.title for s in build("sft", tmp_path).sections]
+    assert "Distillation" not in titles and "Preference" not in titles
+
+
+def test_new_metrics_know_their_direction():
+    for key in ("pref_accuracy", "reward_margin", "quality_retention_pct", "compression_ratio", "infer_speedup"):
+        assert lower_is_better(key) is False, key
+    for key in ("kl_to_ref", "distill_kl"):
+        assert lower_is_better(key) is True, key
+    assert loss_mix({"ce": 1, "kl": 1, "feature": 0.5, "relation": 0.1}) == "kl+feat+rel"
+    assert loss_mix({"ce": 1, "kl": 0, "feature": 0, "relation": 0}) == "ce"
+    assert loss_mix({}) == "kl"  # the LossWeights defaults, as the run itself had them

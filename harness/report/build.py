@@ -197,6 +197,11 @@ def build(experiment: str, root: Path | None = None, price_per_hour: float = 2.0
                                    f"{task.label} against the same costs"))
         sections.append(fronts)
 
+    # imported here: the module builds its tables from this one's cells
+    from harness.report.objectives import distill_section, preference_section
+
+    sections.extend(s for s in (distill_section(df), preference_section(df)) if s is not None)
+
     fits: dict = {}
     if "data.n_train" in axes and pd.to_numeric(df["data.n_train"], errors="coerce").nunique() >= 2:
         points, fits, fit_table, target = data_size_analysis(df, target_loss)

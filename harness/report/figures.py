@@ -145,3 +145,45 @@ def training_curves(curves: pd.DataFrame) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=1 + len(configs) // 14, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _png(fig)
+
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
+def _by_group(ax, rows: pd.DataFrame, groups: pd.Series, x: Metric, y: Metric) -> None:
+    """`y` against `x`, one marker and colour per group (a method or loss mix), seed intervals as bars."""
+    finite = np.isfinite(rows[f"{x.key}_mean"].to_numpy(float)) & np.isfinite(rows[f"{y.key}_mean"].to_numpy(float))
+    if not finite.any():
+        ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center", color="0.5")
+    colours = plt.get_cmap("tab10")
+    for i, group in enumerate(dict.fromkeys(groups[finite])):
+        mask = finite & (groups == group).to_numpy()
+        sub = rows[mask]
+        ax.errorbar(sub[f"{x.key}_mean"], sub[f"{y.key}_mean"], xerr=_errors(sub, x.key), yerr=_errors(sub, y.key),
+                    fmt=MARKERS[i % len(MARKERS)], color=colours(i % 10), ms=6, lw=0.8, label=group)
+    ax.set_xlabel(x.label)
+    ax.set_ylabel(y.label)
+    ax.set_title(f"{y.label} vs {x.label}")
+    ax.grid(alpha=0.3)
+    if finite.any():
+        ax.legend(fontsize=7)
+
+
+def distillation(summary: pd.DataFrame, groups: pd.Series, retention: Metric, against: list[Metric]) -> bytes:
+    """Quality retention against compression and against decode speed-up; the dashed line is the teacher."""
+    fig, axes = plt.subplots(1, len(against), figsize=(5.2 * len(against), 4.2), squeeze=False)
+    for ax, x in zip(axes[0], against):
+        ax.axhline(100, color="0.4", ls="--", lw=0.8)
+        _by_group(ax, summary, groups, x, retention)
+    return _png(fig)
+
+
+def preference(summary: pd.DataFrame, groups: pd.Series, accuracy: Metric, kl: Metric) -> bytes:
+    """Held-out preference accuracy against KL to the reference; the dashed line is chance (50%)."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    ax.axhline(50, color="0.4", ls="--", lw=0.8)
+    scaled = summary.copy()  # the accuracy is a fraction in the store and a percentage on the axis
+    for suffix in ("_mean", "_ci_low", "_ci_high"):
+        scaled[accuracy.key + suffix] = scaled[accuracy.key + suffix] * accuracy.scale
+    _by_group(ax, scaled, groups, kl, accuracy)
+    return _png(fig)

@@ -51,6 +51,23 @@ COSTS = [
     Metric("cost_usd", "$ per run", True, "{:.4f}"),
 ]
 FORGETTING = Metric("forgetting_ppl_pct", "forgetting % (general ppl)", True, "{:+.1f}")
+#: objective `distill`: the student against its teacher (a retention in %, so `_pct` in its name must not decide)
+DISTILL = [
+    Metric("compression_ratio", "compression ×", False, "{:.2f}"),
+    Metric("quality_retention_pct", "quality retention %", False, "{:.1f}", noun="quality retention"),
+    Metric("infer_speedup", "speed-up ×", False, "{:.2f}", noun="decode speed-up"),
+    Metric("distill_kl_before", "KL before", True, "{:.3f}"),
+    Metric("distill_kl", "KL to teacher", True, "{:.3f}"),
+    Metric("teacher_eval_ppl", "teacher ppl", True, "{:.2f}"),
+    Metric("teacher_cache_s", "teacher cache s", True, "{:.1f}"),
+]
+#: objectives `dpo`, `orpo`, `kto`: accuracies are stored as fractions and shown in %
+PREFERENCE = [
+    Metric("pref_accuracy", "pref accuracy %", False, "{:.1f}", 100, noun="preference accuracy"),
+    Metric("pref_accuracy_train", "pref accuracy % (train)", False, "{:.1f}", 100),
+    Metric("reward_margin", "reward margin", False, "{:.3f}"),
+    Metric("kl_to_ref", "KL to ref", True, "{:.3f}", noun="KL to the reference"),
+]
 #: spec columns that never define a configuration
 NOT_AXES = re.compile(r"^(seed|experiment_dir|plugins|tracking\..*|env\..*|trial\..*)$")
 #: task metrics where lower is better; the rest (acc, acc_norm, rougeL, ...) are higher-better
@@ -64,7 +81,7 @@ LOWER_BY_NAME = re.compile(r"(loss|ppl|perplexity|bits_per_byte|_ms(_|$)|_mb$|_s
 
 def lower_is_better(key: str) -> bool | None:
     """Whether a result metric is better when lower (None when its name does not say)."""
-    for metric in (*QUALITY, *COSTS, FORGETTING):
+    for metric in (*QUALITY, *COSTS, FORGETTING, *DISTILL, *PREFERENCE):
         if metric.key == key:
             return metric.lower_is_better
     if key.startswith("task."):
