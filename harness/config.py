@@ -128,7 +128,7 @@ class RunConfig(BaseModel):
             "seed": self.seed,
         }
         if not self.objective.is_default:  # sft runs keep the spec (and run id) they had before objectives
-            out["objective"] = self.objective.model_dump()
+            out["objective"] = self.objective.as_dict()
         return out
 
 

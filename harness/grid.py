@@ -293,12 +293,16 @@ def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
     """A readable name such as `lora-r8-a16-n256-s0`."""
     parts = [config.method.build().slug()]
     objective = config.objective
-    if not objective.is_default:  # `distill-full-…` next to `full-…`; `distill-keep15-…` for a pruned student
+    if objective.name == "distill":  # `distill-every_2nd-kl-full-…`; `distill-ens2-…` for an ensemble
         keep = objective.student.keep_layers if objective.student is not None else None
         mix = "+".join(short for short, weight in (("kl", objective.losses.kl), ("feat", objective.losses.feature),
                                                     ("rel", objective.losses.relation)) if weight > 0) or "ce"
-        parts.insert(0, objective.name + ("" if keep is None else f"-keep{len(keep)}" if isinstance(keep, list)
-                                          else f"-{keep}") + f"-{mix}")
+        who = (f"-ens{len(objective.teachers)}" if objective.teachers is not None else "" if keep is None
+               else f"-keep{len(keep)}" if isinstance(keep, list) else f"-{keep}")
+        parts.insert(0, f"distill{who}-{mix}" + ("-cached" if objective.cache_teacher else ""))
+    elif objective.is_preference:  # `dpo-lora-…`, `dpo_ipo-lora-…`
+        loss = objective.loss_type if objective.name == "dpo" and objective.loss_type != "sigmoid" else ""
+        parts.insert(0, objective.name + (f"_{loss}" if loss else ""))
     if config.data.n_train:
         parts.append(f"n{config.data.n_train}")
     for key, value in varied.items():
@@ -355,38 +359,54 @@ def reference_config(config: RunConfig) -> RunConfig:
                                      "data": config.data.model_copy(update={"n_train": None})})
 
 
-def teacher_in_grid(spec: RunSpec, specs: list[RunSpec], file: str = "") -> RunSpec | None:
-    """The run of `specs` that `spec` distills from (`teacher: run:<slug or run id>`), if any."""
+def run_in_grid(spec: RunSpec, specs: list[RunSpec], ref: str, field: str, file: str = "") -> RunSpec | None:
+    """The run of `specs` that `ref` (`run:<slug or run id>`) names, if any.
+
+    Raises:
+        ConfigError: the name matches several runs of the grid.
+    """
     from harness.objectives.config import TEACHER_RUN
 
-    teacher = spec.config.objective.teacher or ""
-    if not teacher.startswith(TEACHER_RUN):
-        return None
-    name = teacher[len(TEACHER_RUN):]
+    name = ref[len(TEACHER_RUN):]
     found = [s for s in specs if name in (s.run_id, s.slug)]
     if len(found) > 1:
-        raise ConfigError.one(file, f"[{spec.slug}] objective.teacher",
+        raise ConfigError.one(file, f"[{spec.slug}] objective.{field}",
                               f"`{name}` names {len(found)} runs of the grid; use one's run id: "
                               + ", ".join(s.run_id for s in found))
     return found[0] if found else None
 
 
+def teacher_in_grid(spec: RunSpec, specs: list[RunSpec], file: str = "") -> RunSpec | None:
+    """The run of `specs` that `spec` distills from (`teacher: run:<slug or run id>`), if any."""
+    objective = spec.config.objective
+    if objective.name != "distill" or objective.teachers is not None:
+        return None
+    refs = objective.run_refs()
+    return run_in_grid(spec, specs, refs[0][1], refs[0][0], file) if refs else None
+
+
+def needs_in_grid(spec: RunSpec, specs: list[RunSpec], file: str = "") -> list[RunSpec]:
+    """The runs of `specs` that `spec` reads (teachers, the run it starts from): they run first."""
+    found = (run_in_grid(spec, specs, ref, field, file) for field, ref in spec.config.objective.run_refs())
+    return [s for s in found if s is not None]
+
+
 def phases(specs: list[RunSpec], *, file: str = "") -> list[list[RunSpec]]:
     """The order a sweep runs in: the reference rows first (runs read their scores), then each run
-    after the run of the grid it distills from (stages: teacher → student → smaller student).
+    after the runs of the grid it reads (stages: teacher → student → smaller student; SFT → DPO).
 
     Raises:
-        ConfigError: teachers that form a cycle.
+        ConfigError: runs that read each other in a cycle.
     """
     depth: dict[str, int] = {}
 
     def level(spec: RunSpec, chain: tuple[str, ...] = ()) -> int:
         if spec.run_id in chain:
-            raise ConfigError.one(file, "objective.teacher", "the grid's teachers form a cycle: "
+            raise ConfigError.one(file, "objective", "the grid's runs read each other in a cycle: "
                                   + " → ".join(s for s in (*chain, spec.run_id)))
         if spec.run_id not in depth:
-            teacher = teacher_in_grid(spec, specs, file)
-            depth[spec.run_id] = 0 if teacher is None else level(teacher, (*chain, spec.run_id)) + 1
+            needs = needs_in_grid(spec, specs, file)
+            depth[spec.run_id] = max((level(n, (*chain, spec.run_id)) + 1 for n in needs), default=0)
         return depth[spec.run_id]
 
     references = [s for s in specs if s.config.method.name == "none" and s.reference is None]

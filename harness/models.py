@@ -48,7 +48,8 @@ def _smollm2_package_dir() -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def _build_cached(name: str, build: Callable[[Path], None]) -> Path:
+def build_cached(name: str, build: Callable[[Path], None]) -> Path:
+    """`cache_dir()/name`, built once by `build(folder)` (serialized across processes, swapped in whole)."""
     target = cache_dir() / name
     if (target / "config.json").is_file():
         return target
@@ -99,8 +100,8 @@ def _build_tiny(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-MODELS.register("smollm2-135m", lambda: _build_cached("smollm2-135m", _convert_smollm2))
-MODELS.register("tiny-smollm2", lambda: _build_cached("tiny-smollm2", _build_tiny))
+MODELS.register("smollm2-135m", lambda: build_cached("smollm2-135m", _convert_smollm2))
+MODELS.register("tiny-smollm2", lambda: build_cached("tiny-smollm2", _build_tiny))
 
 
 def check(name: str, *, file: str, field: str) -> None:

@@ -7,7 +7,8 @@ import json
 from harness import models
 from harness.data import DATASETS, DataError
 from harness.data.base import split
-from harness.errors import ConfigError
+from harness.errors import ConfigError, allowed
+from harness.methods import METHODS
 
 
 def check(specs, *, file: str, root=None) -> None:
@@ -42,6 +43,7 @@ def check(specs, *, file: str, root=None) -> None:
         except KeyError as exc:  # unknown dataset name
             problems.append((file, "data.name", str(exc)))
     problems.extend(p for p in check_objectives(specs, file=file, root=root) if p not in problems)
+    problems.extend(p for p in check_preference(specs, file=file, root=root) if p not in problems)
     problems.extend(p for p in check_methods(specs, file=file) if p not in problems)
     problems.extend(check_tasks(sorted({t for s in specs for t in s.config.eval.tasks}), file=file))
     if problems:
@@ -55,7 +57,8 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
     from harness import store
     from harness.grid import teacher_in_grid
     from harness.objectives.config import TEACHER_RUN
-    from harness.objectives.distill import layer_pairs, teacher_run
+    from harness.objectives.distill import layer_pairs
+    from harness.objectives.runs import finished_run
     from harness.objectives.student import keep_layers
 
     problems: list[tuple[str, str, str]] = []
@@ -73,7 +76,7 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
         if in_grid is not None:  # an earlier stage of this sweep: it runs first
             teacher_model, n_teacher = in_grid.config.model.name, _depth(in_grid, specs)
         elif teacher_model.startswith(TEACHER_RUN):
-            result, _, _, why = teacher_run(teacher_model, root or store.results_root(), spec.experiment)
+            result, _, _, why = finished_run(teacher_model, root or store.results_root(), spec.experiment)
             if result is None:
                 problems.append((file, f"{where}.teacher", why + " (nor a run of this grid)"))
                 continue
@@ -105,6 +108,55 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
                     problems.append((file, f"{where}.feature_layers", f"pair ({s_layer}, {t_layer}) is out of range: "
                                      f"student hidden states 0..{n_student}, teacher 0..{n_teacher} (0: embeddings)"))
                     break
+    return problems
+
+
+def check_preference(specs, *, file: str, root=None) -> list[tuple[str, str, str]]:
+    """dpo/kto: a method TRL can wrap, preference pairs to learn from, and a `start` run that exists
+    (in the grid, or finished `ok` with weights on a full-precision base)."""
+    from harness import store
+    from harness.grid import run_in_grid
+    from harness.objectives.runs import finished_run
+
+    problems: list[tuple[str, str, str]] = []
+    for spec in specs:
+        objective, cfg = spec.config.objective, spec.config
+        if not objective.is_preference:
+            continue
+        if cfg.method.cls.preference_reference is None:
+            wrappable = [name for name in METHODS.names() if METHODS.get(name).preference_reference is not None]
+            problems.append((file, f"[{spec.slug}] method", f"objective `{objective.name}` trains through TRL, which "
+                             f"cannot wrap method `{cfg.method.name}` with a frozen reference; {allowed(wrappable)}"))
+        dataset = DATASETS.get(cfg.data.name) if cfg.data.name in DATASETS else None
+        if dataset is not None and not dataset.pairs:
+            pairs = [name for name in DATASETS.names() if DATASETS.get(name).pairs]
+            problems.append((file, f"[{spec.slug}] data.name", f"objective `{objective.name}` learns from preference "
+                             f"pairs (prompt, chosen, rejected); `{cfg.data.name}` has none. {allowed(pairs)}"))
+        if objective.name == "kto" and cfg.train.micro_batch < 2:
+            problems.append((file, f"[{spec.slug}] train.micro_batch", "objective `kto` estimates its KL term from "
+                             "mismatched pairs of a batch: use micro_batch >= 2"))
+        if not objective.start:
+            continue
+        try:
+            in_grid = run_in_grid(spec, specs, objective.start, "start", file)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        start = in_grid.config if in_grid is not None else None
+        if in_grid is None:
+            result, _, start, why = finished_run(objective.start, root or store.results_root(), spec.experiment)
+            if result is None:
+                problems.append((file, f"[{spec.slug}] objective.start", why + " (nor a run of this grid)"))
+                continue
+        kind = start.method.cls  # a plain model comes back from a merge, a full copy or trained weights in place
+        if start.model.load_in_4bit or not (kind.merges or kind.saves_full_model or kind.stack_role == "weights"):
+            problems.append((file, f"[{spec.slug}] objective.start", f"`{objective.start}` trained "
+                             f"`{start.method.name}`{' on a 4-bit base' if start.model.load_in_4bit else ''}, whose "
+                             "weights cannot become a plain model to start from; start from a full, freeze or "
+                             "mergeable-adapter run (lora, dora, …) on a full-precision base"))
+        elif kind.saves_full_model and start.train.save_weights != "all":
+            problems.append((file, f"[{spec.slug}] objective.start", f"`{objective.start}` keeps no full model: "
+                             "give it train.save_weights: all"))
     return problems
 
 

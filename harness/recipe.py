@@ -38,9 +38,15 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
                                                           root=run_dir.parent.parent, experiment=run_dir.parent.name)
     if teacher is not None and spec.objective.student is not None:  # a depth-pruned copy of the teacher
         model, tokenizer = distill.pruned_student(spec.objective, teacher), teacher_tokenizer
+    elif spec.objective.start:  # a preference run from a finished SFT run: its merged weights
+        from harness.objectives.runs import run_model_folder
+
+        start = run_model_folder(spec.objective.start, run_dir.parent.parent, run_dir.parent.name)
+        model, tokenizer = models.load(spec.model.model_copy(update={"name": str(start)}), device)
     else:
         model, tokenizer = models.load(spec.model, device)
-    train_set, val_set = _datasets(spec, tokenizer)
+    train_records, val_records = _records(spec)
+    train_set, val_set = _encoded(spec, tokenizer, train_records, val_records)
     steps = spec.train.max_steps or math.ceil(
         len(train_set) / (spec.train.micro_batch * spec.train.grad_accum) * spec.train.epochs)
     ctx = RunContext(spec=spec, run_dir=run_dir, device=device, total_steps=steps)
@@ -59,7 +65,15 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
         metrics.update(_teacher_figures(spec, teacher, model, tokenizer, val_set, collator, prompts, device),
                        student_params=metrics["total_params"])
     if method.trains:
-        _train(spec, model, method, ctx, train_set, val_set, collator, run_dir, metrics, tracker, teacher=teacher)
+        objective_data = train_records if spec.objective.is_preference else None
+        trainer = _train(spec, model, method, ctx, train_set, val_set, collator, run_dir, metrics, tracker,
+                         teacher=teacher, tokenizer=tokenizer, records=objective_data)
+        if spec.objective.is_preference:
+            from harness.objectives import preference
+
+            metrics.update(preference.figures(trainer, tokenizer, train_records, val_records, spec, device))
+            preference.drop_reference(model)
+        del trainer  # a preference run's frozen reference copy goes with it
     if teacher is not None:
         metrics["distill_kl"] = distill.val_kl(model, teacher, val_set, collator, spec.eval.batch_size, device)
 
@@ -96,9 +110,10 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
 
 
 def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path, metrics: dict, tracker,
-           teacher=None) -> None:
-    """The Trainer part of the recipe: train with the run's callbacks and record the training figures
-    (toward the teacher's outputs too when the objective is `distill`)."""
+           teacher=None, tokenizer=None, records=None):
+    """The Trainer part of the recipe: train with the run's callbacks, record the training figures
+    and return the Trainer. The objective picks the Trainer: ours (sft), DistillTrainer (toward the
+    teacher's outputs), or TRL's for a preference objective (on the `records` pairs)."""
     from harness.train import MetricsLog, PeriodicEval, TrainStats, build_trainer, training_args
 
     device = ctx.device
@@ -109,13 +124,23 @@ def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path
     if spec.eval.every_steps:
         callbacks.append(PeriodicEval(spec.eval.every_steps, evaluate, metrics_path, tracker))
     with tempfile.TemporaryDirectory(prefix="trainer-", dir=run_dir) as trainer_dir:
-        args = training_args(spec.train, out_dir=Path(trainer_dir), seed=spec.seed, device=device,
-                             packing=spec.train.packing)
-        extra = {}
+        args_extra, extra = {}, {}
         if teacher is not None:
             from harness.objectives.distill import DistillTrainer
 
             extra = {"trainer_cls": DistillTrainer, "teacher": teacher, "objective": spec.objective}
+        elif records is not None:
+            from harness.objectives.preference import trainer_parts
+
+            trainer_cls, args_cls, options, train_set = trainer_parts(spec.objective, tokenizer, records, spec.data,
+                                                                      spec.train.seq_len)
+            collator = None  # TRL pads its own (prompt, chosen, rejected) batches
+            # TRL defaults to checkpointing and bf16 autocast; the run's settings and dtype decide here
+            args_extra = {"args_cls": args_cls, "bf16": False, "gradient_checkpointing": spec.train.gradient_checkpointing,
+                          **options}
+            extra = {"trainer_cls": trainer_cls, "processing_class": tokenizer}
+        args = training_args(spec.train, out_dir=Path(trainer_dir), seed=spec.seed, device=device,
+                             packing=spec.train.packing and records is None, **args_extra)
         trainer = build_trainer(model, args, train_set, collator, callbacks=callbacks,
                                 optimizer=method.optimizer(model, spec.train), **extra)
         with PeakMemory(device) as mem:
@@ -129,6 +154,7 @@ def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path
     metrics["train_tokens_per_s"] = metrics["train_tokens"] / metrics["train_s"] if metrics["train_s"] else None
     metrics["step_ms_p50"] = percentile(stats.step_ms, 50)
     metrics["step_ms_p90"] = percentile(stats.step_ms, 90)
+    return trainer
 
 
 def _teacher_figures(spec, teacher, student, tokenizer, val_set, collator, prompts, device) -> dict:
@@ -173,12 +199,16 @@ def peft_trainable_params(model) -> int | None:
     return int(counter()[0]) if callable(counter) else None
 
 
-def _datasets(spec, tokenizer) -> tuple[list[dict], list[dict]]:
-    """Encoded (train subset, validation set); the validation set depends only on the data config."""
-    records = DATASETS.get(spec.data.name)().records(spec.data)
-    splits = split(records, spec.data)
-    train = encode_all(tokenizer, train_subset(splits.train_pool, spec.data.n_train, spec.seed), spec.data, spec.train.seq_len)
-    val = encode_all(tokenizer, splits.val, spec.data, spec.train.seq_len)
+def _records(spec) -> tuple[list[dict], list[dict]]:
+    """(train subset, validation set) records; the validation set depends only on the data config."""
+    splits = split(DATASETS.get(spec.data.name)().records(spec.data), spec.data)
+    return train_subset(splits.train_pool, spec.data.n_train, spec.seed), splits.val
+
+
+def _encoded(spec, tokenizer, train_records: list[dict], val_records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The records tokenized with response-only labels (a preference run's: its chosen answers)."""
+    train = encode_all(tokenizer, train_records, spec.data, spec.train.seq_len)
+    val = encode_all(tokenizer, val_records, spec.data, spec.train.seq_len)
     if not train or not val:
         raise ValueError(f"no usable examples after truncation to seq_len={spec.train.seq_len}")
     return train, val

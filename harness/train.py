@@ -74,10 +74,12 @@ def write_metric(path: Path, row: dict) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
-def training_args(cfg, *, out_dir: Path, seed: int, device: str, packing: bool) -> TrainingArguments:
-    """TrainingArguments from a TrainCfg; checkpoints are ours to save, so the Trainer saves none."""
+def training_args(cfg, *, out_dir: Path, seed: int, device: str, packing: bool,
+                  args_cls: type[TrainingArguments] = TrainingArguments, **extra) -> TrainingArguments:
+    """TrainingArguments (or a TRL subclass, `args_cls`, with its `extra` options) from a TrainCfg;
+    checkpoints are ours to save, so the Trainer saves none."""
     t = cfg
-    return TrainingArguments(
+    return args_cls(
         output_dir=str(out_dir),
         max_steps=t.max_steps if t.max_steps is not None else -1,
         num_train_epochs=t.epochs or 1,
@@ -103,10 +105,11 @@ def training_args(cfg, *, out_dir: Path, seed: int, device: str, packing: bool) 
         disable_tqdm=True,
         # packed batches have no padding: every token is real; padded ones count attention_mask
         include_num_input_tokens_seen="all" if packing else "non_padding",
+        **extra,
     )
 
 
-def build_trainer(model, args: TrainingArguments, train_set: list[dict], collator, *,
+def build_trainer(model, args: TrainingArguments, train_set, collator, *,
                   callbacks: list, optimizer=None, trainer_cls: type[Trainer] = Trainer, **extra) -> Trainer:
     """The run's Trainer (`trainer_cls` and its `extra` arguments: an objective's own loss)."""
     return trainer_cls(

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from conftest import read_result, run_cli, tiny_base, write_experiment
+from conftest import run_cli, tiny_base, write_experiment
 from harness import models
 from harness.config import DataCfg, ModelCfg
 from harness.tasks import LOCAL_TASKS, task_dir

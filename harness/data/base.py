@@ -25,6 +25,8 @@ class Dataset:
     description: ClassVar[str] = ""
     #: bump when the records a config yields change: runs on the old records get new run ids
     version: ClassVar[int] = 1
+    #: its records also carry `rejected` (a worse answer than `response`): preference data
+    pairs: ClassVar[bool] = False
 
     def records(self, cfg) -> list[dict[str, Any]]:
         """All records with `prompt` and `response` keys (other keys are kept, e.g. `topic`).

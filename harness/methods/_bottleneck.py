@@ -34,7 +34,6 @@ class PHMLinear(nn.Module):
 
     def weight(self) -> torch.Tensor:
         """The (in, out) matrix Σ_i kron(A_i, s_i t_i)."""
-        n = self.rule.shape[0]
         b = self.s @ self.t  # (n, in/n, out/n)
         return torch.einsum("nij,nkl->ikjl", self.rule, b).reshape(self.in_features, self.out_features)
 

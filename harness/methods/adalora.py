@@ -28,6 +28,7 @@ class AdaLoraOptions(TargetedOptions):
 
 class AdaLora(PeftMethod):
     name = "adalora"
+    preference_reference = None  # its rank allocator allows one trainable adapter; TRL adds a `ref` one
     description = "LoRA with SVD-style triplets whose rank budget is pruned on a schedule"
     Options = AdaLoraOptions
     slug_fields = (("init_r", "r"), ("target_r", "t"))

@@ -51,6 +51,10 @@ class Method:
     #: order) or None (cannot be stacked; `stack_note` says why)
     stack_role: ClassVar[str | None] = None
     stack_note: ClassVar[str] = "it has not been made stackable"
+    #: how a preference objective (dpo, kto) gets its frozen reference model: "copy" (TRL keeps a
+    #: frozen copy of the starting model), "adapter" (the same model with its fresh adapter off: no
+    #: second copy), or None (TRL cannot wrap the method)
+    preference_reference: ClassVar[str | None] = None
 
     def __init__(self, options: MethodOptions):
         self.options = options

@@ -28,6 +28,7 @@ class Freeze(Method):
     Options = FreezeOptions
     forbids_4bit = True
     stack_role = "weights"
+    preference_reference = "copy"
 
     def apply(self, model, ctx):
         from harness.methods.adapter import decoder_layers

@@ -10,6 +10,7 @@ class Full(Method):
     description = "all weights trained; the checkpoint is the whole model"
     forbids_4bit = True
     saves_full_model = True
+    preference_reference = "copy"
     stack_note = "it already trains every weight; for SFT of chosen parts next to an adapter use `freeze`"
 
     def apply(self, model, ctx):

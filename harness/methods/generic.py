@@ -52,6 +52,7 @@ class GenericPeftOptions(MethodOptions):
 
 class GenericPeft(PeftMethod):
     name = "peft"
+    preference_reference = None  # any peft config: whether TRL can copy it as a reference is unknown
     description = "any peft config class by name; its fields are the options"
     Options = GenericPeftOptions
 

@@ -15,6 +15,7 @@ class LlamaAdapterOptions(MethodOptions):
 
 class LlamaAdapter(PeftMethod):
     name = "llama_adapter"
+    preference_reference = None  # TRL's copy of the adapter as its reference is unverified for adaption prompts
     description = "zero-init gated adaption prompts in the top attention layers (llama-architecture models)"
     Options = LlamaAdapterOptions
     slug_fields = (("adapter_len", "len"), ("adapter_layers", "L"))

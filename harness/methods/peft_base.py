@@ -52,6 +52,8 @@ class PeftMethod(Method):
     """A method whose trainable model is `peft.get_peft_model(model, self.peft_config(model, ctx))`."""
 
     stack_role = "layers"
+    #: TRL's DPOTrainer adds a frozen `ref` copy of the fresh adapter, which equals the base
+    preference_reference = "adapter"
 
     def peft_config(self, model, ctx: Any):
         """The peft config for this run (task type CAUSAL_LM)."""

@@ -29,6 +29,7 @@ class PromptTuningOptions(PromptOptions):
 
 class PromptTuning(PeftMethod):
     name = "prompt_tuning"
+    preference_reference = None  # virtual tokens lengthen the logits TRL aligns with its completion mask
     description = "trained soft-prompt embeddings prepended to the input (Lester et al. 2021)"
     Options = PromptTuningOptions
     slug_fields = (("num_virtual_tokens", "v"), ("init", ""))
@@ -55,6 +56,7 @@ class PrefixTuningOptions(PromptOptions):
 
 class PrefixTuning(PeftMethod):
     name = "prefix_tuning"
+    preference_reference = None  # virtual tokens lengthen the logits TRL aligns with its completion mask
     description = "trained key/value prefixes in every attention layer (Li & Liang 2021; P-Tuning v2)"
     Options = PrefixTuningOptions
     slug_fields = (("num_virtual_tokens", "v"),)
@@ -79,6 +81,7 @@ class PTuningOptions(PromptOptions):
 
 class PTuning(PeftMethod):
     name = "p_tuning"
+    preference_reference = None  # virtual tokens lengthen the logits TRL aligns with its completion mask
     description = "virtual tokens produced by a trained prompt encoder (Liu et al. 2021, GPT Understands Too)"
     Options = PTuningOptions
     slug_fields = (("num_virtual_tokens", "v"), ("encoder", ""))

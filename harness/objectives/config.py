@@ -10,6 +10,8 @@ from harness.schema import Section
 
 #: `teacher: run:<run id or slug>` names a run of the store (or of the same grid) as the teacher
 TEACHER_RUN = "run:"
+#: objectives that learn from (prompt, chosen, rejected) pairs through TRL's trainers
+PREFERENCE = ("dpo", "kto")
 
 
 class LossWeights(Section):
@@ -27,12 +29,30 @@ class StudentCfg(Section):
     keep_layers: str | list[int] = "every_2nd"
 
 
-class ObjectiveCfg(Section):
-    """`sft` (the default: cross-entropy on the responses) or `distill` (teacher → student)."""
+class TeacherCfg(Section):
+    """One teacher of an ensemble: a model or `run:<id>`, and its weight in the mixture."""
 
-    name: Literal["sft", "distill"] = "sft"
+    model: str
+    weight: float = Field(1.0, gt=0)
+
+
+_DISTILL = {"teacher", "teachers", "student", "temperature", "losses", "feature_layers", "schedule",
+            "cache_teacher", "cache_top_k"}
+_PREFERENCE = {"beta", "loss_type", "start"}
+#: options added after runs were stored: left out of a run's spec while at their default, so the
+#: runs stored before them keep their run ids
+_LATE = {"teachers": None, "cache_teacher": False, "cache_top_k": 64}
+
+
+class ObjectiveCfg(Section):
+    """`sft` (the default: cross-entropy on the responses), `distill` (teacher → student), or a
+    preference objective, `dpo` or `kto` (chosen over rejected answers, against a frozen reference)."""
+
+    name: Literal["sft", "distill", "dpo", "kto"] = "sft"
     teacher: str | None = Field(None, description="distill: the teacher: a model (alias, folder or hub id), or "
                                                   "`run:<run id>`, the fine-tuned weights of a finished run of the store")
+    teachers: list[TeacherCfg] | None = Field(None, description="distill: an ensemble instead of one `teacher`: "
+                                                               "their softened distributions mixed by weight")
     student: StudentCfg | None = Field(None, description="distill: a depth-pruned copy of the teacher; "
                                                          "None: the run's `model` is the student")
     temperature: float = Field(2.0, gt=0, description="distill: softening of both distributions (KL × T²)")
@@ -42,18 +62,61 @@ class ObjectiveCfg(Section):
                             "auto: each student layer to the teacher layer at the same relative depth")
     schedule: Literal["constant", "linear"] = Field("constant", description="distill: weight of the distillation "
                                                                             "losses over training (linear: to 0)")
+    cache_teacher: bool = Field(False, description="distill: compute the teacher's top-k logits once per "
+                                                   "(teacher, data) and reuse them from disk")
+    cache_top_k: int = Field(64, gt=0, le=4096, description="distill: logits kept per token in the cache")
+    beta: float = Field(0.1, gt=0, description="dpo/kto: strength of the pull toward the reference model")
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "sppo_hard"] = Field(
+        "sigmoid", description="dpo: TRL's loss (sigmoid: the DPO paper's)")
+    start: str | None = Field(None, description="dpo/kto: `run:<run id or slug>`, a finished SFT run whose "
+                                                "fine-tuned weights are the starting point and the reference")
 
     @model_validator(mode="after")
     def _options_belong_to_the_objective(self):
-        distill_only = {"teacher", "student", "temperature", "losses", "feature_layers", "schedule"}
-        if self.name == "sft":
-            extra = sorted(distill_only & self.model_fields_set)
-            if extra:
-                raise ValueError(f"`{extra[0]}` applies to objective `distill`, not `sft`")
-        elif self.teacher is None:
-            raise ValueError("objective `distill` needs a `teacher` (a model alias, folder or hub id)")
+        own = {"sft": set(), "distill": _DISTILL}.get(self.name, _PREFERENCE)
+        if self.name == "kto":
+            own = own - {"loss_type"}
+        extra = sorted(self.model_fields_set - own - {"name"})
+        if extra:
+            users = [n for n, opts in (("distill", _DISTILL), ("dpo", _PREFERENCE)) if extra[0] in opts]
+            raise ValueError(f"`{extra[0]}` applies to objective `{users[0] if users else '?'}`, not `{self.name}`")
+        if self.name == "distill":
+            if (self.teacher is None) == (self.teachers is None):
+                raise ValueError("objective `distill` needs a `teacher` (a model alias, folder, hub id or run:<id>) "
+                                 "or `teachers` (a list of {model, weight}), not both")
+            if self.teachers is not None and not self.teachers:
+                raise ValueError("`teachers` must name at least one teacher")
+            if self.teachers is not None and self.student is not None:
+                raise ValueError("a depth-pruned `student` copies one teacher: give the ensemble a student `model` "
+                                 "instead, or use one `teacher`")
+        if self.start is not None and not self.start.startswith(TEACHER_RUN):
+            raise ValueError(f"`start` names a finished run of the store: `{TEACHER_RUN}<run id or slug>`, "
+                             f"not `{self.start}`")
         return self
 
     @property
     def is_default(self) -> bool:
         return self.name == "sft"
+
+    @property
+    def is_preference(self) -> bool:
+        return self.name in PREFERENCE
+
+    def teacher_list(self) -> list[TeacherCfg]:
+        """The teachers as one list (a single `teacher` has weight 1)."""
+        return list(self.teachers) if self.teachers is not None else [TeacherCfg(model=self.teacher)]
+
+    def run_refs(self) -> list[tuple[str, str]]:
+        """(field, `run:<name>`) for each run of the store this objective reads: teachers, start point."""
+        refs = [("teacher" if self.teachers is None else f"teachers[{i}].model", t.model)
+                for i, t in enumerate(self.teacher_list())] if self.name == "distill" else []
+        refs += [("start", self.start)] if self.start else []
+        return [(field, ref) for field, ref in refs if ref.startswith(TEACHER_RUN)]
+
+    def as_dict(self) -> dict:
+        """The run-spec form: only this objective's own options (late ones only when set)."""
+        own = {"distill": _DISTILL, "sft": set()}.get(self.name, _PREFERENCE - ({"loss_type"} if self.name == "kto"
+                                                                                 else set()))
+        dumped = self.model_dump()
+        return {"name": self.name, **{k: v for k, v in dumped.items()
+                                      if k in own and not (k in _LATE and v == _LATE[k])}}

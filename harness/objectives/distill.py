@@ -9,30 +9,10 @@ from transformers import Trainer
 from harness import models
 from harness.config import ModelCfg
 from harness.objectives.config import TEACHER_RUN
+from harness.objectives.runs import load_run_model
 from harness.objectives.distill_losses import (distill_weight, feature_mse, projection_layers, relation_loss,
                                                response_kl)
 from harness.objectives.student import decoder_layers, depth_pruned_copy, keep_layers
-
-def teacher_run(name: str, root, experiment: str | None = None):
-    """For `teacher: run:<run id or slug>`: (that run's result, its directory, its RunConfig, None), or
-    (None, None, None, why it cannot teach). The run is looked up in `experiment` first, then across the store."""
-    from harness import store
-    from harness.config import RUN_KEYS, build_run_config
-
-    run = name[len(TEACHER_RUN):]
-    directory = store.find_run(run, root, prefer=experiment)
-    result = store.read_result(directory) if directory is not None else None
-    if result is None:
-        return None, None, None, f"no finished run `{run}` under {root}"
-    if result["status"] != "ok":
-        return None, None, None, f"run `{run}` finished `{result['status']}`, not `ok`: it cannot teach"
-    config = build_run_config({k: v for k, v in result["spec"].items() if k in RUN_KEYS}, file=result["run_id"])
-    artifact = directory / "adapter"
-    # as `ftbench eval` checks: a full-model method keeps a loadable model only with save_weights: all
-    if not artifact.is_dir() or (config.method.build().saves_full_model and not (artifact / "config.json").is_file()):
-        return None, None, None, f"run `{run}` kept no weights (rerun it with train.save_weights: all)"
-    return result, directory, config, None
-
 
 def load_teacher(objective, model_cfg: ModelCfg, device: str, root=None, experiment: str | None = None):
     """The frozen teacher (in eval mode) and its tokenizer, in the run's dtype: a model, or the
@@ -41,19 +21,10 @@ def load_teacher(objective, model_cfg: ModelCfg, device: str, root=None, experim
         teacher, tokenizer = models.load(ModelCfg(name=objective.teacher, dtype=model_cfg.dtype,
                                                   trust_remote_code=model_cfg.trust_remote_code), device)
         return freeze(teacher), tokenizer
-    from harness.run import RunContext
-
-    result, directory, config, why = teacher_run(objective.teacher, root, experiment)
-    if result is None:
-        raise ValueError(f"objective.teacher: {why}")
-    base, tokenizer = models.load(config.model, device)
-    ctx = RunContext(spec=config, run_dir=directory, device=device, total_steps=config.train.max_steps or 1)
-    teacher = config.method.build().load(base, directory / "adapter", ctx)
-    if hasattr(teacher, "merge_and_unload"):
-        try:
-            teacher = teacher.merge_and_unload()  # a plain model: faster forwards, honest parameter count
-        except (ValueError, NotImplementedError, RuntimeError):
-            pass
+    try:
+        teacher, tokenizer = load_run_model(objective.teacher, root, experiment, device)
+    except ValueError as exc:
+        raise ValueError(f"objective.teacher: {exc}") from None
     return freeze(teacher), tokenizer
 
 

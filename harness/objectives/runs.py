@@ -1,0 +1,80 @@
+"""Finished runs of the store as models: a teacher (`teacher: run:<id>`) or a starting point
+(`start: run:<id>`) is the run's base with its trained weights, merged when they can be."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.objectives.config import TEACHER_RUN
+
+
+def finished_run(ref: str, root, experiment: str | None = None):
+    """For `run:<run id or slug>`: (that run's result, its directory, its RunConfig, None), or
+    (None, None, None, why it cannot be used). Looked up in `experiment` first, then across the store."""
+    from harness import store
+    from harness.config import RUN_KEYS, build_run_config
+
+    run = ref[len(TEACHER_RUN):]
+    directory = store.find_run(run, root, prefer=experiment)
+    result = store.read_result(directory) if directory is not None else None
+    if result is None:
+        return None, None, None, f"no finished run `{run}` under {root}"
+    if result["status"] != "ok":
+        return None, None, None, f"run `{run}` finished `{result['status']}`, not `ok`: its weights cannot be used"
+    config = build_run_config({k: v for k, v in result["spec"].items() if k in RUN_KEYS}, file=result["run_id"])
+    artifact = directory / "adapter"
+    # as `ftbench eval` checks: a full-model method keeps a loadable model only with save_weights: all
+    if not artifact.is_dir() or (config.method.build().saves_full_model and not (artifact / "config.json").is_file()):
+        return None, None, None, f"run `{run}` kept no weights (rerun it with train.save_weights: all)"
+    return result, directory, config, None
+
+
+def load_run_model(ref: str, root, experiment: str | None, device: str):
+    """(model, tokenizer) of a finished run, its update merged into the base when the method can merge.
+
+    Raises:
+        ValueError: the run is missing, did not finish `ok`, or kept no weights.
+    """
+    from harness import models
+    from harness.run import RunContext
+
+    result, directory, config, why = finished_run(ref, root, experiment)
+    if result is None:
+        raise ValueError(why)
+    base, tokenizer = models.load(config.model, device)
+    ctx = RunContext(spec=config, run_dir=directory, device=device, total_steps=config.train.max_steps or 1)
+    model = config.method.build().load(base, directory / "adapter", ctx)
+    if hasattr(model, "merge_and_unload"):
+        try:
+            model = model.merge_and_unload()  # a plain model: faster forwards, honest parameter count
+        except (ValueError, NotImplementedError, RuntimeError):
+            pass
+    return model, tokenizer
+
+
+def run_model_folder(ref: str, root, experiment: str | None) -> Path:
+    """A safetensors model folder holding a finished run's merged weights (made once per run and
+    finish time in the model cache): something `models.load` can load in any dtype or in 4-bit.
+
+    Raises:
+        ValueError: as `load_run_model`, or the run's weights cannot be merged into a plain model.
+    """
+    from harness import models
+
+    result, _, config, why = finished_run(ref, root, experiment)
+    if result is None:
+        raise ValueError(why)
+    if config.model.load_in_4bit:
+        raise ValueError(f"run `{ref[len(TEACHER_RUN):]}` trained on a 4-bit base, which cannot be saved as a "
+                         "plain model to start from; start from a run on a full-precision base")
+    stamp = "".join(ch for ch in (result.get("finished_at") or "") if ch.isdigit())
+
+    def build(out: Path) -> None:
+        model, tokenizer = load_run_model(ref, root, experiment, "cpu")
+        if hasattr(model, "peft_config"):
+            raise ValueError(f"run `{ref[len(TEACHER_RUN):]}` used `{config.method.name}`, whose update cannot be "
+                             "merged into the base weights")
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+
+    return models.build_cached(f"run-{result['run_id']}-{stamp}", build)
