@@ -48,13 +48,14 @@ def _smollm2_package_dir() -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def build_cached(name: str, build: Callable[[Path], None]) -> Path:
-    """`cache_dir()/name`, built once by `build(folder)` (serialized across processes, swapped in whole)."""
+def build_cached(name: str, build: Callable[[Path], None], marker: str = "config.json") -> Path:
+    """`cache_dir()/name`, built once by `build(folder)` (serialized across processes, swapped in
+    whole); `marker` is the file whose presence says the folder is complete."""
     target = cache_dir() / name
-    if (target / "config.json").is_file():
+    if (target / marker).is_file():
         return target
     with _locked(name):
-        if (target / "config.json").is_file():
+        if (target / marker).is_file():
             return target
         tmp = cache_dir() / f".{name}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)

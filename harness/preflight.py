@@ -67,6 +67,9 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
         if objective.name != "distill":
             continue
         where = f"[{spec.slug}] objective"
+        if objective.teachers is not None:
+            problems.extend(_check_ensemble(spec, specs, file, root))
+            continue
         teacher_model, n_teacher = objective.teacher, None
         try:
             in_grid = teacher_in_grid(spec, specs, file)
@@ -108,6 +111,44 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
                     problems.append((file, f"{where}.feature_layers", f"pair ({s_layer}, {t_layer}) is out of range: "
                                      f"student hidden states 0..{n_student}, teacher 0..{n_teacher} (0: embeddings)"))
                     break
+    return problems
+
+
+def _check_ensemble(spec, specs, file: str, root) -> list[tuple[str, str, str]]:
+    """Each teacher of `teachers:` exists (a model, a run of the grid, or a finished run) and shares
+    the student's vocabulary."""
+    from harness import store
+    from harness.grid import run_in_grid
+    from harness.objectives.config import TEACHER_RUN
+    from harness.objectives.runs import finished_run
+
+    problems = []
+    student = _model_config(spec.config.model.name, spec.config.model)
+    for i, teacher in enumerate(spec.config.objective.teachers):
+        field, name = f"[{spec.slug}] objective.teachers[{i}].model", teacher.model
+        if name.startswith(TEACHER_RUN):
+            try:
+                in_grid = run_in_grid(spec, specs, name, f"teachers[{i}].model", file)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            if in_grid is not None:
+                name = in_grid.config.model.name
+            else:
+                result, _, _, why = finished_run(name, root or store.results_root(), spec.experiment)
+                if result is None:
+                    problems.append((file, field, why + " (nor a run of this grid)"))
+                    continue
+                name = result["spec"]["model"]["name"]
+        try:
+            models.check(name, file=file, field=field)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        config = _model_config(name, spec.config.model)
+        if config is not None and student is not None and config.vocab_size != student.vocab_size:
+            problems.append((file, field, f"teacher `{teacher.model}` (vocabulary {config.vocab_size}) and student "
+                             f"`{spec.config.model.name}` (vocabulary {student.vocab_size}) must share a tokenizer"))
     return problems
 
 

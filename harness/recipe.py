@@ -128,7 +128,8 @@ def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path
         if teacher is not None:
             from harness.objectives.distill import DistillTrainer
 
-            extra = {"trainer_cls": DistillTrainer, "teacher": teacher, "objective": spec.objective}
+            extra = {"trainer_cls": DistillTrainer, "teacher": teacher, "objective": spec.objective,
+                     "cache": _teacher_cache(spec, teacher, train_set, tokenizer, run_dir, metrics, device)}
         elif records is not None:
             from harness.objectives.preference import trainer_parts
 
@@ -157,6 +158,23 @@ def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path
     return trainer
 
 
+def _teacher_cache(spec, teacher, train_set, tokenizer, run_dir: Path, metrics: dict, device: str):
+    """`cache_teacher: true`: the teacher's top-k over the training examples, from the model cache or
+    computed now (`teacher_cache_s`: the seconds it cost this run)."""
+    if not spec.objective.cache_teacher:
+        return None
+    from harness.data.tokenize import make_collator
+    from harness.objectives import teacher_cache
+    from harness.objectives.distill import softened, teacher_identity
+
+    identity = teacher_identity(spec.objective, run_dir.parent.parent, run_dir.parent.name)
+    with softened(teacher, spec.objective.temperature):
+        cache, seconds = teacher_cache.load_or_build(teacher, identity, train_set, make_collator(tokenizer, False), device,
+                                                     spec.objective.temperature, spec.objective.cache_top_k)
+    metrics["teacher_cache_s"] = round(seconds, 3)
+    return cache
+
+
 def _teacher_figures(spec, teacher, student, tokenizer, val_set, collator, prompts, device) -> dict:
     """The teacher's size, validation loss and decode speed, and the student's KL to it before training."""
     from harness.objectives.distill import val_kl
@@ -164,9 +182,10 @@ def _teacher_figures(spec, teacher, student, tokenizer, val_set, collator, promp
     loss, _ = token_loss(teacher, val_set, collator, spec.eval.batch_size, device)
     figures = {"teacher_params": count_params(teacher)[1], "teacher_eval_loss": loss, "teacher_eval_ppl": perplexity(loss),
                "distill_kl_before": val_kl(student, teacher, val_set, collator, spec.eval.batch_size, device)}
-    if spec.eval.latency:
-        figures["teacher_decode_ms_per_token"] = latency(teacher, tokenizer, prompts, spec.eval.latency_new_tokens,
-                                                         device)[1]
+    if spec.eval.latency:  # an ensemble decodes with every member
+        members = getattr(teacher, "members", [teacher])
+        figures["teacher_decode_ms_per_token"] = sum(
+            latency(m, tokenizer, prompts, spec.eval.latency_new_tokens, device)[1] for m in members)
     return figures
 
 

@@ -239,3 +239,78 @@ def test_stages_in_one_grid_run_teacher_first_and_chain_through_the_store(tmp_pa
     assert mid["metrics"]["teacher_eval_loss"] == pytest.approx(sft["metrics"]["eval_loss"], rel=1e-4)
     assert small["metrics"]["teacher_eval_loss"] == pytest.approx(mid["metrics"]["eval_loss"], rel=1e-4)
     assert small["metrics"]["teacher_params"] == mid["metrics"]["total_params"] > small["metrics"]["student_params"]
+
+
+def test_an_ensemble_softens_to_the_weighted_mixture_of_its_members():
+    from harness import models
+    from harness.config import ModelCfg
+    from harness.objectives.distill import TeacherEnsemble, freeze, softened
+
+    a, _ = models.load(ModelCfg(name="tiny-smollm2"), "cpu")
+    b, _ = models.load(ModelCfg(name="tiny-smollm2"), "cpu")
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    ensemble = TeacherEnsemble([freeze(a), freeze(b)], [1.0, 3.0])
+    ids = torch.tensor([[1, 5, 9, 42, 7]])
+    with torch.no_grad(), softened(ensemble, 2.0):
+        mixed = ensemble(input_ids=ids).logits
+        za, zb = a(input_ids=ids).logits, b(input_ids=ids).logits
+    expected = 0.25 * F.softmax(za / 2, -1) + 0.75 * F.softmax(zb / 2, -1)
+    assert torch.allclose(F.softmax(mixed / 2, -1), expected, atol=1e-6)
+    assert ensemble.temperature == 1.0  # back to T = 1 for eval loss and KL figures
+    from harness.measure import count_params
+
+    assert count_params(ensemble)[1] == 2 * count_params(a)[1]
+
+
+def test_the_teacher_cache_gives_the_on_the_fly_kl_at_full_k(tmp_path, monkeypatch):
+    """Examples cached one by one, looked up from a packed batch in another order, give the KL the
+    teacher computes on the fly (k = vocabulary: no approximation; smaller k is the top-k test above).
+    The tiny random model's near-uniform distributions would make any smaller k a meaningless case."""
+    k, tolerance = 49152, 1e-4
+    from harness import models
+    from harness.config import DataCfg, ModelCfg
+    from harness.data import DATASETS
+    from harness.data.tokenize import encode_all, make_collator
+    from harness.objectives import teacher_cache
+
+    monkeypatch.setenv("FTBENCH_CACHE", str(tmp_path / "cache"))
+    teacher, tokenizer = models.load(ModelCfg(name="tiny-smollm2"), "cpu")
+    student, _ = models.load(ModelCfg(name="tiny-smollm2"), "cpu")
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    examples = encode_all(tokenizer, DATASETS.get("chatterbot")().records(DataCfg())[:6], DataCfg(), 64)
+    cache, seconds = teacher_cache.load_or_build(teacher, [["tiny", 1.0]], examples, make_collator(tokenizer, False),
+                                                 "cpu", 2.0, k)
+    again, seconds_again = teacher_cache.load_or_build(teacher, [["tiny", 1.0]], examples,
+                                                       make_collator(tokenizer, False), "cpu", 2.0, k)
+    assert seconds_again < seconds and len(list((tmp_path / "cache").glob("teacher-topk-*"))) == 1
+    batch = make_collator(tokenizer, True)([examples[i] for i in (4, 1, 3)])
+    labels = batch.pop("labels")
+    mask = labels[:, 1:] != -100
+    with torch.no_grad():
+        s_logits = student(**batch).logits[:, :-1]
+        full = response_kl(s_logits, teacher(**batch).logits[:, :-1], mask, 2.0).item()
+        values, ids = again.lookup(batch, labels)
+        cached = response_kl_topk(s_logits[mask][None], values[None], ids[None], torch.ones(1, len(values)), 2.0).item()
+    assert len(values) == int(mask.sum())
+    assert cached == pytest.approx(full, rel=tolerance)
+
+
+def test_an_ensemble_with_a_cached_teacher_runs_and_says_what_the_cache_cost(tmp_path):
+    from conftest import read_result, run_cli, run_dirs, tiny_base, write_experiment
+
+    objective = {"name": "distill", "teachers": [{"model": "tiny-smollm2"}, {"model": "tiny-smollm2", "weight": 2}],
+                 "cache_teacher": True, "losses": {"ce": 0.5, "kl": 1.0}}
+    path = write_experiment(tmp_path, "ens", grid={}, base=tiny_base(method="full", objective=objective))
+    res = run_cli("run", str(path), "--results", str(tmp_path / "results"))
+    assert res.code == 0, res.out + res.err
+    (directory,) = run_dirs(tmp_path / "results", "ens")
+    result = read_result(directory)
+    assert result["status"] == "ok", result["error"]
+    assert result["slug"].startswith("distill-ens2-kl-cached-full-")
+    m = result["metrics"]
+    assert m["teacher_cache_s"] > 0 and m["teacher_params"] == 2 * m["student_params"]
+    assert math.isfinite(m["distill_kl"]) and m["compression_ratio"] == pytest.approx(2.0)

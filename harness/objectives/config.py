@@ -89,6 +89,13 @@ class ObjectiveCfg(Section):
             if self.teachers is not None and self.student is not None:
                 raise ValueError("a depth-pruned `student` copies one teacher: give the ensemble a student `model` "
                                  "instead, or use one `teacher`")
+            hidden = [name for name in ("feature", "relation") if getattr(self.losses, name) > 0]
+            if hidden and self.teachers is not None:
+                raise ValueError(f"an ensemble teaches through its mixed token distribution: `losses.{hidden[0]}` "
+                                 "needs one `teacher`'s hidden states")
+            if hidden and self.cache_teacher:
+                raise ValueError(f"`cache_teacher` keeps the teacher's top-k logits, not its hidden states: "
+                                 f"`losses.{hidden[0]}` needs the teacher on the fly (cache_teacher: false)")
         if self.start is not None and not self.start.startswith(TEACHER_RUN):
             raise ValueError(f"`start` names a finished run of the store: `{TEACHER_RUN}<run id or slug>`, "
                              f"not `{self.start}`")

@@ -3,29 +3,87 @@ teacher) trained with CE plus the weighted distillation losses, and the figures 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers import Trainer
+from transformers.modeling_outputs import CausalLMOutput
 
 from harness import models
 from harness.config import ModelCfg
 from harness.objectives.config import TEACHER_RUN
 from harness.objectives.runs import load_run_model
 from harness.objectives.distill_losses import (distill_weight, feature_mse, projection_layers, relation_loss,
-                                               response_kl)
+                                               response_kl, response_kl_topk)
 from harness.objectives.student import decoder_layers, depth_pruned_copy, keep_layers
 
 def load_teacher(objective, model_cfg: ModelCfg, device: str, root=None, experiment: str | None = None):
     """The frozen teacher (in eval mode) and its tokenizer, in the run's dtype: a model, or the
-    fine-tuned weights of a finished run of the store (`run:<run id>`), merged when they can be."""
-    if not objective.teacher.startswith(TEACHER_RUN):
-        teacher, tokenizer = models.load(ModelCfg(name=objective.teacher, dtype=model_cfg.dtype,
+    fine-tuned weights of a finished run of the store (`run:<run id>`), merged when they can be;
+    several (`teachers:`) make one TeacherEnsemble."""
+    loaded = [_load_one(t.model, model_cfg, device, root, experiment) for t in objective.teacher_list()]
+    if objective.teachers is None:
+        return loaded[0]
+    return TeacherEnsemble([m for m, _ in loaded], [t.weight for t in objective.teachers]), loaded[0][1]
+
+
+def _load_one(name: str, model_cfg: ModelCfg, device: str, root, experiment):
+    if not name.startswith(TEACHER_RUN):
+        teacher, tokenizer = models.load(ModelCfg(name=name, dtype=model_cfg.dtype,
                                                   trust_remote_code=model_cfg.trust_remote_code), device)
         return freeze(teacher), tokenizer
     try:
-        teacher, tokenizer = load_run_model(objective.teacher, root, experiment, device)
+        teacher, tokenizer = load_run_model(name, root, experiment, device)
     except ValueError as exc:
         raise ValueError(f"objective.teacher: {exc}") from None
     return freeze(teacher), tokenizer
+
+
+def teacher_identity(objective, root=None, experiment: str | None = None) -> list:
+    """What a teacher cache depends on: each teacher's name (a run's: its id and finish time) and weight."""
+    from harness.objectives.runs import finished_run
+
+    out = []
+    for t in objective.teacher_list():
+        result = finished_run(t.model, root, experiment)[0] if t.model.startswith(TEACHER_RUN) else None
+        out.append([t.model if result is None else f"{result['run_id']}@{result['finished_at']}", t.weight])
+    return out
+
+
+class TeacherEnsemble(nn.Module):
+    """Several frozen teachers as one: its logits, softened by `temperature`, give the weighted mixture
+    of the teachers' softened distributions (T·log Σ wᵢ softmax(zᵢ/T)), so every loss and figure that
+    reads a teacher's logits reads the ensemble's."""
+
+    def __init__(self, members: list, weights: list[float]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        total = sum(weights)
+        self.register_buffer("log_weights", torch.log(torch.tensor([w / total for w in weights])), persistent=False)
+        self.config = members[0].config
+        self.temperature = 1.0
+
+    def forward(self, output_hidden_states: bool = False, **inputs):
+        t = self.temperature
+        logp = torch.stack([F.log_softmax(m(**inputs).logits.float() / t, dim=-1) for m in self.members])
+        mixed = torch.logsumexp(logp + self.log_weights.to(logp.device).view(-1, *[1] * (logp.dim() - 1)), dim=0)
+        return CausalLMOutput(logits=mixed * t)
+
+
+@contextmanager
+def softened(teacher, temperature: float):
+    """An ensemble mixes its members' distributions softened at `temperature` (a single teacher's
+    logits are softened by the loss itself)."""
+    if not isinstance(teacher, TeacherEnsemble):
+        yield
+        return
+    teacher.temperature = temperature
+    try:
+        yield
+    finally:
+        teacher.temperature = 1.0
 
 
 def freeze(model):
@@ -76,9 +134,9 @@ def pooled_examples(hidden: torch.Tensor, mask: torch.Tensor, seg: torch.Tensor)
 class DistillTrainer(Trainer):
     """Trainer whose loss is w_ce·CE + s(step)·(w_kl·KL + w_feature·MSE + w_relation·relation)."""
 
-    def __init__(self, *args, teacher, objective, **kwargs):
+    def __init__(self, *args, teacher, objective, cache=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.teacher, self.objective = teacher, objective
+        self.teacher, self.objective, self.cache = teacher, objective, cache
         weights = objective.losses
         self.needs_hidden = weights.feature > 0 or weights.relation > 0
         n_student = self.model.config.num_hidden_layers
@@ -102,14 +160,21 @@ class DistillTrainer(Trainer):
         student_inputs = {**inputs, "output_hidden_states": True} if self.needs_hidden else inputs
         ce, outputs = super().compute_loss(model, student_inputs, return_outputs=True,
                                            num_items_in_batch=num_items_in_batch)
-        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        with torch.no_grad():
-            teacher_out = self.teacher(**teacher_inputs, output_hidden_states=self.needs_hidden, use_cache=False)
         length = labels.size(1)  # prompt-tuning students have virtual positions first: keep the real ones
+        temperature, kl_mask = self.objective.temperature, labels[:, 1:] != -100
+        student_logits = outputs.logits[:, -length:][:, :-1]
         kd = torch.zeros((), device=ce.device)
-        if w.kl > 0:
-            kd = kd + w.kl * response_kl(outputs.logits[:, -length:][:, :-1], teacher_out.logits[:, :-1],
-                                         labels[:, 1:] != -100, self.objective.temperature)
+        if self.cache is not None:  # the teacher's top-k, read from disk: no teacher forward
+            values, ids = self.cache.lookup(inputs, labels)
+            kd = kd + w.kl * response_kl_topk(student_logits[kl_mask][None], values[None], ids[None],
+                                              torch.ones(1, len(values), device=ce.device), temperature)
+            teacher_out = None
+        else:
+            teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            with torch.no_grad(), softened(self.teacher, temperature):
+                teacher_out = self.teacher(**teacher_inputs, output_hidden_states=self.needs_hidden, use_cache=False)
+            if w.kl > 0:
+                kd = kd + w.kl * response_kl(student_logits, teacher_out.logits[:, :-1], kl_mask, temperature)
         if self.needs_hidden:
             mask = labels != -100
             student_hidden = [h[:, -length:] for h in outputs.hidden_states]
