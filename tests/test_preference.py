@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import read_result, run_cli, run_dirs, tiny_base, write_experiment
+
 from harness.config import DataCfg, build_run_config
 from harness.data import DATASETS
 from harness.data.base import split

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from harness.data.base import Dataset, DataError, register, split
+from harness.data.base import DataError, Dataset, register, split
 from harness.data.chatterbot import Chatterbot
 from harness.data.files import LocalFile
 
