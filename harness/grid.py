@@ -328,22 +328,25 @@ BUDGET_KEYS = ("train.micro_batch", "train.grad_accum", "train.max_steps", "trai
 
 
 def budget_confounds(specs: list[RunSpec]) -> list[str]:
-    """Budget keys (batch, steps, tokens, data) whose values differ between methods.
+    """Budget keys (batch, steps, tokens, data) whose values differ between methods of one objective.
 
     A crossed design (every method at every n_train) is fine; a budget that moves *with* the
-    method makes the comparison unfair, so the sweep warns about it.
+    method makes the comparison unfair, so the sweep warns about it. Runs of different objectives
+    (an SFT stage and the DPO runs that start from it) are not compared with each other.
     """
-    per_method: dict[str, dict[str, set]] = {}
+    groups: dict[str, dict[str, dict[str, set]]] = {}
     for spec in specs:
         d = spec.config.as_dict()
+        per_method = groups.setdefault(spec.config.objective.name, {})
         values = per_method.setdefault(spec.config.method.name, {})
         for key in BUDGET_KEYS:
             section, field_name = key.split(".")
             values.setdefault(key, set()).add(json.dumps(d[section][field_name]))
-    if len(per_method) < 2:
-        return []
-    methods = list(per_method.values())
-    return [key for key in BUDGET_KEYS if any(m[key] != methods[0][key] for m in methods[1:])]
+    found = set()
+    for per_method in groups.values():
+        methods = list(per_method.values())
+        found |= {key for key in BUDGET_KEYS if any(m[key] != methods[0][key] for m in methods[1:])}
+    return [key for key in BUDGET_KEYS if key in found]
 
 
 def reference_config(config: RunConfig) -> RunConfig:

@@ -222,3 +222,10 @@ def test_budget_confounds_flags_budget_paired_with_method(tmp_path):
     lrs = specs_for(tmp_path, {"variant": [{"method": "lora", "train.lr": 1e-3}, {"method": "full", "train.lr": 1e-4}]},
                     stem="lrs")
     assert budget_confounds(lrs) == []
+    # stages of different objectives (an SFT run, then DPO runs from it) are not compared
+    staged = specs_for(tmp_path, {"stage": [
+        {"method": "lora", "train.max_steps": 3, "data.name": "chatterbot"},
+        {"method": "lora", "objective": "dpo"}, {"method": "full", "objective": "dpo"}]}, stem="staged")
+    assert budget_confounds(staged) == []
+    staged[-1] = specs_for(tmp_path, {"method": ["full"], "objective": ["dpo"], "train.max_steps": [9]}, stem="s2")[0]
+    assert budget_confounds(staged) == ["train.max_steps"]
