@@ -182,6 +182,13 @@ def _teacher_figures(spec, teacher, student, tokenizer, val_set, collator, promp
     loss, _ = token_loss(teacher, val_set, collator, spec.eval.batch_size, device)
     figures = {"teacher_params": count_params(teacher)[1], "teacher_eval_loss": loss, "teacher_eval_ppl": perplexity(loss),
                "distill_kl_before": val_kl(student, teacher, val_set, collator, spec.eval.batch_size, device)}
+    if spec.eval.tasks and not hasattr(teacher, "members"):  # for quality_retention_task_pct
+        from harness.lmeval import score
+        from harness.objectives.distill import teacher_task_scores
+
+        scores, _ = score(teacher, tokenizer, spec.eval.tasks, limit=spec.eval.limit, num_fewshot=spec.eval.num_fewshot,
+                          batch_size=spec.eval.batch_size, seed=spec.seed)
+        figures.update(teacher_task_scores(scores, spec.eval.tasks))
     if spec.eval.latency:  # an ensemble decodes with every member
         members = getattr(teacher, "members", [teacher])
         figures["teacher_decode_ms_per_token"] = sum(

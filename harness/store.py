@@ -28,7 +28,7 @@ OPTIONAL_METRIC_KEYS = [
     # objective `distill`: the teacher beside the student
     "teacher_params", "student_params", "compression_ratio", "teacher_eval_loss", "teacher_eval_ppl",
     "teacher_decode_ms_per_token", "quality_retention_pct", "infer_speedup", "distill_kl_before", "distill_kl",
-    "teacher_cache_s",
+    "teacher_cache_s", "quality_retention_task_pct",
     # objectives `dpo`/`kto`: held-out pairs whose chosen answer gets the higher implicit reward, the mean
     # reward margin, the policy's per-token KL to the reference, and the accuracy on training pairs
     "pref_accuracy", "reward_margin", "kl_to_ref", "pref_accuracy_train",

@@ -314,3 +314,16 @@ def test_an_ensemble_with_a_cached_teacher_runs_and_says_what_the_cache_cost(tmp
     m = result["metrics"]
     assert m["teacher_cache_s"] > 0 and m["teacher_params"] == 2 * m["student_params"]
     assert math.isfinite(m["distill_kl"]) and m["compression_ratio"] == pytest.approx(2.0)
+
+
+def test_task_retention_is_student_over_teacher_inverted_for_perplexity():
+    from harness.objectives.distill import comparison, teacher_task_scores
+
+    teacher = teacher_task_scores({"task.chatterbot_mc.acc": 0.8, "task.chatterbot_mc.acc_norm": 0.7,
+                                   "task.general_ppl.word_perplexity": 20.0}, ["chatterbot_mc", "general_ppl"])
+    assert teacher == {"teacher_task.chatterbot_mc.acc": 0.8, "teacher_task.general_ppl.word_perplexity": 20.0}
+    metrics = {**teacher, "task.chatterbot_mc.acc": 0.6, "task.general_ppl.word_perplexity": 40.0,
+               "teacher_eval_ppl": 8.0, "eval_ppl": 10.0}
+    out = comparison(metrics)
+    assert out["quality_retention_task_pct"] == pytest.approx(100 * (0.6 / 0.8 + 20 / 40) / 2)
+    assert out["quality_retention_pct"] == pytest.approx(80.0)

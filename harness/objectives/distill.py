@@ -206,10 +206,39 @@ def val_kl(student, teacher, examples: list[dict], collator, batch_size: int, de
     return total / count if count else None
 
 
-def comparison(metrics: dict) -> dict:
-    """compression_ratio, quality_retention_pct (teacher ppl ÷ student ppl, in %: 100 = as good) and
-    infer_speedup (teacher decode ms/token ÷ student's), from the figures already measured."""
+def primary_metric(task: str) -> tuple[str, bool]:
+    """(metric, higher is better) that stands for a task: a built-in task's own, else lm-eval's `acc`."""
+    from harness.tasks import LOCAL_TASKS
+
+    if task in LOCAL_TASKS:
+        cls = LOCAL_TASKS.get(task)
+        return cls.primary_metric, cls.higher_is_better
+    return "acc", True
+
+
+def teacher_task_scores(scores: dict, tasks: list[str]) -> dict:
+    """The teacher's primary score per task, as `teacher_task.<task>.<metric>`."""
     out = {}
+    for task in tasks:
+        metric, _ = primary_metric(task)
+        if f"task.{task}.{metric}" in scores:
+            out[f"teacher_task.{task}.{metric}"] = scores[f"task.{task}.{metric}"]
+    return out
+
+
+def comparison(metrics: dict) -> dict:
+    """compression_ratio, quality_retention_pct (teacher ppl ÷ student ppl, in %: 100 = as good),
+    quality_retention_task_pct (the mean over scored tasks of student ÷ teacher primary score, inverted
+    for a lower-is-better score) and infer_speedup (teacher decode ms/token ÷ student's), from the
+    figures already measured."""
+    out = {}
+    ratios = []
+    for key, teacher in metrics.items():
+        if key.startswith("teacher_task.") and teacher and metrics.get(key[len("teacher_"):]):
+            student = metrics[key[len("teacher_"):]]
+            ratios.append(student / teacher if primary_metric(key.split(".")[1])[1] else teacher / student)
+    if ratios:
+        out["quality_retention_task_pct"] = 100 * sum(ratios) / len(ratios)
     if metrics.get("teacher_params") and metrics.get("student_params"):
         out["compression_ratio"] = metrics["teacher_params"] / metrics["student_params"]
     if metrics.get("teacher_eval_ppl") and metrics.get("eval_ppl"):
