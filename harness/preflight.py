@@ -122,9 +122,12 @@ def _check_ensemble(spec, specs, file: str, root) -> list[tuple[str, str, str]]:
     from harness.objectives.config import TEACHER_RUN
     from harness.objectives.runs import finished_run
 
-    problems = []
-    student = _model_config(spec.config.model.name, spec.config.model)
-    for i, teacher in enumerate(spec.config.objective.teachers):
+    from harness.objectives.student import keep_layers
+
+    problems, objective = [], spec.config.objective
+    pruned = objective.student is not None  # a copy of the first teacher: it shares that one's vocabulary
+    student = None if pruned else _model_config(spec.config.model.name, spec.config.model)
+    for i, teacher in enumerate(objective.teachers):
         field, name = f"[{spec.slug}] objective.teachers[{i}].model", teacher.model
         if name.startswith(TEACHER_RUN):
             try:
@@ -146,9 +149,15 @@ def _check_ensemble(spec, specs, file: str, root) -> list[tuple[str, str, str]]:
             problems.extend(exc.problems)
             continue
         config = _model_config(name, spec.config.model)
-        if config is not None and student is not None and config.vocab_size != student.vocab_size:
-            problems.append((file, field, f"teacher `{teacher.model}` (vocabulary {config.vocab_size}) and student "
-                             f"`{spec.config.model.name}` (vocabulary {student.vocab_size}) must share a tokenizer"))
+        if i == 0 and pruned and config is not None:
+            student = config
+            try:
+                keep_layers(objective.student.keep_layers, config.num_hidden_layers)
+            except ValueError as exc:
+                problems.append((file, f"[{spec.slug}] objective.student.keep_layers", str(exc)))
+        elif config is not None and student is not None and config.vocab_size != student.vocab_size:
+            problems.append((file, field, f"teacher `{teacher.model}` (vocabulary {config.vocab_size}) and the "
+                             f"student (vocabulary {student.vocab_size}) must share a tokenizer"))
     return problems
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import models, store
-from harness.config import build_run_config
+from harness.config import RUN_KEYS, build_run_config
+from harness.objectives.runs import base_model_cfg
 from harness.tasks.base import versions
 
 
@@ -56,13 +57,20 @@ def score_runs(experiment: str, *, root: Path | None, tasks: list[str] | None, l
     for result in store.iter_results(experiment, root):
         if result["status"] != "ok":
             continue
-        config = build_run_config({k: result["spec"][k] for k in ("model", "data", "method", "train", "eval",
-                                                                  "tracking", "seed")}, file=result["run_id"])
+        config = build_run_config({k: v for k, v in result["spec"].items() if k in RUN_KEYS}, file=result["run_id"])
         wanted = tasks if tasks is not None else list(config.eval.tasks)
         lim = limit if tasks is not None else config.eval.limit
         shots = num_fewshot if tasks is not None else config.eval.num_fewshot
         need = list(wanted) if force else missing_tasks(result, wanted, lim, shots)
         if need:
+            try:
+                base_cfg, why = base_model_cfg(config, root or store.results_root(), experiment)
+            except ValueError as exc:  # a start run that is gone from the store
+                base_cfg, why = None, str(exc)
+            if base_cfg is None:
+                summary.skipped.append((result["run_id"], why))
+                continue
+            config = config.model_copy(update={"model": base_cfg})
             todo.setdefault(config.model.model_dump_json(), []).append((result, config, need, lim, shots))
     for group in todo.values():
         # the reference rows first (forgetting reads them), then one peft kind after another

@@ -138,14 +138,29 @@ def test_real_model_lora_learns(tmp_path):
     assert metrics["eval_loss"] < base_loss - 0.1, (metrics["eval_loss"], base_loss, losses)
 
 
-def test_method_zoo_smoke_runs_every_method(tmp_path):
-    """experiments/method_zoo_smoke.yaml: every built-in method (and four through `peft`) ends `ok`."""
+#: one grid entry of method_zoo_smoke.yaml per distinct path through the recipe: nothing trained, a full
+#: copy, a 4-bit base, virtual tokens, a prefix cache, our own modules with AdapterDrop, a peft config
+#: by name whose init needs real data, and a stack (every method also trains, saves, reloads, generates
+#: and merges in-process in test_methods.py)
+ZOO_PATHS = ("none", "full", "qlora", "{'name': 'prompt_tuning', 'num_virtual_tokens': 8, 'init': 'random'}",
+             "{'name': 'prefix_tuning', 'num_virtual_tokens': 8, 'projection': True}",
+             "{'name': 'adapter', 'placement': 'parallel', 'adapterdrop': 1}",
+             "{'name': 'peft', 'config': 'ShiraConfig', 'r': 4, 'target_modules': 'all-linear'}", "['qlora', 'adapter']")
+
+
+def test_method_zoo_smoke_runs_every_recipe_path(tmp_path):
+    """experiments/method_zoo_smoke.yaml names every built-in method; one entry per recipe path runs
+    end to end through the CLI and ends `ok`."""
     from harness.methods import METHODS
 
-    path = PROJECT_ROOT / "experiments" / "method_zoo_smoke.yaml"
-    specs = expand_file(path)
+    source = PROJECT_ROOT / "experiments" / "method_zoo_smoke.yaml"
     built_in = {n for n in METHODS.names() if METHODS.get(n).__module__.startswith("harness.methods.")}
-    assert {s.config.method.name for s in specs} == built_in
+    assert {s.config.method.name for s in expand_file(source)} == built_in
+    raw = yaml.safe_load(source.read_text())
+    chosen = [m for m in raw["grid"]["method"] if str(m) in ZOO_PATHS]
+    assert len(chosen) == len(ZOO_PATHS), [str(m) for m in raw["grid"]["method"]]
+    path = write_experiment(tmp_path, "method_zoo_smoke", base=raw["base"], grid={"method": chosen})
+    specs = expand_file(path)
     results = tmp_path / "results"
     res = run_cli("run", str(path), "--results", str(results), "--workers", "2")
     assert res.code == 0, res.out + res.err

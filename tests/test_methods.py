@@ -7,7 +7,7 @@ import pytest
 
 from harness import models
 from harness.config import build_run_config
-from harness.measure import count_params
+from harness.measure import count_params, latency
 from harness.methods import METHODS, Method, register
 from harness.registry import UnknownName
 from harness.run import RunContext
@@ -105,8 +105,10 @@ def test_stack_trains_each_components_parameters_and_reloads(combo, tmp_path):
 
 
 def _trains_exactly_and_reloads(spec, ctx, pattern):
-    """Apply the spec's method to the tiny model: only `pattern` trains, two steps move it, and
-    the saved artifact reloads onto a fresh base to the same loss. Returns the reloaded model."""
+    """Apply the spec's method to the tiny model: only `pattern` trains, two steps move it, the
+    saved artifact reloads onto a fresh base to the same loss, the reloaded model generates (as the
+    recipe's latency figures need), and a method that merges keeps that loss once merged.
+    Returns the reloaded model."""
     import torch
 
     model, tok = models.load(spec.model, "cpu")
@@ -143,6 +145,11 @@ def _trains_exactly_and_reloads(spec, ctx, pattern):
     reloaded = spec.method.build().load(fresh, out, ctx)
     reloaded.eval()
     assert _eval_loss(reloaded, batch) == pytest.approx(trained_loss, rel=1e-5)
+    prefill, decode = latency(reloaded, tok, ["Hi there"], 3, "cpu")
+    assert prefill > 0 and decode > 0
+    if method.merges and hasattr(model, "merge_and_unload") and not spec.model.load_in_4bit:
+        merged = model.merge_and_unload()
+        assert _eval_loss(merged, batch) == pytest.approx(trained_loss, rel=1e-4)
     return reloaded
 
 

@@ -134,3 +134,12 @@ def test_sft_then_dpo_and_kto_chain_through_the_store(tmp_path):
     for slug in ("dpo-lora-r4-a8-n16-s0", "dpo-full-n16-lr0.0001-s0"):
         assert results[slug]["spec"]["objective"]["start"] == start
         assert abs(results[slug]["metrics"]["eval_loss"] - sft["metrics"]["eval_loss"]) < 0.25 * gap, slug
+    # `ftbench eval` and later stages rebuild a DPO run on its start model, not on the raw base
+    from harness.config import RUN_KEYS
+    from harness.objectives.runs import base_model_cfg
+
+    dpo = results["dpo-lora-r4-a8-n16-s0"]
+    config = build_run_config({k: v for k, v in dpo["spec"].items() if k in RUN_KEYS}, file="t")
+    base_cfg, why = base_model_cfg(config, tmp_path / "results", "chain")
+    assert why is None and base_cfg.name.endswith(f"run-{sft['run_id']}-" + "".join(
+        ch for ch in sft["finished_at"] if ch.isdigit()))

@@ -327,21 +327,21 @@ def test_preference_section_lists_each_method(tmp_path):
                   objective={"name": "dpo", "beta": 0.1, **start},
                   extra={"pref_accuracy": 0.80 + seed / 50, "pref_accuracy_train": 0.99, "reward_margin": 1.5,
                          "kl_to_ref": 0.20})
-    write_run(tmp_path, "pref", method="lora", objective={"name": "orpo", "beta": 0.2}, extra={"pref_accuracy": 0.6})
-    write_run(tmp_path, "pref", method="lora", objective={"name": "kto", "beta": 0.1}, status="oom")
+    write_run(tmp_path, "pref", method="lora", objective={"name": "kto", "beta": 0.2}, extra={"pref_accuracy": 0.6})
+    write_run(tmp_path, "pref", method="ia3", objective={"name": "kto", "beta": 0.1}, status="oom")
     report = build("pref", tmp_path)
     assert not any(s.title == "Distillation" for s in report.sections)
     section = _section(report, "Preference")
     table = section.tables[0]
     rows = {row[0].text: dict(zip(table.columns, row)) for row in table.rows}
-    assert list(rows) == ["dpo-full-n100", "dpo-lora-n100", "orpo-lora-n100"]  # no row for the oom kto run
-    full, lora, orpo = rows["dpo-full-n100"], rows["dpo-lora-n100"], rows["orpo-lora-n100"]
+    assert list(rows) == ["dpo-full-n100", "dpo-lora-n100", "kto-lora-n100"]  # no row for the oom kto run
+    full, lora, kto = rows["dpo-full-n100"], rows["dpo-lora-n100"], rows["kto-lora-n100"]
     assert (full["objective"].text, full["method"].text, full["β"].text) == ("dpo", "full", "0.1")
-    assert full["started from"].text == "run:lora-r8-n100-s0" and orpo["started from"].text == "–"
+    assert full["started from"].text == "run:lora-r8-n100-s0" and kto["started from"].text == "–"
     half = stats.t.ppf(0.975, 1) * stats.sem([80.0, 82.0])
     assert full["pref accuracy %"].text == f"81.0 ± {half:.1f}" and full["pref accuracy %"].best
     assert lora["pref accuracy %"].text == f"71.0 ± {half:.1f}" and not lora["pref accuracy %"].best
-    assert orpo["pref accuracy %"].text == "60.0" and orpo["KL to ref"].text == "–"
+    assert kto["pref accuracy %"].text == "60.0" and kto["KL to ref"].text == "–"
     assert lora["KL to ref"].best and not full["KL to ref"].best  # lower KL is better
     assert full["reward margin"].best and lora["trainable params"].best
     bullets = section.bullets

@@ -53,8 +53,8 @@ class ObjectiveCfg(Section):
                                                   "`run:<run id>`, the fine-tuned weights of a finished run of the store")
     teachers: list[TeacherCfg] | None = Field(None, description="distill: an ensemble instead of one `teacher`: "
                                                                "their softened distributions mixed by weight")
-    student: StudentCfg | None = Field(None, description="distill: a depth-pruned copy of the teacher; "
-                                                         "None: the run's `model` is the student")
+    student: StudentCfg | None = Field(None, description="distill: a depth-pruned copy of the teacher (of an "
+                                                         "ensemble's first); None: the run's `model` is the student")
     temperature: float = Field(2.0, gt=0, description="distill: softening of both distributions (KL × T²)")
     losses: LossWeights = LossWeights()
     feature_layers: Literal["auto"] | list[tuple[int, int]] = Field(
@@ -86,9 +86,6 @@ class ObjectiveCfg(Section):
                                  "or `teachers` (a list of {model, weight}), not both")
             if self.teachers is not None and not self.teachers:
                 raise ValueError("`teachers` must name at least one teacher")
-            if self.teachers is not None and self.student is not None:
-                raise ValueError("a depth-pruned `student` copies one teacher: give the ensemble a student `model` "
-                                 "instead, or use one `teacher`")
             hidden = [name for name in ("feature", "relation") if getattr(self.losses, name) > 0]
             if hidden and self.teachers is not None:
                 raise ValueError(f"an ensemble teaches through its mixed token distribution: `losses.{hidden[0]}` "

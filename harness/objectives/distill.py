@@ -94,7 +94,8 @@ def freeze(model):
 
 
 def pruned_student(objective, teacher):
-    """A trainable depth-pruned copy of the teacher (`student.keep_layers`)."""
+    """A trainable depth-pruned copy of the teacher, or of an ensemble's first member (`student.keep_layers`)."""
+    teacher = teacher.members[0] if isinstance(teacher, TeacherEnsemble) else teacher
     keep = keep_layers(objective.student.keep_layers, len(decoder_layers(teacher)))
     student = depth_pruned_copy(teacher, keep)
     for param in student.parameters():

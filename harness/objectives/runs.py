@@ -29,6 +29,19 @@ def finished_run(ref: str, root, experiment: str | None = None):
     return result, directory, config, None
 
 
+def base_model_cfg(config, root, experiment: str | None):
+    """(the ModelCfg a run's saved weights apply to, None) or (None, why it cannot be rebuilt): the
+    run's `model`, the merged start model of a preference run with `start`; a depth-pruned student's
+    base is a copy of its teacher's layers that only a full-model save keeps."""
+    objective = config.objective
+    if objective.is_preference and objective.start:
+        folder = run_model_folder(objective.start, root, experiment)
+        return config.model.model_copy(update={"name": str(folder)}), None
+    if objective.name == "distill" and objective.student is not None and not config.method.cls.saves_full_model:
+        return None, "its base is a depth-pruned copy of the teacher, which the run does not keep"
+    return config.model, None
+
+
 def load_run_model(ref: str, root, experiment: str | None, device: str):
     """(model, tokenizer) of a finished run, its update merged into the base when the method can merge.
 
@@ -41,7 +54,10 @@ def load_run_model(ref: str, root, experiment: str | None, device: str):
     result, directory, config, why = finished_run(ref, root, experiment)
     if result is None:
         raise ValueError(why)
-    base, tokenizer = models.load(config.model, device)
+    base_cfg, why = base_model_cfg(config, root, result["experiment"])
+    if base_cfg is None:
+        raise ValueError(f"run `{ref[len(TEACHER_RUN):]}` cannot be rebuilt: {why}")
+    base, tokenizer = models.load(base_cfg, device)
     ctx = RunContext(spec=config, run_dir=directory, device=device, total_steps=config.train.max_steps or 1)
     model = config.method.build().load(base, directory / "adapter", ctx)
     if hasattr(model, "merge_and_unload"):

@@ -7,22 +7,27 @@ import json
 import numpy as np
 import pandas as pd
 
+from harness.objectives.config import PREFERENCE as PREFERENCE_NAMES
 from harness.objectives.config import LossWeights
 from harness.report import figures
 from harness.report.build import Cell, Section, Table, _cell, _missing
 from harness.report.findings import _seeds, significance
 from harness.report.frame import COSTS, DISTILL, PREFERENCE, QUALITY, Metric, best_rows, ok_runs, summarize
 
-PREFERENCE_OBJECTIVES = ("dpo", "orpo", "kto")
+PREFERENCE_OBJECTIVES = PREFERENCE_NAMES
 #: spec columns a section's rows carry from their first run (summarize keeps them beside the means)
 SPEC_COLUMNS = ["method.name", "objective.name", "objective.teacher", "objective.teachers", "objective.beta",
-                "objective.loss_type", "objective.start", *(f"objective.losses.{k}" for k in LossWeights.model_fields)]
+                "objective.loss_type", "objective.start", "objective.cache_teacher", *(f"objective.losses.{k}" for k in LossWeights.model_fields)]
 #: (weight, short name) in the order the slug writes them (grid.make_slug)
 MIX = [("kl", "kl"), ("feature", "feat"), ("relation", "rel")]
 
 PPL = QUALITY[1]
 COMPRESSION, RETENTION, SPEEDUP, KL_BEFORE, KL_AFTER, TEACHER_PPL, CACHE = DISTILL
 ACCURACY, ACCURACY_TRAIN, MARGIN, KL_REF = PREFERENCE
+
+
+def _flag(value) -> bool:
+    return not _missing(value) and bool(value)
 
 
 def _missing_text(value) -> str:
@@ -143,6 +148,7 @@ def distill_section(df: pd.DataFrame) -> Section | None:
     summary["mix"] = [loss_mix({k: row.get(f"objective.losses.{k}") for k, _ in MIX}) for _, row in summary.iterrows()]
     summary["group"] = [" ".join(p for p in (_missing_text(row.get("method.name")), row["mix"]) if p)
                         + (f" ({teacher_label(row)})" if teacher_label(row).startswith("ensemble") else "")
+                        + (" (cached teacher)" if _flag(row.get("objective.cache_teacher")) else "")
                         for _, row in summary.iterrows()]
     section = Section("Distillation", paragraphs=[(
         "Students trained toward a teacher. Quality retention is teacher ppl ÷ student ppl × 100 (100: as good "
