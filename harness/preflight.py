@@ -81,7 +81,7 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
         elif teacher_model.startswith(TEACHER_RUN):
             result, _, _, why = finished_run(teacher_model, root or store.results_root(), spec.experiment)
             if result is None:
-                problems.append((file, f"{where}.teacher", why + " (nor a run of this grid)"))
+                problems.append((file, f"{where}.teacher", why + _not_in_grid(teacher_model, specs)))
                 continue
             teacher_model = result["spec"]["model"]["name"]
         try:
@@ -114,6 +114,15 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
     return problems
 
 
+def _not_in_grid(ref: str, specs) -> str:
+    """" (nor a run of this grid)", with the grid's closest slug when one is close."""
+    from harness.errors import did_you_mean
+    from harness.objectives.config import TEACHER_RUN
+
+    hint = did_you_mean(ref[len(TEACHER_RUN):], [s.slug for s in specs])
+    return " (nor a run of this grid)." + hint.replace("Did you mean `", f"Did you mean `{TEACHER_RUN}")
+
+
 def _check_ensemble(spec, specs, file: str, root) -> list[tuple[str, str, str]]:
     """Each teacher of `teachers:` exists (a model, a run of the grid, or a finished run) and shares
     the student's vocabulary."""
@@ -140,7 +149,7 @@ def _check_ensemble(spec, specs, file: str, root) -> list[tuple[str, str, str]]:
             else:
                 result, _, _, why = finished_run(name, root or store.results_root(), spec.experiment)
                 if result is None:
-                    problems.append((file, field, why + " (nor a run of this grid)"))
+                    problems.append((file, field, why + _not_in_grid(name, specs)))
                     continue
                 name = result["spec"]["model"]["name"]
         try:
@@ -196,7 +205,7 @@ def check_preference(specs, *, file: str, root=None) -> list[tuple[str, str, str
         if in_grid is None:
             result, _, start, why = finished_run(objective.start, root or store.results_root(), spec.experiment)
             if result is None:
-                problems.append((file, f"[{spec.slug}] objective.start", why + " (nor a run of this grid)"))
+                problems.append((file, f"[{spec.slug}] objective.start", why + _not_in_grid(objective.start, specs)))
                 continue
         kind = start.method.cls  # a plain model comes back from a merge, a full copy or trained weights in place
         if start.model.load_in_4bit or not (kind.merges or kind.saves_full_model or kind.stack_role == "weights"):

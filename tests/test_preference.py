@@ -46,6 +46,8 @@ def test_the_answer_trl_sees_ends_with_one_end_of_turn():
     ({"objective": "dpo"}, "`chatterbot` has none"),
     ({"objective": {"name": "dpo", "start": "run:lora-r4-nope-s0"}, "data": PREFS}, "no finished run `lora-r4-nope-s0`"),
     ({"objective": {"name": "dpo", "start": "lora-r4"}, "data": PREFS}, "`start` names a finished run"),
+    ({"objective": {"name": "dpo", "start": "run:dpo-lora-r4-a8-n16-s1"}, "data": PREFS},
+     "Did you mean `run:dpo-lora-r4-a8-n16-s0`?"),
     ({"objective": {"name": "dpo", "beta": 0}, "data": PREFS}, "objective.beta"),
     ({"objective": {"name": "kto", "loss_type": "ipo"}, "data": PREFS}, "applies to objective `dpo`, not `kto`"),
     ({"objective": "kto", "data": PREFS, "train": {"micro_batch": 1}}, "micro_batch >= 2"),
