@@ -40,11 +40,13 @@ def test_top_k_cache_matches_full_kl_at_full_k_and_approaches_it_as_k_grows():
     student, teacher = logits(2), logits(3)
     full = response_kl(student, teacher, MASK, 2.0).item()
     values, ids = teacher_topk(teacher, k=11, temperature=2.0)
-    assert values.dtype == torch.float16 and ids.shape == (2, 5, 11)
-    assert response_kl_topk(student, values, ids, MASK, 2.0).item() == pytest.approx(full, rel=2e-3)  # fp16 storage
-    errors = [abs(response_kl_topk(student, *teacher_topk(teacher, k, 2.0), MASK, 2.0).item() - full)
-              for k in (2, 5, 8, 11)]
-    assert errors[-1] < errors[0]
+    assert ids.shape == (2, 5, 11)
+    assert response_kl_topk(student, values, ids, MASK, 2.0).item() == pytest.approx(full, rel=1e-4)
+    approx = [response_kl_topk(student, *teacher_topk(teacher, k, 2.0), MASK, 2.0).item() for k in (2, 5, 8, 11)]
+    # the coarsened KL is a lower bound (data processing inequality) that tightens as k grows
+    assert all(a <= full + 1e-6 for a in approx) and approx == sorted(approx)
+    # a student equal to the teacher has no KL at any k
+    assert response_kl_topk(teacher, *teacher_topk(teacher, 3, 2.0), MASK, 2.0).item() == pytest.approx(0, abs=1e-5)
 
 
 def test_feature_mse_with_and_without_projection():

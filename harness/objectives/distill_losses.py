@@ -33,22 +33,28 @@ def response_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask
 
 def teacher_topk(teacher_logits: torch.Tensor, k: int, temperature: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     """What a teacher cache stores per token: the top-k token ids and their log-probabilities at
-    temperature T (over the whole vocabulary), as float16 — k·(2+2) bytes a token instead of 4·vocab."""
+    temperature T (over the whole vocabulary) — k·(4+4) bytes a token instead of 4·vocab."""
     logp = F.log_softmax(teacher_logits.float() / float(temperature), dim=-1)
     values, indices = logp.topk(k, dim=-1)
-    return values.half(), indices.int()
+    return values, indices.int()
 
 
 def response_kl_topk(student_logits: torch.Tensor, topk_logp: torch.Tensor, topk_ids: torch.Tensor,
                      mask: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
-    """`response_kl` against a cached top-k teacher: the teacher's distribution is its top-k
-    renormalised (the tail's mass, 1 − Σ top-k, is dropped), the student's log-probabilities are
-    read at those k ids. Equals `response_kl` when k is the vocabulary size."""
+    """`response_kl` against a cached top-k teacher: the KL between teacher and student with the
+    vocabulary coarsened to the teacher's top-k tokens plus one bucket for all the others (the
+    teacher's tail mass 1 − Σ top-k against the student's). Equals `response_kl` when k is the
+    vocabulary size, is a lower bound on it otherwise, and — unlike renormalising the top k — does
+    not ask the student to be sharper than the teacher."""
     t = float(temperature)
     student = F.log_softmax(student_logits.float() / t, dim=-1).gather(-1, topk_ids.long())
-    teacher = F.log_softmax(topk_logp.float(), dim=-1)  # renormalised over the k kept ids
-    per_token = (teacher.exp() * (teacher - student)).sum(-1)
-    return _masked_mean(per_token, mask) * t * t
+    teacher = topk_logp.float()
+    head = (teacher.exp() * (teacher - student)).sum(-1)
+    eps = 1e-6  # the tail's mass can round to 0 (or below) when the top k hold nearly everything
+    p_tail = (1 - teacher.exp().sum(-1)).clamp_min(eps)
+    q_tail = (1 - student.exp().sum(-1)).clamp_min(eps)
+    tail = p_tail * (p_tail.log() - q_tail.log())
+    return _masked_mean(head + tail, mask) * t * t
 
 
 def feature_mse(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor],

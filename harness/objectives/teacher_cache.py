@@ -2,9 +2,9 @@
 (teacher, training data) and kept in the model cache as safetensors, so every student trained on
 the same data reads them instead of running the teacher at each step.
 
-Only the positions the KL uses are stored (each answer token's prediction): k·(2+4) bytes each.
-The KL against a cache renormalises the teacher over its top-k ids (`response_kl_topk`): exact at
-k = vocabulary size, and close when the top k hold nearly all the teacher's mass."""
+Only the positions the KL uses are stored (each answer token's prediction): k·(4+4) bytes each.
+The KL against a cache is over the top-k ids plus one bucket for the rest (`response_kl_topk`):
+exact at k = vocabulary size, a lower bound on the full KL otherwise."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def digest(ids) -> str:
 
 def cache_key(teacher_identity: list, temperature: float, k: int, examples: list[dict]) -> str:
     """What the cached figures depend on: the teachers (and their weights), T, k and the examples."""
-    payload = json.dumps({"teachers": teacher_identity, "T": temperature, "k": k,
+    payload = json.dumps({"format": 2, "teachers": teacher_identity, "T": temperature, "k": k,
                           "examples": [digest(e["input_ids"]) for e in examples]}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
