@@ -1,0 +1,48 @@
+"""Elastic weight consolidation (Kirkpatrick et al. 2017): after a stage, the diagonal of the Fisher
+information of the trainable parameters, estimated from that stage's data, anchors them; the next
+stage adds λ/2 · Σ F_i (θ_i − θ*_i)² to its loss."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def fisher_diagonal(model, batches: Iterable[dict]) -> dict[str, torch.Tensor]:
+    """Mean over `batches` of the squared gradient of the loss for every trainable parameter (the
+    empirical Fisher's diagonal). Each batch holds the model's inputs and `labels`."""
+    was_training = model.training
+    model.eval()
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    n = 0
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        for name, p in params.items():
+            if p.grad is not None:
+                fisher[name] += p.grad.detach().float().pow(2)
+        n += 1
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    if not n:
+        raise ValueError("the Fisher information needs at least one batch")
+    return {name: f / n for name, f in fisher.items()}
+
+
+def anchor(model) -> dict[str, torch.Tensor]:
+    """A copy of the trainable parameters: the previous stage's optimum θ*."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def ewc_penalty(model, fisher: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor], strength: float) -> torch.Tensor:
+    """λ/2 · Σ F (θ − θ*)² over the anchored parameters the model still has (zero at θ = θ*)."""
+    total = None
+    for name, p in model.named_parameters():
+        if name in fisher and name in anchors:
+            term = (fisher[name].to(p.device) * (p.float() - anchors[name].to(p.device).float()).pow(2)).sum()
+            total = term if total is None else total + term
+    if total is None:
+        return torch.zeros((), device=next(model.parameters()).device)
+    return 0.5 * strength * total

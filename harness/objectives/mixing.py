@@ -1,0 +1,80 @@
+"""Mixing several data sources into one training stream, and replaying earlier ones (pure Python).
+
+Sampling strategies for a multi-task mixture of sources with n_i examples each:
+`proportional` (p_i ∝ n_i), `equal` (p_i = 1/K) and temperature τ (p_i ∝ n_i^(1/τ): τ = 1 is
+proportional, τ → ∞ equal). Replay keeps a reservoir sample of earlier stages' examples and mixes
+a fraction of them into each later stage.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+
+
+def mixture_probabilities(sizes: Sequence[int], strategy: str = "proportional",
+                          temperature: float | None = None) -> list[float]:
+    """Probability of drawing each source.
+
+    Raises:
+        ValueError: no sources, an empty source, an unknown strategy, or a temperature ≤ 0.
+    """
+    if not sizes or any(n <= 0 for n in sizes):
+        raise ValueError(f"every source needs examples: sizes {list(sizes)}")
+    if strategy == "equal":
+        weights = [1.0] * len(sizes)
+    elif strategy == "proportional":
+        weights = [float(n) for n in sizes]
+    elif strategy == "temperature":
+        if temperature is None or temperature <= 0:
+            raise ValueError(f"the sampling temperature must be > 0, not {temperature}")
+        weights = [n ** (1.0 / temperature) for n in sizes]
+    else:
+        raise ValueError(f"unknown sampling strategy `{strategy}`; allowed: equal, proportional, temperature")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def mix(sources: Sequence[Sequence], n: int, probabilities: Sequence[float], seed: int = 0) -> list[tuple[int, object]]:
+    """`n` (source index, example) draws: a source by `probabilities`, then that source's examples in
+    a shuffled cycle, so a small source repeats only after it has been seen whole."""
+    rng = random.Random(seed)
+    orders = [rng.sample(range(len(s)), len(s)) for s in sources]
+    cursors = [0] * len(sources)
+    out = []
+    for i in rng.choices(range(len(sources)), weights=probabilities, k=n):
+        if cursors[i] == len(orders[i]):
+            orders[i], cursors[i] = rng.sample(range(len(sources[i])), len(sources[i])), 0
+        out.append((i, sources[i][orders[i][cursors[i]]]))
+        cursors[i] += 1
+    return out
+
+
+def reservoir(stream: Iterable, k: int, seed: int = 0) -> list:
+    """A uniform sample of `k` items of a stream of unknown length (Vitter's algorithm R)."""
+    rng = random.Random(seed)
+    kept: list = []
+    for i, item in enumerate(stream):
+        if i < k:
+            kept.append(item)
+        else:
+            j = rng.randint(0, i)
+            if j < k:
+                kept[j] = item
+    return kept
+
+
+def with_replay(current: Sequence, earlier: Sequence, fraction: float, seed: int = 0) -> list:
+    """The current stage's examples plus replayed earlier ones, so that replay is `fraction` of the
+    result (as near as whole examples allow), the earlier ones a reservoir sample.
+
+    Raises:
+        ValueError: a fraction outside [0, 1).
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the replay fraction must be in [0, 1), not {fraction}")
+    k = min(len(earlier), round(fraction * len(current) / (1 - fraction)))
+    replayed = reservoir(earlier, k, seed)
+    out = list(current) + replayed
+    random.Random(seed + 1).shuffle(out)
+    return out
