@@ -54,11 +54,8 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
     """Distillation: the teacher exists (a model, or a run of the store that finished `ok` with its
     weights), `keep_layers` and `feature_layers` fit the teacher's and the student's depths, and
     student and teacher share a vocabulary."""
-    from harness import store
-    from harness.grid import teacher_in_grid
     from harness.objectives.config import TEACHER_RUN
     from harness.objectives.distill import layer_pairs
-    from harness.objectives.runs import finished_run
     from harness.objectives.student import keep_layers
 
     problems: list[tuple[str, str, str]] = []
@@ -71,19 +68,12 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
             problems.extend(_check_ensemble(spec, specs, file, root))
             continue
         teacher_model, n_teacher = objective.teacher, None
-        try:
-            in_grid = teacher_in_grid(spec, specs, file)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        if in_grid is not None:  # an earlier stage of this sweep: it runs first
-            teacher_model, n_teacher = in_grid.config.model.name, _depth(in_grid, specs)
-        elif teacher_model.startswith(TEACHER_RUN):
-            result, _, _, why = finished_run(teacher_model, root or store.results_root(), spec.experiment)
-            if result is None:
-                problems.append((file, f"{where}.teacher", why + _not_in_grid(teacher_model, specs)))
+        if teacher_model.startswith(TEACHER_RUN):
+            in_grid, config, found = _run_ref(spec, specs, teacher_model, "teacher", file, root)
+            if config is None:
+                problems.extend(found)
                 continue
-            teacher_model = result["spec"]["model"]["name"]
+            teacher_model, n_teacher = config.model.name, _depth(in_grid, specs) if in_grid is not None else None
         try:
             models.check(teacher_model, file=file, field=f"{where}.teacher")
         except ConfigError as exc:
@@ -114,6 +104,26 @@ def check_objectives(specs, *, file: str, root=None) -> list[tuple[str, str, str
     return problems
 
 
+def _run_ref(spec, specs, ref: str, field: str, file: str, root):
+    """(the run of the grid that `ref` names, or None; that run's RunConfig, from the grid or the
+    store; the problems). A ref that names nothing, a store run not `ok`, or an ambiguous slug is a
+    problem and gives (None, None, problems)."""
+    from harness import store
+    from harness.grid import run_in_grid
+    from harness.objectives.runs import finished_run
+
+    try:
+        in_grid = run_in_grid(spec, specs, ref, field, file)
+    except ConfigError as exc:
+        return None, None, exc.problems
+    if in_grid is not None:  # an earlier stage of this sweep: it runs first
+        return in_grid, in_grid.config, []
+    result, _, config, why = finished_run(ref, root or store.results_root(), spec.experiment)
+    if result is None:
+        return None, None, [(file, f"[{spec.slug}] objective.{field}", why + _not_in_grid(ref, specs))]
+    return None, config, []
+
+
 def _not_in_grid(ref: str, specs) -> str:
     """" (nor a run of this grid)", with the grid's closest slug when one is close."""
     from harness.errors import did_you_mean
@@ -126,11 +136,7 @@ def _not_in_grid(ref: str, specs) -> str:
 def _check_ensemble(spec, specs, file: str, root) -> list[tuple[str, str, str]]:
     """Each teacher of `teachers:` exists (a model, a run of the grid, or a finished run) and shares
     the student's vocabulary."""
-    from harness import store
-    from harness.grid import run_in_grid
     from harness.objectives.config import TEACHER_RUN
-    from harness.objectives.runs import finished_run
-
     from harness.objectives.student import keep_layers
 
     problems, objective = [], spec.config.objective
@@ -139,19 +145,11 @@ def _check_ensemble(spec, specs, file: str, root) -> list[tuple[str, str, str]]:
     for i, teacher in enumerate(objective.teachers):
         field, name = f"[{spec.slug}] objective.teachers[{i}].model", teacher.model
         if name.startswith(TEACHER_RUN):
-            try:
-                in_grid = run_in_grid(spec, specs, name, f"teachers[{i}].model", file)
-            except ConfigError as exc:
-                problems.extend(exc.problems)
+            _, config, found = _run_ref(spec, specs, name, f"teachers[{i}].model", file, root)
+            if config is None:
+                problems.extend(found)
                 continue
-            if in_grid is not None:
-                name = in_grid.config.model.name
-            else:
-                result, _, _, why = finished_run(name, root or store.results_root(), spec.experiment)
-                if result is None:
-                    problems.append((file, field, why + _not_in_grid(name, specs)))
-                    continue
-                name = result["spec"]["model"]["name"]
+            name = config.model.name
         try:
             models.check(name, file=file, field=field)
         except ConfigError as exc:
@@ -173,10 +171,6 @@ def _check_ensemble(spec, specs, file: str, root) -> list[tuple[str, str, str]]:
 def check_preference(specs, *, file: str, root=None) -> list[tuple[str, str, str]]:
     """dpo/kto: a method TRL can wrap, preference pairs to learn from, and a `start` run that exists
     (in the grid, or finished `ok` with weights on a full-precision base)."""
-    from harness import store
-    from harness.grid import run_in_grid
-    from harness.objectives.runs import finished_run
-
     problems: list[tuple[str, str, str]] = []
     for spec in specs:
         objective, cfg = spec.config.objective, spec.config
@@ -196,17 +190,10 @@ def check_preference(specs, *, file: str, root=None) -> list[tuple[str, str, str
                              "mismatched pairs of a batch: use micro_batch >= 2"))
         if not objective.start:
             continue
-        try:
-            in_grid = run_in_grid(spec, specs, objective.start, "start", file)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+        _, start, found = _run_ref(spec, specs, objective.start, "start", file, root)
+        if start is None:
+            problems.extend(found)
             continue
-        start = in_grid.config if in_grid is not None else None
-        if in_grid is None:
-            result, _, start, why = finished_run(objective.start, root or store.results_root(), spec.experiment)
-            if result is None:
-                problems.append((file, f"[{spec.slug}] objective.start", why + _not_in_grid(objective.start, specs)))
-                continue
         kind = start.method.cls  # a plain model comes back from a merge, a full copy or trained weights in place
         if start.model.load_in_4bit or not (kind.merges or kind.saves_full_model or kind.stack_role == "weights"):
             problems.append((file, f"[{spec.slug}] objective.start", f"`{objective.start}` trained "

@@ -75,15 +75,21 @@ def drop_reference(model) -> None:
         model.delete_adapter("ref")
 
 
-def sequence_logps(model, examples: list[dict], collator, batch_size: int, device: str) -> torch.Tensor:
-    """Sum of log-probabilities of each example's answer tokens (its labels)."""
-    out = []
+def answer_scores(model, examples: list[dict], collator, batch_size: int, device: str,
+                  distributions: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per example, the summed log-probability of its answer tokens (its labels); with
+    `distributions`, also per batch the log-probabilities over the vocabulary at each answer token,
+    (tokens, vocab), from the same forward."""
+    sums, dists = [], []
     for batch, labels in eval_batches(model, examples, collator, batch_size, device):
-        logits = model(**batch, use_cache=False).logits[:, -labels.size(1):][:, :-1].float()
+        logp = torch.log_softmax(model(**batch, use_cache=False).logits[:, -labels.size(1):][:, :-1].float(), -1)
         target = labels[:, 1:]
-        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        out.append((logp * (target != -100)).sum(-1).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+        mask = target != -100
+        token = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        sums.append((token * mask).sum(-1).cpu())
+        if distributions:
+            dists.append(logp[mask].cpu())
+    return (torch.cat(sums) if sums else torch.zeros(0)), dists
 
 
 def encode_pairs(tokenizer, records: list[dict], data_cfg, seq_len: int) -> tuple[list[dict], list[dict]]:
@@ -106,15 +112,6 @@ def pair_figures(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict:
             "reward_margin": (r_chosen - r_rejected).mean().item()}
 
 
-def answer_logprobs(model, examples: list[dict], collator, batch_size: int, device: str) -> list[torch.Tensor]:
-    """Per batch, the log-probabilities over the vocabulary at each answer token: (tokens, vocab)."""
-    out = []
-    for batch, labels in eval_batches(model, examples, collator, batch_size, device):
-        logits = model(**batch, use_cache=False).logits[:, -labels.size(1):][:, :-1]
-        out.append(torch.log_softmax(logits.float(), -1)[labels[:, 1:] != -100].cpu())
-    return out
-
-
 def figures(trainer, tokenizer, train_records: list[dict], val_records: list[dict], spec, device: str) -> dict:
     """pref_accuracy, reward_margin, kl_to_ref on the held-out pairs; pref_accuracy_train on up to
     TRAIN_PAIRS_SCORED training pairs."""
@@ -124,14 +121,15 @@ def figures(trainer, tokenizer, train_records: list[dict], val_records: list[dic
             *encode_pairs(tokenizer, train_records[:TRAIN_PAIRS_SCORED], spec.data, seq_len)]
 
     def scores(model):
-        return [sequence_logps(model, x, collator, size, device) for x in sets]
+        first, dists = answer_scores(model, sets[0], collator, size, device, distributions=True)
+        return [first, *(answer_scores(model, x, collator, size, device)[0] for x in sets[1:])], dists
 
     # the reference may be the policy with another adapter active: score each side in its own pass
     with reference(trainer) as ref_model:
-        ref_scores, ref_logp = scores(ref_model), answer_logprobs(ref_model, sets[0], collator, size, device)
-    policy = trainer.model
-    r = [spec.objective.beta * (p - q) for p, q in zip(scores(policy), ref_scores)]
-    kl = [(p.exp() * (p - q)).sum() for p, q in zip(answer_logprobs(policy, sets[0], collator, size, device), ref_logp)]
+        ref_scores, ref_logp = scores(ref_model)
+    pol_scores, pol_logp = scores(trainer.model)
+    r = [spec.objective.beta * (p - q) for p, q in zip(pol_scores, ref_scores)]
+    kl = [(p.exp() * (p - q)).sum() for p, q in zip(pol_logp, ref_logp)]
     tokens = sum(len(q) for q in ref_logp)
     return {**pair_figures(r[0], r[1]), "pref_accuracy_train": pair_figures(r[2], r[3])["pref_accuracy"],
             "kl_to_ref": float(sum(kl)) / tokens if tokens else None}
