@@ -26,18 +26,23 @@ def prompt_text(tokenizer, prompt: str, cfg) -> str:
     return head + PLAIN_PROMPT.format(prompt=prompt)
 
 
+def answer_text(tokenizer, prompt: str, response: str, cfg) -> str:
+    """What follows `prompt_text`: the chat template's assistant turn, or the response and EOS."""
+    if not use_chat(tokenizer, cfg.template):
+        return response + (tokenizer.eos_token or "")
+    head = prompt_text(tokenizer, prompt, cfg)
+    messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(head):
+        raise ValueError("the chat template does not render the prompt as a prefix of the full conversation")
+    return full[len(head):]
+
+
 def encode(tokenizer, record: dict, cfg, seq_len: int) -> dict | None:
     """Token ids with labels on the response only; None when truncation leaves no response token."""
     prompt = prompt_text(tokenizer, record["prompt"], cfg)
-    if use_chat(tokenizer, cfg.template):
-        messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
-        messages += [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        if not full.startswith(prompt):
-            raise ValueError("the chat template does not render the prompt as a prefix of the full conversation")
-        answer = full[len(prompt):]
-    else:
-        answer = record["response"] + (tokenizer.eos_token or "")
+    answer = answer_text(tokenizer, record["prompt"], record["response"], cfg)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     ids = (prompt_ids + answer_ids)[:seq_len]

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-from harness.data.tokenize import encode, make_collator, prompt_text, use_chat
+from harness.data.tokenize import answer_text, encode, make_collator, prompt_text
 from harness.evaluate import eval_batches
 
 #: training pairs scored for `pref_accuracy_train` (enough for a stable share, cheap on a CPU)
@@ -23,12 +23,7 @@ TRAIN_PAIRS_SCORED = 64
 def completion_text(tokenizer, prompt: str, response: str, cfg) -> str:
     """The answer as the model must write it after `prompt_text`: the chat template's assistant turn
     up to its end-of-turn token, or the response and EOS."""
-    if not use_chat(tokenizer, cfg.template):
-        return response + (tokenizer.eos_token or "")
-    messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else [])
-    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    answer = full[len(prompt_text(tokenizer, prompt, cfg)):]
+    answer = answer_text(tokenizer, prompt, response, cfg)
     # TRL appends EOS to an answer that does not end with it: stop at the end-of-turn token instead
     eos = tokenizer.eos_token or ""
     return answer.rstrip() if eos and answer.rstrip().endswith(eos) else answer
