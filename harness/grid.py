@@ -256,13 +256,30 @@ def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[R
         except ConfigError as exc:
             problems.extend(p for p in exc.problems if p not in problems)
             continue
-        spec = make_spec(experiment.name, config, dict(applied))
-        if spec.run_id not in ids:
-            ids.add(spec.run_id)
-            specs.append(spec)
+        for spec in continual_stages(make_spec(experiment.name, config, dict(applied))):
+            if spec.run_id not in ids:
+                ids.add(spec.run_id)
+                specs.append(spec)
     if problems:
         raise ConfigError(problems)
     return specs
+
+
+def continual_stages(spec: RunSpec) -> list[RunSpec]:
+    """A `continual` run as one run per stage of its `sequence`: stage k trains on the k-th source,
+    starts from stage k−1 (`previous: run:<its slug>`) and shares the chain's slug; any other run as is."""
+    objective = spec.config.objective
+    if objective.name != "continual" or objective.stage is not None:
+        return [spec]
+    stages, previous = [], None
+    for k, source in enumerate(objective.sequence):
+        stage = objective.model_copy(update={"stage": k, "chain": spec.slug, "previous": previous})
+        config = spec.config.model_copy(update={"objective": stage,
+                                                "data": spec.config.data.model_copy(update={"name": source})})
+        slug = f"{spec.slug}-stage{k}"
+        stages.append(RunSpec(spec.experiment, f"{slug}-{spec_hash(config)}", slug, config, spec.varied))
+        previous = f"run:{slug}"
+    return stages
 
 
 def _drop_key(axis: Axis, key: str) -> Axis:
@@ -286,6 +303,7 @@ def spec_hash(config: RunConfig) -> str:
 
 
 _COVERED = {"method", "method.name", "method.r", "method.alpha", "data.n_train", "seed", "seeds", "objective",
+            "objective.architecture", "objective.strategy",
             "objective.name"}
 
 
@@ -300,6 +318,13 @@ def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
         who = (f"-ens{len(objective.teachers)}" if objective.teachers is not None else "" if keep is None
                else f"-keep{len(keep)}" if isinstance(keep, list) else f"-{keep}")
         parts.insert(0, f"distill{who}-{mix}" + ("-cached" if objective.cache_teacher else ""))
+    elif objective.name == "multitask":  # `mt_per_task-lora-…`, `mt_shared-equal-…`, `mt_shared-t2-…`
+        sampling = {"proportional": "", "equal": "-equal"}.get(objective.sampling, f"-t{objective.temperature:g}")
+        parts.insert(0, f"mt_{objective.architecture}{sampling}")
+    elif objective.name == "continual":  # `cl_replay-lora-…`; the grid appends `-stage<k>`
+        parts.insert(0, f"cl_{objective.strategy}")
+    elif objective.name == "route":
+        parts.insert(0, "route")
     elif objective.is_preference:  # `dpo-lora-…`, `dpo_ipo-lora-…`
         loss = objective.loss_type if objective.name == "dpo" and objective.loss_type != "sigmoid" else ""
         parts.insert(0, objective.name + (f"_{loss}" if loss else ""))
@@ -358,8 +383,11 @@ def reference_config(config: RunConfig) -> RunConfig:
     from harness.objectives.config import ObjectiveCfg
 
     none = MethodCfg(name="none", options=METHODS.get("none").Options())
+    data = {"n_train": None}
+    if config.eval.sources:  # one base row for all the runs scored on the same sources, whatever they train on
+        data["name"] = config.eval.sources[0]
     return config.model_copy(update={"method": none, "seed": 0, "train": TrainCfg(), "objective": ObjectiveCfg(),
-                                     "data": config.data.model_copy(update={"n_train": None})})
+                                     "data": config.data.model_copy(update=data)})
 
 
 def run_in_grid(spec: RunSpec, specs: list[RunSpec], ref: str, field: str, file: str = "") -> RunSpec | None:
@@ -425,7 +453,7 @@ def with_references(specs: list[RunSpec]) -> list[RunSpec]:
     refs: dict[str, RunSpec] = {}
     out = []
     for spec in specs:
-        if not spec.config.eval.tasks:
+        if not spec.config.eval.tasks and not spec.config.eval.sources:
             out.append(spec)
             continue
         ref_config = reference_config(spec.config)

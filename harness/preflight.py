@@ -44,6 +44,7 @@ def check(specs, *, file: str, root=None) -> None:
             problems.append((file, "data.name", str(exc)))
     problems.extend(p for p in check_objectives(specs, file=file, root=root) if p not in problems)
     problems.extend(p for p in check_preference(specs, file=file, root=root) if p not in problems)
+    problems.extend(p for p in check_sources(specs, file=file, root=root) if p not in problems)
     problems.extend(p for p in check_methods(specs, file=file) if p not in problems)
     problems.extend(check_tasks(sorted({t for s in specs for t in s.config.eval.tasks}), file=file))
     if problems:
@@ -351,4 +352,107 @@ def check_tasks(names: list[str], *, file: str) -> list[tuple[str, str, str]]:
             reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             problems.append((file, "eval.tasks", f"the data of lm-eval task `{name}` cannot be fetched "
                                                  f"(offline or no access to the HF hub: {reason}); {built_in}"))
+    return problems
+
+
+def _source_fields(spec) -> list[tuple[str, str]]:
+    """(field, source name) for every data source a run trains on or scores, beyond `data.name`."""
+    objective, slug = spec.config.objective, f"[{spec.slug}] "
+    fields = [(f"{slug}eval.sources[{i}]", name) for i, name in enumerate(spec.config.eval.sources)]
+    if objective.name == "multitask":
+        fields += [(f"{slug}objective.tasks[{i}].name", t.name) for i, t in enumerate(objective.tasks)]
+    if objective.name == "continual":
+        fields += [(f"{slug}objective.sequence[{i}]", name) for i, name in enumerate(objective.sequence)]
+    if objective.name == "route":
+        fields += [(f"{slug}objective.adapters.{name}", name) for name in objective.adapters]
+    return fields
+
+
+def check_sources(specs, *, file: str, root=None) -> list[tuple[str, str, str]]:
+    """Multi-task, continual, routed runs and `eval.sources`: every source is registered and splits
+    under the run's data settings; no training set shares prompts with a scored validation split; the
+    method can do what the objective asks of it; a route's adapters are finished peft runs."""
+    from harness.errors import did_you_mean
+    from harness.methods.peft_base import PeftMethod
+    from harness.objectives.domains import collisions, source_splits
+
+    problems: list[tuple[str, str, str]] = []
+    named = sorted(n for n in DATASETS.names() if DATASETS.get(n).domain)
+    for spec in specs:
+        fields, cfg = _source_fields(spec), spec.config
+        ok = []
+        for field, name in fields:
+            if name not in DATASETS or name in ("file", "hf"):
+                problems.append((file, field, f"unknown data source `{name}`.{did_you_mean(name, named)} "
+                                 f"{allowed(named)}"))
+                continue
+            try:
+                source_splits(cfg.data, name)
+                ok.append(name)
+            except DataError as exc:
+                problems.append((file, field, f"source `{name}`: {exc}"))
+        problems.extend(_method_fits(spec, file, PeftMethod))
+        if cfg.objective.name == "route":
+            problems.extend(_check_route(spec, specs, file, root, PeftMethod))
+        trained = (cfg.objective.sources() if cfg.objective.name in ("multitask", "continual") else
+                   [] if cfg.objective.name == "route" or not cfg.method.cls.trains else [cfg.data.name])
+        for held_out in dict.fromkeys(ok):
+            for source in trained:
+                if source == held_out or source not in ok and source != cfg.data.name:
+                    continue
+                try:
+                    pool = (source_splits(cfg.data, source) if source in ok else
+                            split(DATASETS.get(source)().records(cfg.data), cfg.data)).train_pool
+                except (DataError, KeyError):
+                    continue  # reported by the data check
+                shared = collisions(pool, source_splits(cfg.data, held_out).val)
+                if shared:
+                    problems.append((file, f"[{spec.slug}] data.name" if source == cfg.data.name else fields[0][0],
+                                     f"the training data of `{source}` shares {len(shared)} prompts with the validation "
+                                     f"split of source `{held_out}` (e.g. {sorted(shared)[0][:60]!r}): its score would "
+                                     "count memorised answers; remove them from one of the two"))
+    return problems
+
+
+def _method_fits(spec, file: str, peft_method) -> list[tuple[str, str, str]]:
+    """What multitask architectures and continual strategies need of the method."""
+    cfg, objective = spec.config, spec.config.objective
+    kind, where = cfg.method.cls, f"[{spec.slug}] method"
+    if objective.name == "multitask" and objective.architecture != "shared":
+        if not issubclass(kind, peft_method) or (objective.architecture == "shared_plus_task"
+                                                  and not hasattr(cfg.method.options, "alpha")):
+            need = "a peft adapter method" if objective.architecture == "per_task" else "a LoRA-family method (r, alpha)"
+            return [(file, where, f"architecture `{objective.architecture}` switches adapters per task: it needs "
+                     f"{need}, not `{cfg.method.name}`")]
+    if objective.name == "continual":
+        if objective.strategy == "adapter_per_stage" and not (issubclass(kind, peft_method) and kind.merges):
+            return [(file, where, f"strategy `adapter_per_stage` freezes each stage's adapter into the base: it needs "
+                     f"a peft method that merges (lora, dora, …), not `{cfg.method.name}`")]
+        if not issubclass(kind, peft_method) and not kind.saves_full_model:
+            return [(file, where, f"a continual stage continues the previous stage's weights: use a peft adapter "
+                     f"method or one that trains the whole model, not `{cfg.method.name}`")]
+        if kind.saves_full_model and cfg.train.save_weights != "all":
+            return [(file, f"[{spec.slug}] train.save_weights", f"method `{cfg.method.name}` hands each stage's whole "
+                     "model to the next only when it is kept: set `train.save_weights: all`")]
+    if objective.name == "route" and cfg.method.name != "none":
+        return [(file, where, "objective `route` trains only its router over finished runs' adapters: use method `none`")]
+    return []
+
+
+def _check_route(spec, specs, file: str, root, peft_method) -> list[tuple[str, str, str]]:
+    """Each adapter of a route (and its `shared` run) is a peft run on the route's base model."""
+    problems = []
+    objective = spec.config.objective
+    refs = [(f"adapters.{k}", v) for k, v in objective.adapters.items()]
+    refs += [("shared", objective.shared)] if objective.shared else []
+    for field, ref in refs:
+        _, config, found = _run_ref(spec, specs, ref, field, file, root)
+        if config is None:
+            problems.extend(found)
+        elif not issubclass(config.method.cls, peft_method) or config.model != spec.config.model:
+            problems.append((file, f"[{spec.slug}] objective.{field}", f"`{ref}` must be a peft adapter run on model "
+                             f"`{spec.config.model.name}` (it trained `{config.method.name}` on `{config.model.name}`)"))
+        elif config.objective.name == "multitask" and config.objective.architecture != "shared":
+            problems.append((file, f"[{spec.slug}] objective.{field}", f"`{ref}` keeps one adapter per task; "
+                             "route between single adapters (a single-task run or a `shared` multitask run)"))
     return problems

@@ -15,6 +15,8 @@ from harness.data.base import split, train_subset
 from harness.data.tokenize import encode_all, make_collator, prompt_text
 from harness.evaluate import perplexity, token_loss
 from harness.measure import LATENCY_PROMPTS, PeakMemory, count_params, dir_bytes, latency, percentile
+from harness.objectives.domains import evaluate_sources, pooled
+from harness.objectives.runs import start_ref
 
 
 def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Path | None = None) -> str:
@@ -29,6 +31,11 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
 
     transformers.set_seed(spec.seed)
     device = models.pick_device()
+    if spec.objective.name == "route":  # no fine-tuning: a router over finished runs' adapters
+        from harness.objectives import route
+
+        route.run(spec, run_dir, metrics, device)
+        return device
     t0 = time.perf_counter()
     teacher = None
     if spec.objective.name == "distill":
@@ -38,20 +45,21 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
                                                           root=run_dir.parent.parent, experiment=run_dir.parent.name)
     if teacher is not None and spec.objective.student is not None:  # a depth-pruned copy of the teacher
         model, tokenizer = distill.pruned_student(spec.objective, teacher), teacher_tokenizer
-    elif spec.objective.start:  # a preference run from a finished SFT run: its merged weights
+    elif start_ref(spec):  # from a finished run's merged weights: an SFT run before DPO, an earlier stage
         from harness.objectives.runs import run_model_folder
 
-        start = run_model_folder(spec.objective.start, run_dir.parent.parent, run_dir.parent.name)
+        start = run_model_folder(start_ref(spec), run_dir.parent.parent, run_dir.parent.name)
         model, tokenizer = models.load(spec.model.model_copy(update={"name": str(start)}), device)
     else:
         model, tokenizer = models.load(spec.model, device)
-    train_records, val_records = _records(spec)
+    train_records, val_records = _records(spec, metrics)
     train_set, val_set = _encoded(spec, tokenizer, train_records, val_records)
     steps = spec.train.max_steps or math.ceil(
         len(train_set) / (spec.train.micro_batch * spec.train.grad_accum) * spec.train.epochs)
     ctx = RunContext(spec=spec, run_dir=run_dir, device=device, total_steps=steps)
     method = spec.method.build()
     model = method.apply(model, ctx)
+    activate = _objective_weights(spec, model, tokenizer, run_dir)
     if spec.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # checkpointed blocks need a grad path from frozen embeddings
     metrics["load_s"] = round(time.perf_counter() - t0, 3)
@@ -64,10 +72,13 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     if teacher is not None:
         metrics.update(_teacher_figures(spec, teacher, model, tokenizer, val_set, collator, prompts, device),
                        student_params=metrics["total_params"])
+    sources = _scored_sources(spec)
+    if spec.objective.name == "continual":  # the stage's starting point on every domain (stage 0: the base)
+        metrics.update(evaluate_sources(model, tokenizer, spec, sources, device, prefix="task_eval_before"))
     if method.trains:
         objective_data = train_records if spec.objective.is_preference else None
         trainer = _train(spec, model, method, ctx, train_set, val_set, collator, run_dir, metrics, tracker,
-                         teacher=teacher, tokenizer=tokenizer, records=objective_data)
+                         teacher=teacher, tokenizer=tokenizer, records=objective_data, activate=activate)
         if spec.objective.is_preference:
             from harness.objectives import preference
 
@@ -83,6 +94,12 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
         metrics["eval_s"] = round(time.perf_counter() - t0, 3)
     metrics.update(eval_loss=eval_loss, eval_ppl=perplexity(eval_loss), eval_tokens=eval_tokens,
                    peak_mem_eval_mb=round(mem.peak_mb, 1))
+    if sources:
+        metrics.update(evaluate_sources(model, tokenizer, spec, sources, device,
+                                        activate=activate if spec.objective.name == "multitask" else None))
+    if activate is not None:  # with task adapters, the overall loss is each task's with its own adapters
+        loss, tokens = pooled(metrics, spec.objective.sources())
+        metrics.update(eval_loss=loss, eval_ppl=perplexity(loss), eval_tokens=tokens)
 
     if spec.eval.tasks:
         _score_tasks(spec, model, tokenizer, metrics, reference)
@@ -94,7 +111,7 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
         metrics.update(distill.comparison(metrics))
 
     metrics["adapter_bytes"] = _save(method, model, run_dir, spec.train.save_weights)
-    if method.merges and hasattr(model, "merge_and_unload"):
+    if method.merges and hasattr(model, "merge_and_unload") and activate is None:  # task adapters don't merge into one
         # "no extra inference latency once merged" is a claim users check: measure it
         t0 = time.perf_counter()
         try:
@@ -110,7 +127,7 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
 
 
 def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path, metrics: dict, tracker,
-           teacher=None, tokenizer=None, records=None):
+           teacher=None, tokenizer=None, records=None, activate=None):
     """The Trainer part of the recipe: train with the run's callbacks, record the training figures
     and return the Trainer. The objective picks the Trainer: ours (sft), DistillTrainer (toward the
     teacher's outputs), or TRL's for a preference objective (on the `records` pairs)."""
@@ -140,6 +157,19 @@ def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path
             args_extra = {"args_cls": args_cls, "bf16": False, "gradient_checkpointing": spec.train.gradient_checkpointing,
                           **options}
             extra = {"trainer_cls": trainer_cls, "processing_class": tokenizer}
+        elif spec.objective.name == "multitask":
+            from harness.objectives.multitask import MultitaskTrainer, TaskCollator, examples_seen
+
+            metrics.update(examples_seen(spec, train_set))
+            collator = TaskCollator(collator)
+            extra = {"trainer_cls": MultitaskTrainer, "tasks": spec.objective.sources(),
+                     "weights": [t.weight for t in spec.objective.tasks], "activate": activate}
+        elif spec.objective.name == "continual" and spec.objective.strategy == "ewc" and spec.objective.stage:
+            from harness.objectives.continual import EwcTrainer, ewc_state
+
+            fisher, anchors = ewc_state(model, spec, tokenizer, collator, device)
+            extra = {"trainer_cls": EwcTrainer, "fisher": fisher, "anchors": anchors,
+                     "strength": spec.objective.ewc_lambda}
         args = training_args(spec.train, out_dir=Path(trainer_dir), seed=spec.seed, device=device,
                              packing=spec.train.packing and records is None, **args_extra)
         trainer = build_trainer(model, args, train_set, collator, callbacks=callbacks,
@@ -149,6 +179,7 @@ def _train(spec, model, method, ctx, train_set, val_set, collator, run_dir: Path
             trainer.train()
             metrics["train_s"] = round(time.perf_counter() - t0, 3)
     metrics["peak_mem_train_mb"] = round(mem.peak_mb, 1)
+    metrics.update(getattr(trainer, "figures", {}))  # an objective trainer's own figures (EWC's penalty)
     tail = stats.losses[-max(1, len(stats.losses) // 10):]
     metrics["train_loss"] = sum(tail) / len(tail) if tail else None
     metrics["train_tokens"] = int(trainer.state.num_input_tokens_seen)
@@ -225,15 +256,64 @@ def peft_trainable_params(model) -> int | None:
     return int(counter()[0]) if callable(counter) else None
 
 
-def _records(spec) -> tuple[list[dict], list[dict]]:
-    """(train subset, validation set) records; the validation set depends only on the data config."""
+def _records(spec, metrics: dict) -> tuple[list, list[dict]]:
+    """(train subset, validation set) records; the validation set depends only on the data config.
+    A multitask run's training records are one list per task; a continual stage's include replay."""
+    if spec.objective.name == "multitask":
+        from harness.objectives import multitask
+
+        return multitask.task_records(spec), multitask.validation(spec)
     splits = split(DATASETS.get(spec.data.name)().records(spec.data), spec.data)
+    if spec.objective.name == "continual":
+        from harness.objectives.continual import stage_records
+
+        train, metrics["replay_examples"] = stage_records(spec)
+        return train, splits.val
     return train_subset(splits.train_pool, spec.data.n_train, spec.seed), splits.val
 
 
-def _encoded(spec, tokenizer, train_records: list[dict], val_records: list[dict]) -> tuple[list[dict], list[dict]]:
-    """The records tokenized with response-only labels (a preference run's: its chosen answers)."""
-    train = encode_all(tokenizer, train_records, spec.data, spec.train.seq_len)
+def _scored_sources(spec) -> list[str]:
+    """The sources whose validation splits a run scores: `eval.sources`, then its tasks or sequence."""
+    return list(dict.fromkeys([*spec.eval.sources, *spec.objective.sources()]))
+
+
+def _objective_weights(spec, model, tokenizer, run_dir: Path):
+    """Objective-specific weights on the applied method: a multitask run's task adapters (returns the
+    function that activates a task's), or a continual stage's copy of the previous stage's adapter."""
+    from harness.objectives.continual import continues_weights
+
+    if spec.objective.name == "multitask":
+        from harness.objectives.multitask import add_task_adapters
+
+        return add_task_adapters(model, spec)
+    if continues_weights(spec) and not spec.method.cls.saves_full_model:  # a full model came as the base
+        from harness.objectives.continual import resume_adapter
+        from harness.objectives.runs import finished_run
+
+        _, previous, _, why = finished_run(spec.objective.previous, run_dir.parent.parent, run_dir.parent.name)
+        if previous is None:
+            raise ValueError(why)
+        resume_adapter(model, previous)
+    return None
+
+
+def _encoded(spec, tokenizer, train_records: list, val_records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The records tokenized with response-only labels (a preference run's: its chosen answers; a
+    multitask run's: its tasks' examples laid out in single-task micro-batches)."""
+    if spec.objective.name == "multitask":
+        from harness.objectives.domains import source_cfg
+        from harness.objectives.multitask import schedule
+
+        per_task = [encode_all(tokenizer, records, source_cfg(spec.data, task.name), spec.train.seq_len)
+                    for task, records in zip(spec.objective.tasks, train_records)]
+        empty = [t.name for t, e in zip(spec.objective.tasks, per_task) if not e]
+        if empty:
+            raise ValueError(f"task `{empty[0]}` has no usable examples after truncation to seq_len={spec.train.seq_len}")
+        batches = (spec.train.max_steps * spec.train.grad_accum if spec.train.max_steps else
+                   math.ceil(sum(map(len, per_task)) * spec.train.epochs / spec.train.micro_batch))
+        train = schedule(spec, per_task, batches)
+    else:
+        train = encode_all(tokenizer, train_records, spec.data, spec.train.seq_len)
     val = encode_all(tokenizer, val_records, spec.data, spec.train.seq_len)
     if not train or not val:
         raise ValueError(f"no usable examples after truncation to seq_len={spec.train.seq_len}")

@@ -18,11 +18,12 @@ def write_run(root: Path, experiment: str, *, method: str = "lora", seed: int = 
               eval_loss: float = 2.0, mem: float = 1000.0, params: int = 10_000, train_s: float = 60.0,
               tokens: int = 4000, env: dict | None = None, losses: list[float] | None = None,
               extra: dict | None = None, slug: str | None = None, reference: str | None = None,
-              objective: dict | None = None) -> str:
+              objective: dict | None = None, overrides: dict | None = None) -> str:
     """One finished run; returns its run id. `reference`: the run id of its untouched-base row.
 
     `objective`: the spec's `objective` section (sft runs have none); its name, and a distillation's loss mix,
-    lead the slug as in `grid.make_slug`."""
+    lead the slug as in `grid.make_slug`. `overrides`: merged into the spec's sections
+    (e.g. `{"data": {"name": "chat_health"}, "eval": {"sources": [...]}}`); the slug ignores them."""
     method_spec = {"name": method, **({"r": r} if r is not None else {}), **({"alpha": alpha} if alpha is not None else {})}
     name = slug
     slug = method + (f"-r{r}" if r is not None else "") + (f"-a{alpha:g}" if alpha is not None else "")
@@ -37,6 +38,8 @@ def write_run(root: Path, experiment: str, *, method: str = "lora", seed: int = 
             "method": method_spec, "train": {"max_steps": 5, "lr": 1e-3, "micro_batch": micro_batch},
             "eval": {"batch_size": 8}, "seed": seed, **({"reference": reference} if reference else {}),
             **({"objective": objective} if objective else {})}
+    for section, values in (overrides or {}).items():
+        spec[section] = {**spec[section], **values} if isinstance(values, dict) and isinstance(spec.get(section), dict) else values
     metrics = {}
     error = None
     if status == "ok":

@@ -27,6 +27,10 @@ class Dataset:
     version: ClassVar[int] = 1
     #: its records also carry `rejected` (a worse answer than `response`): preference data
     pairs: ClassVar[bool] = False
+    #: the subject area of its records (e.g. "technical"), for per-domain evaluation; None: unspecified
+    domain: ClassVar[str | None] = None
+    #: the built-in lm-eval task that scores this domain (e.g. "chatterbot_mc"), or None
+    eval_task: ClassVar[str | None] = None
 
     def records(self, cfg) -> list[dict[str, Any]]:
         """All records with `prompt` and `response` keys (other keys are kept, e.g. `topic`).

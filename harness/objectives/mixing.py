@@ -78,3 +78,23 @@ def with_replay(current: Sequence, earlier: Sequence, fraction: float, seed: int
     out = list(current) + replayed
     random.Random(seed + 1).shuffle(out)
     return out
+
+
+def batch_schedule(sizes: Sequence[int], probabilities: Sequence[float], n_batches: int, batch: int,
+                   seed: int = 0) -> list[tuple[int, list[int]]]:
+    """`n_batches` single-task micro-batches: (task index, `batch` example indices of that task). The
+    task is drawn by `probabilities`; a task's examples come in a shuffled cycle (all seen before any
+    repeats). One task per micro-batch lets a model switch its task adapters between batches."""
+    rng = random.Random(seed)
+    orders = [rng.sample(range(n), n) for n in sizes]
+    cursors = [0] * len(sizes)
+    out = []
+    for task in rng.choices(range(len(sizes)), weights=probabilities, k=n_batches):
+        picked = []
+        for _ in range(batch):
+            if cursors[task] == sizes[task]:
+                orders[task], cursors[task] = rng.sample(range(sizes[task]), sizes[task]), 0
+            picked.append(orders[task][cursors[task]])
+            cursors[task] += 1
+        out.append((task, picked))
+    return out

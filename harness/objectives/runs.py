@@ -34,12 +34,26 @@ def base_model_cfg(config, root, experiment: str | None):
     run's `model`, the merged start model of a preference run with `start`; a depth-pruned student's
     base is a copy of its teacher's layers that only a full-model save keeps."""
     objective = config.objective
-    if objective.is_preference and objective.start:
-        folder = run_model_folder(objective.start, root, experiment)
+    start = start_ref(config)
+    if start:
+        folder = run_model_folder(start, root, experiment)
         return config.model.model_copy(update={"name": str(folder)}), None
     if objective.name == "distill" and objective.student is not None and not config.method.cls.saves_full_model:
         return None, "its base is a depth-pruned copy of the teacher, which the run does not keep"
     return config.model, None
+
+
+def start_ref(config) -> str | None:
+    """The `run:` whose merged weights are this run's base model: a preference run's `start`; a
+    continual stage's previous stage when that one's update is frozen in (`adapter_per_stage`) or
+    the method trains the whole model."""
+    objective = config.objective
+    if objective.is_preference:
+        return objective.start
+    if objective.name == "continual" and objective.previous and (
+            objective.strategy == "adapter_per_stage" or config.method.cls.saves_full_model):
+        return objective.previous
+    return None
 
 
 def load_run_model(ref: str, root, experiment: str | None, device: str):

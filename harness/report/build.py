@@ -198,9 +198,11 @@ def build(experiment: str, root: Path | None = None, price_per_hour: float = 2.0
         sections.append(fronts)
 
     # imported here: the module builds its tables from this one's cells
+    from harness.report.domains import domain_sections
     from harness.report.objectives import distill_section, preference_section
 
     sections.extend(s for s in (distill_section(df), preference_section(df)) if s is not None)
+    sections.extend(domain_sections(df))
 
     fits: dict = {}
     if "data.n_train" in axes and pd.to_numeric(df["data.n_train"], errors="coerce").nunique() >= 2:

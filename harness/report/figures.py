@@ -191,3 +191,71 @@ def preference(summary: pd.DataFrame, groups: pd.Series, accuracy: Metric, kl: M
         scaled[accuracy.key + suffix] = scaled[accuracy.key + suffix] * accuracy.scale
     _by_group(ax, scaled, groups, kl, accuracy)
     return _png(fig)
+
+
+def transfer_heatmap(values: pd.DataFrame, in_domain: dict[str, str | None], relative: bool) -> bytes:
+    """Rows (runs) × columns (evaluated sources), annotated; in-domain cells outlined. Relative values use a
+    diverging map centred at 0 (blue: loss below the base); raw losses a sequential one."""
+    grid = values.to_numpy(float)
+    fig, ax = plt.subplots(figsize=(1.3 + 1.05 * grid.shape[1], 1.0 + 0.45 * grid.shape[0]))
+    finite = grid[np.isfinite(grid)]
+    if relative:
+        span = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+        image = ax.imshow(grid, cmap="RdBu_r", vmin=-span, vmax=span, aspect="auto")
+    else:
+        image = ax.imshow(grid, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), list(values.columns), rotation=30, ha="right")
+    ax.set_yticks(range(grid.shape[0]), list(values.index))
+    for (i, j), value in np.ndenumerate(grid):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:+.3f}" if relative else f"{value:.3f}", ha="center", va="center", fontsize=7,
+                    color="black" if relative else "white")
+        if in_domain.get(values.index[i]) == values.columns[j]:
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.6))
+    ax.set_xlabel("evaluated on (validation split)")
+    ax.set_ylabel("trained on")
+    ax.set_title("Eval loss change vs the untouched base (outlined: in-domain)" if relative
+                 else "Eval loss (no base row; outlined: in-domain)")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="Δ eval loss" if relative else "eval loss")
+    return _png(fig)
+
+
+def grouped_bars(values: pd.DataFrame, ylabel: str, title: str) -> bytes:
+    """One group of bars per row of `values` (x labels), one bar per column (series), NaN bars left out."""
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 + 0.9 * len(values) * max(1, len(values.columns)) / 2), 3.8))
+    width = 0.8 / max(1, len(values.columns))
+    colours = plt.get_cmap("tab10")
+    x = np.arange(len(values))
+    for k, column in enumerate(values.columns):
+        bars = ax.bar(x + (k - (len(values.columns) - 1) / 2) * width, values[column].to_numpy(float), width,
+                      color=colours(k % 10), label=str(column))
+        ax.bar_label(bars, [f"{v:.3g}" if np.isfinite(v) else "" for v in values[column].to_numpy(float)],
+                     fontsize=6, padding=1)
+    tilt = len(values) > 4
+    ax.set_xticks(x, [str(i) for i in values.index], rotation=20 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def continual_lines(chains: list[tuple[str, list[str], np.ndarray, np.ndarray | None]]) -> bytes:
+    """Per strategy, each domain's eval loss before the first stage (the base) and after every stage."""
+    fig, axes = plt.subplots(1, len(chains), figsize=(4.4 * len(chains), 3.6), squeeze=False, sharey=True)
+    colours = plt.get_cmap("tab10")
+    for ax, (label, sequence, r, b) in zip(axes[0], chains):
+        stages = np.arange(1, len(sequence) + 1)
+        for j, domain in enumerate(sequence):
+            ys = r[:, j] if b is None else np.concatenate([[b[j]], r[:, j]])
+            xs = stages if b is None else np.concatenate([[0], stages])
+            ax.plot(xs, ys, marker="o", ms=3, lw=1, color=colours(j % 10), label=domain)
+            ax.plot([j + 1], [r[j, j]], marker="s", ms=6, mfc="none", color=colours(j % 10))  # just trained
+        ax.set_xticks(range(len(sequence) + 1), ["base", *(f"{i + 1}: {d}" for i, d in enumerate(sequence))],
+                      rotation=20, ha="right")
+        ax.set_title(label)
+        ax.set_xlabel("after stage")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("eval loss (square: the stage's own domain)")
+    axes[0][-1].legend(fontsize=7)
+    return _png(fig)

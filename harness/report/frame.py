@@ -68,6 +68,11 @@ PREFERENCE = [
     Metric("reward_margin", "reward margin", False, "{:.3f}"),
     Metric("kl_to_ref", "KL to ref", True, "{:.3f}", noun="KL to the reference"),
 ]
+#: objective `route`: the router's share of held-out prompts sent to their own domain's adapter
+ROUTE = [
+    Metric("router_acc", "router accuracy %", False, "{:.1f}", 100, noun="router accuracy"),
+    Metric("router_acc_train", "router accuracy % (train)", False, "{:.1f}", 100),
+]
 #: spec columns that never define a configuration
 NOT_AXES = re.compile(r"^(seed|experiment_dir|plugins|tracking\..*|env\..*|trial\..*)$")
 #: task metrics where lower is better; the rest (acc, acc_norm, rougeL, ...) are higher-better
@@ -81,9 +86,11 @@ LOWER_BY_NAME = re.compile(r"(loss|ppl|perplexity|bits_per_byte|_ms(_|$)|_mb$|_s
 
 def lower_is_better(key: str) -> bool | None:
     """Whether a result metric is better when lower (None when its name does not say)."""
-    for metric in (*QUALITY, *COSTS, FORGETTING, *DISTILL, *PREFERENCE):
+    for metric in (*QUALITY, *COSTS, FORGETTING, *DISTILL, *PREFERENCE, *ROUTE):
         if metric.key == key:
             return metric.lower_is_better
+    if key.startswith("router_acc"):
+        return False
     if key.startswith("task."):
         return bool(LOWER_TASK.search(key.rsplit(".", 1)[-1]))
     if key.endswith("tokens_per_s"):
@@ -114,7 +121,10 @@ def load_runs(experiment: str, root: Path | None = None, price_per_hour: float =
     # each run's own untouched base (a 4-bit run has a 4-bit one): the spec's `reference` run id, as a config
     ref_ids = df["reference"] if "reference" in df else pd.Series(None, index=df.index, dtype=object)
     df["reference_config"] = ref_ids.map(dict(zip(df["run_id"], df["config"])))
-    df["reference"] = df.get("method.name", pd.Series(index=df.index, dtype=object)) == REFERENCE_METHOD
+    # a `none` run that routes adapters, or prompts with a system prompt, is a row of its own, not the base
+    plain = (df["objective.name"].isna() if "objective.name" in df else True) & (
+        df["data.system_prompt"].isna() if "data.system_prompt" in df else True)
+    df["reference"] = (df.get("method.name", pd.Series(index=df.index, dtype=object)) == REFERENCE_METHOD) & plain
     df["cost_usd"] = pd.to_numeric(df["train_s"], errors="coerce") / 3600 * price_per_hour
     for col in df.columns:  # json-like spec values (lists of tasks, target modules) compare as text
         if df[col].map(lambda v: isinstance(v, (list, dict))).any():

@@ -27,6 +27,22 @@ def aclsum_file(split: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / "dataset" / f"{split}.jsonl"
 
 
+def papers(split: str) -> list[dict]:
+    """The papers of one split ("train", "val", "test") as {id, abstract, summary}: the abstract's
+    sentences joined, the summary its challenge, approach and outcome joined.
+
+    Raises:
+        FileNotFoundError: the `aclsum` package is not installed.
+    """
+    docs = []
+    for line in aclsum_file(split).read_text(encoding="utf-8").splitlines():
+        paper = json.loads(line)
+        abstract = " ".join(paper["sentences"]["abstract"])
+        summary = " ".join(paper["summary"][k] for k in ("challenge", "approach", "outcome"))
+        docs.append({"id": paper["id"], "abstract": abstract, "summary": summary})
+    return docs
+
+
 class AclsumSum(LocalTask):
     name = "aclsum_sum"
     version = 1
@@ -34,13 +50,7 @@ class AclsumSum(LocalTask):
     primary_metric = "rougeL"
 
     def documents(self):
-        docs = []
-        for line in aclsum_file("test").read_text(encoding="utf-8").splitlines():
-            paper = json.loads(line)
-            abstract = " ".join(paper["sentences"]["abstract"])
-            summary = " ".join(paper["summary"][k] for k in ("challenge", "approach", "outcome"))
-            docs.append({"id": paper["id"], "abstract": abstract, "summary": summary})
-        return docs
+        return papers("test")
 
     def spec(self, data_file):
         return {

@@ -1,0 +1,125 @@
+"""Objective `multitask`: several data sources trained at once, one task per micro-batch.
+
+Architectures (peft adapters over one shared base):
+- `shared`: the method's adapter learns every task;
+- `per_task`: one adapter per task (`task_<name>`), the batch's task picks the active one
+  (dynamic task switching), so tasks share only the frozen base;
+- `shared_plus_task`: the method's adapter plus a small one per task (rank `task_r`), both active.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import Trainer
+
+from harness.objectives.domains import source_splits, source_train
+from harness.objectives.mixing import batch_schedule, mixture_probabilities
+
+SHARED = "default"
+
+
+def adapter_name(task: str) -> str:
+    return f"task_{task}"
+
+
+def task_records(spec) -> list[list[dict]]:
+    """Each task's training records: its `n_train`, else `data.n_train`, capped at its pool."""
+    return [source_train(spec.data, t.name, t.n_train or spec.data.n_train, spec.seed)
+            for t in spec.objective.tasks]
+
+
+def schedule(spec, encoded: list[list[dict]], n_batches: int) -> list[dict]:
+    """The training stream: `n_batches` micro-batches, each from one task drawn by the sampling
+    strategy, laid out in order; every example carries its `task_id`."""
+    objective = spec.objective
+    sizes = [len(e) for e in encoded]
+    probs = mixture_probabilities(sizes, objective.sampling, objective.temperature)
+    stream = []
+    for task, picked in batch_schedule(sizes, probs, n_batches, spec.train.micro_batch, seed=spec.seed):
+        stream.extend({**encoded[task][i], "task_id": task} for i in picked)
+    return stream
+
+
+def examples_seen(spec, stream: list[dict]) -> dict:
+    """`task_eval.<task>.examples_seen`: how many training examples each task contributed."""
+    counts = [0] * len(spec.objective.tasks)
+    for example in stream:
+        counts[example["task_id"]] += 1
+    return {f"task_eval.{t.name}.examples_seen": n for t, n in zip(spec.objective.tasks, counts)}
+
+
+def validation(spec) -> list[dict]:
+    """Every task's validation records (for the run's overall eval loss)."""
+    return [r for t in spec.objective.tasks for r in source_splits(spec.data, t.name).val]
+
+
+def add_task_adapters(model, spec):
+    """Give a peft model its architecture's adapters and make all of them trainable.
+    Returns `activate(task name)`, or None for `shared` (nothing to switch).
+
+    Raises:
+        ValueError: the method did not build a peft model (only peft adapters can be switched).
+    """
+    objective = spec.objective
+    if objective.architecture == "shared":
+        return None
+    if not hasattr(model, "peft_config") or SHARED not in model.peft_config:
+        raise ValueError(f"architecture `{objective.architecture}` switches peft adapters; method "
+                         f"`{spec.method.name}` did not build one")
+    config = model.peft_config[SHARED]
+    names = [adapter_name(t.name) for t in objective.tasks]
+    for name in names:
+        own = copy.deepcopy(config)
+        if objective.architecture == "shared_plus_task":  # small, at the shared adapter's alpha/r scale
+            own.lora_alpha, own.r = config.lora_alpha * objective.task_r / config.r, objective.task_r
+        model.add_adapter(name, own)
+    if objective.architecture == "per_task":
+        model.set_adapter(names[0])
+        model.delete_adapter(SHARED)
+    trained = names + ([SHARED] if objective.architecture == "shared_plus_task" else [])
+    # the optimizer is built once over every adapter; switching then only decides which ones get gradients
+    for param_name, param in model.named_parameters():
+        if any(f".{name}." in param_name for name in trained):
+            param.requires_grad_(True)
+
+    def activate(task: str) -> None:
+        active = [adapter_name(task)] + ([SHARED] if objective.architecture == "shared_plus_task" else [])
+        # peft freezes the inactive adapters; the optimizer keeps them and skips them while they get no gradient
+        model.base_model.set_adapter(active if len(active) > 1 else active[0])
+
+    return activate
+
+
+class TaskCollator:
+    """The run's collator, with each micro-batch's `task_id` kept beside it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, features):
+        ids = [f["task_id"] for f in features]
+        batch = self.inner([{k: v for k, v in f.items() if k != "task_id"} for f in features])
+        batch["task_id"] = torch.tensor(ids)
+        return batch
+
+
+class MultitaskTrainer(Trainer):
+    """Trains on the schedule in order; each batch's loss × its task's weight, with its task's adapters."""
+
+    def __init__(self, *args, tasks: list[str], weights: list[float], activate=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tasks, self.weights, self.activate = tasks, weights, activate
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return torch.utils.data.SequentialSampler(self.train_dataset)  # the schedule already drew the order
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        task_ids = inputs.pop("task_id")
+        task = int(task_ids[0])
+        if self.activate is not None:
+            self.activate(self.tasks[task])
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        loss = loss * self.weights[task]
+        return (loss, outputs) if return_outputs else loss
