@@ -386,6 +386,8 @@ def reference_config(config: RunConfig) -> RunConfig:
     data = {"n_train": None}
     if config.eval.sources:  # one base row for all the runs scored on the same sources, whatever they train on
         data["name"] = config.eval.sources[0]
+    if config.method.name == "none":  # prompt design (a system prompt, no training) is compared with the bare base
+        data["system_prompt"] = None
     return config.model_copy(update={"method": none, "seed": 0, "train": TrainCfg(), "objective": ObjectiveCfg(),
                                      "data": config.data.model_copy(update=data)})
 
