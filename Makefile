@@ -17,7 +17,7 @@ RAY_ADDRESS ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 EXEC_FLAGS := $(if $(filter-out local,$(EXECUTOR)),--executor $(EXECUTOR)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 
-.PHONY: install sweep dry-run ls show eval search report test test-fast bench bench-search bench-ray clean help
+.PHONY: install sweep dry-run ls show eval search report transfer test test-fast bench bench-search bench-ray clean help
 
 help:
 	@echo "make sweep EXP=name [SET=\"k=v ...\"] [ARGS=\"--workers 2\"]  run an experiment grid"
@@ -29,6 +29,7 @@ help:
 	@echo "make search SWEEP=name [TRIALS=n] [STORAGE=url]  Optuna search from sweeps/name.yaml (workers join one study)"
 	@echo "make report EXP=name [PRICE=2.0] [ARGS=...]   reports/EXP/report.html, report.md, summary.csv"
 	@echo "make report SWEEP=name [STORAGE=url]          the same for a search, with its study section"
+	@echo "make transfer EXP=name                        print the transfer matrix (rows trained on, columns scored on)"
 	@echo "make test                                     the test suite (CPU, minutes)"
 	@echo "make bench                                    speed/memory figures"
 	@echo "make bench-search                             TPE+pruning against the rank_alpha grid, same step budget (135M)"
@@ -67,6 +68,9 @@ search: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/ftbench report $(if $(SWEEP),$(SWEEP) $(if $(STORAGE),--storage '$(STORAGE)'),experiments/$(EXP).yaml) --price-per-hour $(PRICE) $(ARGS)
+
+transfer: $(STAMP)
+	$(BIN)/ftbench transfer $(EXP) $(ARGS)
 
 eval: $(STAMP)
 	$(BIN)/ftbench eval $(EXP) $(if $(TASKS),--tasks $(TASKS)) $(ARGS)

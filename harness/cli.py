@@ -221,6 +221,38 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_transfer(args) -> int:
+    """Print an experiment's transfer matrix: rows trained on, columns evaluated on, Δ loss vs the base."""
+    from rich.table import Table
+
+    from harness import store
+    from harness.report.domains import transfer_matrix
+    from harness.report.frame import load_runs
+
+    root = Path(args.results) if args.results else store.results_root()
+    experiment = _experiment_name(args.experiment)
+    df = load_runs(experiment, root)
+    matrix = transfer_matrix(df) if not df.empty else None
+    if matrix is None:
+        print(f"no single-task or multitask runs scored on `eval.sources` in experiment `{experiment}` under {root}",
+              file=sys.stderr)
+        return 2
+    values = matrix.raw if args.raw or not matrix.relative else matrix.values
+    what = "eval loss" if values is matrix.raw else "Δ eval loss vs the base (negative: better)"
+    table = Table(title=f"{experiment}: transfer matrix, {what}; rows trained on, columns evaluated on")
+    table.add_column("trained on")
+    for source in values.columns:
+        table.add_column(source, justify="right")
+    for label, row in values.iterrows():
+        own = matrix.in_domain.get(label)
+        table.add_row(label, *(f"[bold]{v:+.3f}[/bold]" if own == s and values is not matrix.raw else
+                               f"{v:+.3f}" if values is not matrix.raw else f"{v:.3f}" for s, v in row.items()))
+    if matrix.base:
+        table.add_row("base (untrained)", *(f"{matrix.base.get(s, float('nan')):.3f}" for s in values.columns))
+    _console().print(table)
+    return 0
+
+
 def cmd_search(args) -> int:
     from harness import store
     from harness.search import Search, load_sweep, sweep_path
@@ -314,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
     _add_executor_flags(se)
     se.set_defaults(func=cmd_search)
+
+    tr = sub.add_parser("transfer", help="print an experiment's transfer matrix (single-task and multitask runs "
+                                         "scored on eval.sources)")
+    tr.add_argument("experiment", help="experiment name (its results folder) or experiments/NAME.yaml")
+    tr.add_argument("--raw", action="store_true", help="eval losses, not their change against the base row")
+    tr.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
+    tr.set_defaults(func=cmd_transfer)
 
     rep = sub.add_parser("report", help="write reports/EXP/report.html, report.md and summary.csv from the store")
     rep.add_argument("experiment", help="experiment name (its results folder) or experiments/NAME.yaml")

@@ -320,7 +320,7 @@ def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
         parts.insert(0, f"distill{who}-{mix}" + ("-cached" if objective.cache_teacher else ""))
     elif objective.name == "multitask":  # `mt_per_task-lora-…`, `mt_shared-equal-…`, `mt_shared-t2-…`
         sampling = {"proportional": "", "equal": "-equal"}.get(objective.sampling, f"-t{objective.temperature:g}")
-        parts.insert(0, f"mt_{objective.architecture}{sampling}")
+        parts.insert(0, f"mt_{objective.architecture}{sampling}" + ("-extend" if objective.extend else ""))
     elif objective.name == "continual":  # `cl_replay-lora-…`; the grid appends `-stage<k>`
         parts.insert(0, f"cl_{objective.strategy}")
     elif objective.name == "route":

@@ -394,6 +394,8 @@ def check_sources(specs, *, file: str, root=None) -> list[tuple[str, str, str]]:
         problems.extend(_method_fits(spec, file, PeftMethod))
         if cfg.objective.name == "route":
             problems.extend(_check_route(spec, specs, file, root, PeftMethod))
+        if cfg.objective.extend:
+            problems.extend(_check_extend(spec, specs, file, root))
         trained = (cfg.objective.sources() if cfg.objective.name in ("multitask", "continual") else
                    [] if cfg.objective.name == "route" or not cfg.method.cls.trains else [cfg.data.name])
         for held_out in dict.fromkeys(ok):
@@ -456,3 +458,23 @@ def _check_route(spec, specs, file: str, root, peft_method) -> list[tuple[str, s
             problems.append((file, f"[{spec.slug}] objective.{field}", f"`{ref}` keeps one adapter per task; "
                              "route between single adapters (a single-task run or a `shared` multitask run)"))
     return problems
+
+
+def _check_extend(spec, specs, file: str, root) -> list[tuple[str, str, str]]:
+    """`extend`: a multitask run of the same architecture, method and model, without the new tasks."""
+    objective, where = spec.config.objective, f"[{spec.slug}] objective.extend"
+    _, old, found = _run_ref(spec, specs, objective.extend, "extend", file, root)
+    if old is None:
+        return found
+    if old.objective.name != "multitask" or old.objective.architecture != objective.architecture:
+        kind = old.objective.architecture if old.objective.name == "multitask" else f"objective `{old.objective.name}`"
+        return [(file, where, f"`{objective.extend}` must be a multitask run with architecture "
+                 f"`{objective.architecture}`, not {kind}")]
+    if old.method != spec.config.method or old.model != spec.config.model:
+        return [(file, where, f"`{objective.extend}` trained `{old.method.name}` on `{old.model.name}`: an extension "
+                 "needs the same method options and model")]
+    again = sorted(set(old.objective.sources()) & set(objective.sources()))
+    if again:
+        return [(file, f"[{spec.slug}] objective.tasks", f"`{again[0]}` is already a task of `{objective.extend}`: "
+                 "list only the new tasks")]
+    return []

@@ -72,7 +72,7 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     if teacher is not None:
         metrics.update(_teacher_figures(spec, teacher, model, tokenizer, val_set, collator, prompts, device),
                        student_params=metrics["total_params"])
-    sources = _scored_sources(spec)
+    sources = _scored_sources(spec, run_dir)
     if spec.objective.name == "continual":  # the stage's starting point on every domain (stage 0: the base)
         metrics.update(evaluate_sources(model, tokenizer, spec, sources, device, prefix="task_eval_before"))
     if method.trains:
@@ -98,7 +98,7 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
         metrics.update(evaluate_sources(model, tokenizer, spec, sources, device,
                                         activate=activate if spec.objective.name == "multitask" else None))
     if activate is not None:  # with task adapters, the overall loss is each task's with its own adapters
-        loss, tokens = pooled(metrics, spec.objective.sources())
+        loss, tokens = pooled(metrics, _trained_sources(spec, run_dir))
         metrics.update(eval_loss=loss, eval_ppl=perplexity(loss), eval_tokens=tokens)
 
     if spec.eval.tasks:
@@ -272,9 +272,17 @@ def _records(spec, metrics: dict) -> tuple[list, list[dict]]:
     return train_subset(splits.train_pool, spec.data.n_train, spec.seed), splits.val
 
 
-def _scored_sources(spec) -> list[str]:
-    """The sources whose validation splits a run scores: `eval.sources`, then its tasks or sequence."""
-    return list(dict.fromkeys([*spec.eval.sources, *spec.objective.sources()]))
+def _trained_sources(spec, run_dir: Path) -> list[str]:
+    """A multitask run's tasks (an extension's include the extended run's) or a continual sequence."""
+    from harness.objectives.multitask import extended_tasks
+
+    old = extended_tasks(spec, run_dir.parent.parent, run_dir.parent.name)[0] if spec.objective.name == "multitask" else []
+    return [*old, *spec.objective.sources()]
+
+
+def _scored_sources(spec, run_dir: Path) -> list[str]:
+    """The sources whose validation splits a run scores: `eval.sources`, then what it trained on."""
+    return list(dict.fromkeys([*spec.eval.sources, *_trained_sources(spec, run_dir)]))
 
 
 def _objective_weights(spec, model, tokenizer, run_dir: Path):
@@ -285,7 +293,7 @@ def _objective_weights(spec, model, tokenizer, run_dir: Path):
     if spec.objective.name == "multitask":
         from harness.objectives.multitask import add_task_adapters
 
-        return add_task_adapters(model, spec)
+        return add_task_adapters(model, spec, run_dir.parent.parent, run_dir.parent.name)
     if continues_weights(spec) and not spec.method.cls.saves_full_model:  # a full model came as the base
         from harness.objectives.continual import resume_adapter
         from harness.objectives.runs import finished_run

@@ -48,7 +48,7 @@ class TaskCfg(Section):
 _DISTILL = {"teacher", "teachers", "student", "temperature", "losses", "feature_layers", "schedule",
             "cache_teacher", "cache_top_k"}
 _PREFERENCE = {"beta", "loss_type", "start"}
-_MULTITASK = {"tasks", "sampling", "temperature", "architecture", "task_r"}
+_MULTITASK = {"tasks", "sampling", "temperature", "architecture", "task_r", "extend"}
 _CONTINUAL = {"sequence", "strategy", "replay_fraction", "ewc_lambda", "ewc_batches", "stage", "chain", "previous"}
 _ROUTE = {"adapters", "shared"}
 #: the options each objective accepts
@@ -97,6 +97,8 @@ class ObjectiveCfg(Section):
         "shared", description="multitask: one adapter for all tasks; one adapter per task, switched per batch; "
                               "or a shared adapter plus a small one per task")
     task_r: int = Field(4, gt=0, description="multitask shared_plus_task: rank of each task's own adapter")
+    extend: str | None = Field(None, description="multitask: `run:<slug>`, a finished per_task / shared_plus_task "
+                                                 "run whose adapters are kept frozen; only the new `tasks` train")
     sequence: list[str] | None = Field(None, description="continual: data sources trained one after another")
     strategy: Literal["naive", "replay", "ewc", "adapter_per_stage"] = Field(
         "naive", description="continual: how earlier stages are protected")
@@ -137,6 +139,9 @@ class ObjectiveCfg(Section):
                                  f"`losses.{hidden[0]}` needs the teacher on the fly (cache_teacher: false)")
         if self.name == "multitask" and not self.tasks:
             raise ValueError("objective `multitask` needs `tasks`: at least one data source")
+        if self.extend is not None and self.architecture == "shared":
+            raise ValueError("`extend` adds task adapters to a per_task or shared_plus_task run; a `shared` adapter "
+                             "has nothing per task to add (train a new run on all the tasks)")
         if self.tasks and len({t.name for t in self.tasks}) != len(self.tasks):
             raise ValueError(f"`tasks` names a source twice: {[t.name for t in self.tasks]}")
         if self.name == "continual":
@@ -147,7 +152,7 @@ class ObjectiveCfg(Section):
                 raise ValueError(f"`sequence` names a source twice: {self.sequence}")
         if self.name == "route" and not self.adapters or self.adapters is not None and len(self.adapters) < 2:
             raise ValueError("objective `route` needs `adapters`: at least 2 {source: run:<slug>} entries")
-        refs = [("shared", self.shared), ("previous", self.previous),
+        refs = [("shared", self.shared), ("previous", self.previous), ("extend", self.extend),
                 *((f"adapters.{k}", v) for k, v in (self.adapters or {}).items())]
         for field, ref in refs:
             if ref is not None and not ref.startswith(TEACHER_RUN):
@@ -180,6 +185,7 @@ class ObjectiveCfg(Section):
                 for i, t in enumerate(self.teacher_list())] if self.name == "distill" else []
         refs += [("start", self.start)] if self.start else []
         refs += [("previous", self.previous)] if self.previous else []
+        refs += [("extend", self.extend)] if self.extend else []
         refs += [(f"adapters.{k}", v) for k, v in (self.adapters or {}).items()]
         refs += [("shared", self.shared)] if self.shared else []
         return [(field, ref) for field, ref in refs if ref.startswith(TEACHER_RUN)]

@@ -10,6 +10,7 @@ Architectures (peft adapters over one shared base):
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from transformers import Trainer
@@ -55,9 +56,27 @@ def validation(spec) -> list[dict]:
     return [r for t in spec.objective.tasks for r in source_splits(spec.data, t.name).val]
 
 
-def add_task_adapters(model, spec):
-    """Give a peft model its architecture's adapters and make all of them trainable.
-    Returns `activate(task name)`, or None for `shared` (nothing to switch).
+def extended_tasks(spec, root: Path, experiment: str) -> tuple[list[str], Path | None]:
+    """(the tasks of the run that `extend` names, its directory), or ([], None) without `extend`.
+
+    Raises:
+        ValueError: the run is missing, not `ok` or kept no weights.
+    """
+    from harness.objectives.runs import finished_run
+
+    if not spec.objective.extend:
+        return [], None
+    _, directory, config, why = finished_run(spec.objective.extend, root, experiment)
+    if directory is None:
+        raise ValueError(why)
+    old, _ = extended_tasks(config, root, experiment)  # an extension of an extension keeps every task
+    return old + config.objective.sources(), directory
+
+
+def add_task_adapters(model, spec, root: Path | None = None, experiment: str | None = None):
+    """Give a peft model its architecture's adapters and make the new ones trainable; with `extend`,
+    the extended run's adapters are loaded first, frozen. Returns `activate(task name)`, or None for
+    `shared` (nothing to switch).
 
     Raises:
         ValueError: the method did not build a peft model (only peft adapters can be switched).
@@ -69,6 +88,15 @@ def add_task_adapters(model, spec):
         raise ValueError(f"architecture `{objective.architecture}` switches peft adapters; method "
                          f"`{spec.method.name}` did not build one")
     config = model.peft_config[SHARED]
+    old, directory = extended_tasks(spec, root, experiment) if objective.extend else ([], None)
+    for task in old:  # frozen: an extension trains only what its new tasks need
+        model.load_adapter(str(directory / "adapter" / adapter_name(task)), adapter_name=adapter_name(task))
+    if directory is not None and objective.architecture == "shared_plus_task":
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(directory / "adapter" / "adapter_model.safetensors")),
+                                  adapter_name=SHARED)
     names = [adapter_name(t.name) for t in objective.tasks]
     for name in names:
         own = copy.deepcopy(config)
@@ -78,11 +106,10 @@ def add_task_adapters(model, spec):
     if objective.architecture == "per_task":
         model.set_adapter(names[0])
         model.delete_adapter(SHARED)
-    trained = names + ([SHARED] if objective.architecture == "shared_plus_task" else [])
-    # the optimizer is built once over every adapter; switching then only decides which ones get gradients
+    trained = names + ([SHARED] if objective.architecture == "shared_plus_task" and not old else [])
+    # the optimizer is built once over every trained adapter; switching then only decides which get gradients
     for param_name, param in model.named_parameters():
-        if any(f".{name}." in param_name for name in trained):
-            param.requires_grad_(True)
+        param.requires_grad_(any(f".{name}." in param_name for name in trained))
 
     def activate(task: str) -> None:
         active = [adapter_name(task)] + ([SHARED] if objective.architecture == "shared_plus_task" else [])

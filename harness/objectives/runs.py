@@ -38,6 +38,10 @@ def base_model_cfg(config, root, experiment: str | None):
     if start:
         folder = run_model_folder(start, root, experiment)
         return config.model.model_copy(update={"name": str(folder)}), None
+    if objective.name == "route":
+        return None, "a route run picks other runs' adapters per input; score those runs"
+    if objective.name == "multitask" and objective.architecture != "shared":
+        return None, "its task adapters are chosen per task; one model cannot stand for the run"
     if objective.name == "distill" and objective.student is not None and not config.method.cls.saves_full_model:
         return None, "its base is a depth-pruned copy of the teacher, which the run does not keep"
     return config.model, None

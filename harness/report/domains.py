@@ -172,7 +172,8 @@ class TransferMatrix:
 def transfer_matrix(df: pd.DataFrame) -> TransferMatrix | None:
     """Single-task rows (one per configuration trained on one source) then multitask rows, over every source they
     were evaluated on; each cell the seed mean of `task_eval.<source>.eval_loss` minus the base's (method `none`)
-    on that source. Raw losses when some column has no base. None without single-task or multitask runs."""
+    on that source, over the sources the base scored. Raw losses when no base scored any. None without
+    single-task or multitask runs."""
     sources = _sources(ok_runs(df))
     single = _single_task(df, sources)
     single = summarize(single, [loss_metric(s) for s in sources], SPEC_COLUMNS) if len(single) else pd.DataFrame()
@@ -190,6 +191,9 @@ def transfer_matrix(df: pd.DataFrame) -> TransferMatrix | None:
     rows = pd.concat([t for t in (single, multi) if len(t)], ignore_index=True)
     base_rows = _base_summary(df, columns)
     base = {s: _base_value(base_rows, None, s) for s in columns}
+    if any(np.isfinite(v) for v in base.values()):  # a source the base never scored has no column to compare in
+        columns = [s for s in columns if np.isfinite(base[s])]
+        base = {s: base[s] for s in columns}
     relative = bool(columns) and all(np.isfinite(base[s]) for s in columns)
     raw = pd.DataFrame([[_mean(r, loss_metric(s)) for s in columns] for _, r in rows.iterrows()],
                        index=rows["label"].tolist(), columns=columns)

@@ -49,7 +49,7 @@ def compare(runs: pd.DataFrame, a: str, b: str, quality: Metric, cost: Metric) -
     cost_pct = _pct(np.mean(ca), np.mean(cb))
     fmt = _mem if cost.key.startswith("peak_mem") else (lambda v: f"{v:.1f} s") if cost.key == "train_s" else cost.format
     ratio = np.mean(ca) / np.mean(cb) if np.mean(cb) else math.nan
-    if np.isfinite(ratio) and (ratio < 0.1 or ratio > 10):  # "100% less" hides a 200-fold difference
+    if np.isfinite(ratio) and 0 < ratio and (ratio < 0.1 or ratio > 10):  # "100% less" hides a 200-fold difference
         factor = 1 / ratio if ratio < 1 else ratio
         cost_text = (f"{a} used {factor:.0f}× {'less' if ratio < 1 else 'more'} {cost.phrase} than {b} "
                      f"({fmt(np.mean(ca))} vs {fmt(np.mean(cb))})")
