@@ -8,7 +8,8 @@ import pytest
 
 from harness.objectives import continual_metrics
 from harness.report.build import build
-from harness.report.domains import continual_chains, domain_sections, multitask_comparison, transfer_matrix
+from harness.report.continual import continual_chains
+from harness.report.domains import domain_sections, multitask_comparison, transfer_matrix
 from harness.report.frame import load_runs
 from harness.report.render import write
 from report_store import write_run
@@ -255,7 +256,7 @@ def test_routing_section(tmp_path):
     _route(tmp_path, "rt")
     section = _section(domain_sections(load_runs("rt", tmp_path)), "Routing")
     overall = dict(zip(section.tables[0].columns, section.tables[0].rows[0]))
-    assert overall["router acc %"].text == "90.0" and overall["router acc % (train)"].text == "95.0"
+    assert overall["router accuracy %"].text == "90.0" and overall["router accuracy % (train)"].text == "95.0"
     assert overall["routed loss"].text == "2.300" and overall["routed − oracle"].text == "+0.150"
     detail = [[c.text for c in row] for row in section.tables[1].rows]
     assert detail == [["route", "chat_civic", "2.100", "2.000", "2.400", "+0.100"],

@@ -49,6 +49,7 @@ def run(spec, run_dir: Path, metrics: dict, device: str) -> None:
     """Train the router, score routed / oracle / shared inference; fill `metrics`."""
     from harness import models
     from harness.data.tokenize import encode_all, make_collator, prompt_text
+    from harness.evaluate import perplexity
     from harness.objectives.router import pooled_features, train_router
 
     objective, root, experiment = spec.objective, run_dir.parent.parent, run_dir.parent.name
@@ -57,9 +58,7 @@ def run(spec, run_dir: Path, metrics: dict, device: str) -> None:
     texts = {d: [prompt_text(tokenizer, r["prompt"], source_cfg(spec.data, d))
                  for r in source_train(spec.data, d, spec.data.n_train, spec.seed)] for d in domains}
     router = train_router(base, tokenizer, texts, spec.eval.batch_size, device, seed=spec.seed)
-    metrics["router_acc_train"] = router.accuracy(
-        pooled_features(base, tokenizer, [t for d in domains for t in texts[d]], spec.eval.batch_size, device),
-        [d for d in domains for _ in texts[d]])
+    metrics["router_acc_train"] = router.train_accuracy
 
     refs = dict(objective.adapters) | ({"__shared__": objective.shared} if objective.shared else {})
     model = _load_adapters(base, refs, root, experiment)
@@ -94,7 +93,5 @@ def run(spec, run_dir: Path, metrics: dict, device: str) -> None:
         if parts:
             metrics[f"route.{kind}.eval_loss"] = _weighted(parts)[0]
     loss, tokens = _weighted(totals["routed"])
-    from harness.evaluate import perplexity
-
     metrics.update(eval_loss=loss, eval_ppl=perplexity(loss), eval_tokens=tokens, trainable_params=0)
 

@@ -97,6 +97,8 @@ class Router:
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self.linear: torch.nn.Linear | None = None
+        #: accuracy on the prompts `train_router` fitted it on
+        self.train_accuracy: float | None = None
 
     def fit(self, features: torch.Tensor, labels: Sequence[str], *, epochs: int = 100, lr: float = 1.0,
             weight_decay: float = 1e-3, seed: int = 0) -> Router:
@@ -197,4 +199,6 @@ def train_router(model, tokenizer, prompts_by_domain: dict[str, list[str]], batc
     texts = [p for prompts in prompts_by_domain.values() for p in prompts]
     labels = [d for d, prompts in prompts_by_domain.items() for _ in prompts]
     features = pooled_features(model, tokenizer, texts, batch_size, device, max_length=max_length)
-    return Router(list(prompts_by_domain)).fit(features, labels, seed=seed)
+    router = Router(list(prompts_by_domain)).fit(features, labels, seed=seed)
+    router.train_accuracy = router.accuracy(features, labels)
+    return router
