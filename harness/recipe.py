@@ -73,8 +73,11 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
         metrics.update(_teacher_figures(spec, teacher, model, tokenizer, val_set, collator, prompts, device),
                        student_params=metrics["total_params"])
     sources = _scored_sources(spec, run_dir)
-    if spec.objective.name == "continual":  # the stage's starting point on every domain (stage 0: the base)
-        metrics.update(evaluate_sources(model, tokenizer, spec, sources, device, prefix="task_eval_before"))
+    if spec.objective.name == "continual":  # where the stage starts: stage 0, the base on every domain (FWT's b);
+        # a later stage, on the previous stage's domain only (the rest repeats that stage's own scores)
+        objective = spec.objective
+        before = sources if not objective.stage else [objective.sequence[objective.stage - 1]]
+        metrics.update(evaluate_sources(model, tokenizer, spec, before, device, prefix="task_eval_before"))
     if method.trains:
         objective_data = train_records if spec.objective.is_preference else None
         trainer = _train(spec, model, method, ctx, train_set, val_set, collator, run_dir, metrics, tracker,

@@ -95,9 +95,10 @@ def test_continual_stages_are_linked_runs_that_continue_each_other(domain_store)
     first, second = (runs[f"cl_ewc-lora-r4-a8-n16-s0-stage{k}"] for k in (0, 1))
     assert second["spec"]["objective"]["previous"] == "run:cl_ewc-lora-r4-a8-n16-s0-stage0"
     assert [r["spec"]["data"]["name"] for r in (first, second)] == SOURCES
-    for src in SOURCES:  # stage 1 starts exactly where stage 0 ended
-        assert second["metrics"][f"task_eval_before.{src}.eval_loss"] == pytest.approx(
-            first["metrics"][f"task_eval.{src}.eval_loss"], abs=1e-5)
+    # stage 1 starts exactly where stage 0 ended (scored again on stage 0's domain); stage 0 starts at the base
+    assert second["metrics"]["task_eval_before.chat_technical.eval_loss"] == pytest.approx(
+        first["metrics"]["task_eval.chat_technical.eval_loss"], abs=1e-5)
+    assert all(f"task_eval_before.{src}.eval_loss" in first["metrics"] for src in SOURCES)
     assert second["metrics"]["ewc_fisher_mean"] > 0 and second["metrics"]["ewc_penalty"] >= 0
 
 
@@ -149,3 +150,20 @@ def test_a_training_file_that_holds_a_scored_validation_prompt_is_refused(tmp_pa
         **TINY, "data": {"name": "file", "path": str(data), "n_train": 16, "n_val": 8, "n_test": 0}}))
     res = run_cli("run", str(path), "--results", str(tmp_path / "results"))
     assert res.code == 2 and "with the validation split of source `sentiment`" in res.err, res.err
+
+
+def test_a_replay_stage_mixes_the_stated_fraction_drawn_only_from_earlier_stages():
+    from harness.config import build_run_config
+    from harness.objectives.continual import stage_records
+
+    sequence = ["chat_technical", "sentiment", "chat_general"]
+    raw = tiny_base(data={"name": "chat_general", "n_train": 30, "n_val": 8, "n_test": 0},
+                    objective={"name": "continual", "sequence": sequence, "strategy": "replay",
+                               "replay_fraction": 0.25, "stage": 2})
+    spec = build_run_config(raw, file="test")
+    records, replayed = stage_records(spec)
+    sources = Counter(r["source"] for r in records)
+    assert sources["chat_general"] == 30 and replayed == 10 == sources["chat_technical"] + sources["sentiment"]
+    assert replayed / len(records) == pytest.approx(0.25)
+    first = stage_records(build_run_config({**raw, "objective": {**raw["objective"], "stage": 0}}, file="test"))
+    assert first[1] == 0 and {r["source"] for r in first[0]} == {"chat_technical"}  # nothing earlier to replay
