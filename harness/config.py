@@ -76,6 +76,8 @@ class EvalCfg(Section):
     num_fewshot: int | None = Field(None, ge=0, description="None: each task's own default")
     sources: list[str] = Field([], description="data sources whose validation splits are also scored: "
                                                "task_eval.<source>.eval_loss (a transfer matrix's columns)")
+    in_domain_tasks: bool = Field(False, description="add to `tasks` the built-in lm-eval task of each source the "
+                                                     "run trains on (its `eval_task`: polarity for sentiment, …)")
     latency: bool = True
     latency_prompts: int = Field(4, gt=0)
     latency_new_tokens: int = Field(16, ge=2)
@@ -126,7 +128,7 @@ class RunConfig(BaseModel):
             "method": self.method.as_dict(),
             "train": self.train.model_dump(),
             # `sources` came later: left out while empty, so earlier runs keep their ids
-            "eval": self.eval.model_dump(exclude=set() if self.eval.sources else {"sources"}),
+            "eval": self.eval.model_dump(exclude={k for k in ("sources", "in_domain_tasks") if not getattr(self.eval, k)}),
             "tracking": self.tracking.model_dump(),
             "seed": self.seed,
         }
@@ -184,6 +186,8 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
         problems.append((file, f"{where}seed", f"must be a non-negative integer, but got {seed!r}"))
     if problems:
         raise ConfigError(problems)
+    if sections["eval"].in_domain_tasks:
+        sections["eval"] = _with_in_domain_tasks(sections["eval"], sections["data"], sections["objective"])
     model, train = sections["model"], sections["train"]
     built = method.build()  # a stack's flags come from its components
     if not built.supports_packing and train.packing:
@@ -197,6 +201,16 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
             f"method `{method.name}` trains the base weights, which cannot be 4-bit; use qlora or set it false",
         )
     return RunConfig(model=model, method=method, seed=seed, **{k: v for k, v in sections.items() if k != "model"})
+
+
+def _with_in_domain_tasks(eval_cfg: EvalCfg, data: DataCfg, objective: ObjectiveCfg) -> EvalCfg:
+    """`eval.tasks` plus the `eval_task` of every source the run trains on (written out in the spec)."""
+    from harness.data import DATASETS
+
+    trained = objective.sources() if objective.name in ("multitask", "continual") else [data.name]
+    extra = [DATASETS.get(name).eval_task for name in trained if name in DATASETS]
+    tasks = list(dict.fromkeys([*eval_cfg.tasks, *(t for t in extra if t)]))
+    return eval_cfg.model_copy(update={"tasks": tasks})
 
 
 def _build_method(data: Any, *, file: str, field: str) -> MethodCfg:

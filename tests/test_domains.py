@@ -167,3 +167,14 @@ def test_a_replay_stage_mixes_the_stated_fraction_drawn_only_from_earlier_stages
     assert replayed / len(records) == pytest.approx(0.25)
     first = stage_records(build_run_config({**raw, "objective": {**raw["objective"], "stage": 0}}, file="test"))
     assert first[1] == 0 and {r["source"] for r in first[0]} == {"chat_technical"}  # nothing earlier to replay
+
+
+def test_in_domain_tasks_adds_each_trained_sources_lm_eval_task():
+    from harness.config import build_run_config
+
+    raw = tiny_base(eval={"tasks": ["general_ppl"], "in_domain_tasks": True},
+                    objective={"name": "multitask", "tasks": ["sentiment", "humaneval", "chat_technical"]})
+    spec = build_run_config(raw, file="test")
+    assert spec.eval.tasks == ["general_ppl", "polarity", "chatterbot_mc"]  # humaneval has none
+    assert build_run_config(spec.as_dict() | {"method": raw["method"]}, file="again").eval.tasks == spec.eval.tasks
+    assert "in_domain_tasks" not in build_run_config(tiny_base(), file="test").as_dict()["eval"]  # old run ids kept
