@@ -20,7 +20,7 @@ __all__ = ["TransferMatrix", "transfer_matrix", "transfer_section", "multitask_c
 
 #: spec columns a section's rows carry from their first run (summarize keeps them beside the means)
 SPEC_COLUMNS = ["data.name", "data.system_prompt", "method.name", "objective.architecture", "objective.sampling",
-                "objective.tasks", "train.max_steps", "train.epochs", "train.micro_batch", "train.grad_accum",
+                "objective.tasks", "objective.extend", "train.max_steps", "train.epochs", "train.micro_batch", "train.grad_accum",
                 "data.n_train"]
 PROMPT_DESIGN = "prompt design"
 
@@ -134,7 +134,8 @@ def _multitask_summary(df: pd.DataFrame, sources: list[str]) -> pd.DataFrame:
         return pd.DataFrame()
     summary = summarize(runs, [loss_metric(s) for s in sources] + [_examples_metric(s) for s in sources], SPEC_COLUMNS)
     summary["label"] = _labels(summary, [lambda r: "multitask " + ("shared" if _missing(r.get("objective.architecture"))
-                                                                   else str(r["objective.architecture"])),
+                                                                   else str(r["objective.architecture"]))
+                                         + ("" if _missing(r.get("objective.extend")) else " + extension"),
                                          lambda r: _text(r.get("objective.sampling")),
                                          lambda r: _text(r.get("method.name"))])
     summary["tasks"] = [[t["name"] if isinstance(t, dict) else str(t) for t in _as_list(r.get("objective.tasks"))]
