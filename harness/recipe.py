@@ -259,7 +259,7 @@ def peft_trainable_params(model) -> int | None:
     return int(counter()[0]) if callable(counter) else None
 
 
-def _records(spec, metrics: dict) -> tuple[list, list[dict]]:
+def _records(spec, metrics: dict | None = None) -> tuple[list, list[dict]]:
     """(train subset, validation set) records; the validation set depends only on the data config.
     A multitask run's training records are one list per task; a continual stage's include replay."""
     if spec.objective.name == "multitask":
@@ -270,7 +270,9 @@ def _records(spec, metrics: dict) -> tuple[list, list[dict]]:
     if spec.objective.name == "continual":
         from harness.objectives.continual import stage_records
 
-        train, metrics["replay_examples"] = stage_records(spec)
+        train, replayed = stage_records(spec)
+        if metrics is not None:
+            metrics["replay_examples"] = replayed
         return train, splits.val
     return train_subset(splits.train_pool, spec.data.n_train, spec.seed), splits.val
 
