@@ -142,12 +142,14 @@ def test_a_training_file_that_holds_a_scored_validation_prompt_is_refused(tmp_pa
     from harness.config import DataCfg
     from harness.objectives.domains import source_splits
 
-    leaked = source_splits(DataCfg(name="sentiment", n_val=8, n_test=0), "sentiment").val[:4]
+    # both splits order prompts by the same seeded hash, so leaked prompts compete for the file's own
+    # validation slots: leaking all 8 into a file that keeps 4 for validation puts at least 4 in training
+    leaked = source_splits(DataCfg(name="sentiment", n_val=8, n_test=0), "sentiment").val
     rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(40)] + leaked
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["response"]}) + "\n" for r in rows))
     path = write_experiment(tmp_path, "leak", grid={}, base=tiny_base(**{
-        **TINY, "data": {"name": "file", "path": str(data), "n_train": 16, "n_val": 8, "n_test": 0}}))
+        **TINY, "data": {"name": "file", "path": str(data), "n_train": 16, "n_val": 4, "n_test": 0}}))
     res = run_cli("run", str(path), "--results", str(tmp_path / "results"))
     assert res.code == 2 and "with the validation split of source `sentiment`" in res.err, res.err
 
