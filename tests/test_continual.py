@@ -10,7 +10,7 @@ import torch
 
 from harness.objectives import continual_metrics as cm
 from harness.objectives.ewc import anchor, ewc_penalty, fisher_diagonal
-from harness.objectives.mixing import mix, mixture_probabilities, reservoir, with_replay
+from harness.objectives.mixing import batch_schedule, mixture_probabilities, reservoir, task_order, with_replay
 
 #: R[i][j]: accuracy on task j after stage i; baseline b[j]: before any stage
 R = [[0.80, 0.30, 0.20],
@@ -42,14 +42,28 @@ def test_mixture_sampling_draws_the_stated_proportions(strategy, temperature, ex
     sizes = [100, 300, 600]
     probabilities = mixture_probabilities(sizes, strategy, temperature)
     assert probabilities == pytest.approx(expected)
-    sources = [[f"{i}-{k}" for k in range(n)] for i, n in enumerate(sizes)]
-    draws = mix(sources, 6000, probabilities, seed=1)
+    draws = batch_schedule(sizes, probabilities, 6000, batch=1, seed=1, order="random")
     counts = Counter(i for i, _ in draws)
     for i, p in enumerate(expected):  # within 4 standard deviations of a binomial count
         assert abs(counts[i] - 6000 * p) < 4 * (6000 * p * (1 - p)) ** 0.5
     # a source is seen whole before any of its examples repeats
-    first = [x for i, x in draws if i == 0][:100]
-    assert len(set(first)) == 100
+    first = [picked[0] for i, picked in draws if i == 0][:100]
+    assert sorted(first) == list(range(100))
+    # stratified: every prefix of t draws holds ⌊p·t⌋ or ⌈p·t⌉ of each source
+    order = task_order(probabilities, 600, "stratified", seed=1)
+    for t in range(1, 601):
+        for i, p in enumerate(expected):
+            assert abs(order[:t].count(i) - p * t) < 1 + 1e-9, (t, i)
+
+
+def test_equal_sampling_in_stratified_order_gives_every_task_the_same_batches():
+    draws = batch_schedule([129, 882, 100, 164], [0.25] * 4, 32, batch=4, seed=0)
+    assert Counter(task for task, _ in draws) == {0: 8, 1: 8, 2: 8, 3: 8}
+    assert all(sorted(task for task, _ in draws[k:k + 4]) == [0, 1, 2, 3] for k in range(0, 32, 4))
+    firsts = {tuple(task_order([0.25] * 4, 4, seed=seed)) for seed in range(6)}
+    assert len(firsts) > 1  # ties between equally owed tasks go by the seed, not always task 0 first
+    with pytest.raises(ValueError, match="unknown task order"):
+        task_order([0.5, 0.5], 4, "roundrobin")
 
 
 def test_bad_mixtures_are_refused():

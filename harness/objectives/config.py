@@ -48,7 +48,7 @@ class TaskCfg(Section):
 _DISTILL = {"teacher", "teachers", "student", "temperature", "losses", "feature_layers", "schedule",
             "cache_teacher", "cache_top_k"}
 _PREFERENCE = {"beta", "loss_type", "start"}
-_MULTITASK = {"tasks", "sampling", "temperature", "architecture", "task_r", "extend"}
+_MULTITASK = {"tasks", "sampling", "task_order", "temperature", "architecture", "task_r", "extend"}
 _CONTINUAL = {"sequence", "strategy", "replay_fraction", "ewc_lambda", "ewc_batches", "stage", "chain", "previous"}
 _ROUTE = {"adapters", "shared"}
 #: the options each objective accepts
@@ -93,6 +93,9 @@ class ObjectiveCfg(Section):
                                                           "(names, or {name, weight, n_train})")
     sampling: Literal["proportional", "equal", "temperature"] = Field(
         "proportional", description="multitask: which task each micro-batch comes from: p_i ∝ n_i, 1/K, or n_i^(1/τ)")
+    task_order: Literal["stratified", "random"] = Field(
+        "stratified", description="multitask: stratified: every prefix of the batches holds each task in its "
+                                  "proportion (±1 batch); random: independent draws (short runs stray from it)")
     architecture: Literal["shared", "per_task", "shared_plus_task"] = Field(
         "shared", description="multitask: one adapter for all tasks; one adapter per task, switched per batch; "
                               "or a shared adapter plus a small one per task")

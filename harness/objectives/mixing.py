@@ -35,21 +35,6 @@ def mixture_probabilities(sizes: Sequence[int], strategy: str = "proportional",
     return [w / total for w in weights]
 
 
-def mix(sources: Sequence[Sequence], n: int, probabilities: Sequence[float], seed: int = 0) -> list[tuple[int, object]]:
-    """`n` (source index, example) draws: a source by `probabilities`, then that source's examples in
-    a shuffled cycle, so a small source repeats only after it has been seen whole."""
-    rng = random.Random(seed)
-    orders = [rng.sample(range(len(s)), len(s)) for s in sources]
-    cursors = [0] * len(sources)
-    out = []
-    for i in rng.choices(range(len(sources)), weights=probabilities, k=n):
-        if cursors[i] == len(orders[i]):
-            orders[i], cursors[i] = rng.sample(range(len(sources[i])), len(sources[i])), 0
-        out.append((i, sources[i][orders[i][cursors[i]]]))
-        cursors[i] += 1
-    return out
-
-
 def reservoir(stream: Iterable, k: int, seed: int = 0) -> list:
     """A uniform sample of `k` items of a stream of unknown length (Vitter's algorithm R)."""
     rng = random.Random(seed)
@@ -80,16 +65,40 @@ def with_replay(current: Sequence, earlier: Sequence, fraction: float, seed: int
     return out
 
 
+def task_order(probabilities: Sequence[float], n: int, order: str = "stratified", seed: int = 0) -> list[int]:
+    """The task of each of `n` draws. `random`: independent draws by `probabilities`, so short runs
+    stray from them (32 draws of 4 equal tasks can come out 13/5/7/7). `stratified`: smooth weighted
+    round robin (each task earns p_i per draw, the most-owed one is drawn), so after every prefix of
+    t draws each task has ⌊p_i·t⌋ or ⌈p_i·t⌉ of them; ties go by a seeded shuffle of the tasks.
+
+    Raises:
+        ValueError: an unknown order.
+    """
+    rng = random.Random(seed)
+    if order == "random":
+        return rng.choices(range(len(probabilities)), weights=probabilities, k=n)
+    if order != "stratified":
+        raise ValueError(f"unknown task order `{order}`; allowed: random, stratified")
+    rank = {task: i for i, task in enumerate(rng.sample(range(len(probabilities)), len(probabilities)))}
+    owed, out = [0.0] * len(probabilities), []
+    for _ in range(n):
+        owed = [o + p for o, p in zip(owed, probabilities)]
+        task = max(range(len(owed)), key=lambda i: (round(owed[i], 9), -rank[i]))
+        owed[task] -= 1.0
+        out.append(task)
+    return out
+
+
 def batch_schedule(sizes: Sequence[int], probabilities: Sequence[float], n_batches: int, batch: int,
-                   seed: int = 0) -> list[tuple[int, list[int]]]:
+                   seed: int = 0, order: str = "stratified") -> list[tuple[int, list[int]]]:
     """`n_batches` single-task micro-batches: (task index, `batch` example indices of that task). The
-    task is drawn by `probabilities`; a task's examples come in a shuffled cycle (all seen before any
+    tasks come from `task_order`; a task's examples in a shuffled cycle (all seen before any
     repeats). One task per micro-batch lets a model switch its task adapters between batches."""
     rng = random.Random(seed)
     orders = [rng.sample(range(n), n) for n in sizes]
     cursors = [0] * len(sizes)
     out = []
-    for task in rng.choices(range(len(sizes)), weights=probabilities, k=n_batches):
+    for task in task_order(probabilities, n_batches, order, seed):
         picked = []
         for _ in range(batch):
             if cursors[task] == sizes[task]:

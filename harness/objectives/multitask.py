@@ -32,13 +32,14 @@ def task_records(spec) -> list[list[dict]]:
 
 
 def schedule(spec, encoded: list[list[dict]], n_batches: int) -> list[dict]:
-    """The training stream: `n_batches` micro-batches, each from one task drawn by the sampling
-    strategy, laid out in order; every example carries its `task_id`."""
+    """The training stream: `n_batches` micro-batches, each from one task chosen by the sampling
+    strategy and `task_order`, laid out in order; every example carries its `task_id`."""
     objective = spec.objective
     sizes = [len(e) for e in encoded]
     probs = mixture_probabilities(sizes, objective.sampling, objective.temperature)
     stream = []
-    for task, picked in batch_schedule(sizes, probs, n_batches, spec.train.micro_batch, seed=spec.seed):
+    for task, picked in batch_schedule(sizes, probs, n_batches, spec.train.micro_batch, seed=spec.seed,
+                                        order=objective.task_order):
         stream.extend({**encoded[task][i], "task_id": task} for i in picked)
     return stream
 
