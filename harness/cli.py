@@ -34,7 +34,7 @@ def _experiment_path(name: str) -> Path:
 def cmd_run(args) -> int:
     from harness import preflight, store
     from harness.config import load_experiment
-    from harness.grid import budget_confounds, expand, phases, with_references
+    from harness.grid import budget_confounds, expand, phases, with_reads, with_references
     from harness.plugins import import_plugins
     from harness.report.table import runs_table
 
@@ -49,6 +49,7 @@ def cmd_run(args) -> int:
     specs = with_references(specs)  # the untouched base, scored once, when runs score tasks
     root = Path(args.results) if args.results else store.results_root()
     preflight.check(specs, file=str(path), root=root)
+    specs = with_reads(specs, file=str(path))
     if args.dry_run:
         statuses = [store.status_of(store.run_dir(s.experiment, s.run_id, root)) for s in specs]
         console.print(_grid_table(specs, statuses))

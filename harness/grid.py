@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -41,10 +41,14 @@ class RunSpec:
     reference: str | None = None
     #: a search trial's {study, number, params}; recorded, never hashed (same params = same run)
     trial: dict | None = None
+    #: {`run:<slug>`: run id} for each run of this grid that the run reads (a stage's predecessor, a
+    #: teacher, an SFT start): the store may hold older runs under the same slug; recorded, never hashed
+    reads: dict[str, str] | None = None
 
     def as_dict(self) -> dict:
         extra = {"reference": self.reference} if self.reference else {}
         extra.update({"trial": self.trial} if self.trial else {})
+        extra.update({"reads": self.reads} if self.reads else {})
         return {"experiment": self.experiment, "run_id": self.run_id, "slug": self.slug,
                 "varied": self.varied, **extra, **self.config.as_dict()}
 
@@ -407,6 +411,21 @@ def run_in_grid(spec: RunSpec, specs: list[RunSpec], ref: str, field: str, file:
                               f"`{name}` names {len(found)} runs of the grid; use one's run id: "
                               + ", ".join(s.run_id for s in found))
     return found[0] if found else None
+
+
+def with_reads(specs: list[RunSpec], file: str = "") -> list[RunSpec]:
+    """Pin every `run:<slug>` that names a run of this grid to that run's id (`RunSpec.reads`), so a
+    run reads the one this sweep made and not an older run of the store that shares its slug.
+
+    Raises:
+        ConfigError: a name that matches several runs of the grid.
+    """
+    out = []
+    for spec in specs:
+        reads = {ref: found.run_id for field, ref in spec.config.objective.run_refs()
+                 if (found := run_in_grid(spec, specs, ref, field, file)) is not None}
+        out.append(replace(spec, reads=reads or None))
+    return out
 
 
 def teacher_in_grid(spec: RunSpec, specs: list[RunSpec], file: str = "") -> RunSpec | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harness import models, store
 from harness.config import RUN_KEYS, build_run_config
-from harness.objectives.runs import base_model_cfg
+from harness.objectives.runs import base_model_cfg, pin
 from harness.tasks.base import versions
 
 
@@ -63,6 +63,7 @@ def score_runs(experiment: str, *, root: Path | None, tasks: list[str] | None, l
         shots = num_fewshot if tasks is not None else config.eval.num_fewshot
         need = list(wanted) if force else missing_tasks(result, wanted, lim, shots)
         if need:
+            pin(result["spec"].get("reads"))  # the runs this run read, not others under their slugs
             try:
                 base_cfg, why = base_model_cfg(config, root or store.results_root(), experiment)
             except ValueError as exc:  # a start run that is gone from the store

@@ -74,6 +74,9 @@ def execute(run_dir: Path) -> dict:
     status, error, device, tracker = "ok", None, None, None
     try:
         import_plugins(raw.get("plugins") or [], base=raw.get("experiment_dir"))
+        from harness.objectives.runs import pin
+
+        pin(raw.get("reads"))
         spec = build_run_config({k: raw[k] for k in RUN_KEYS if k in raw},
                                 file=str(run_dir / "spec.yaml"))
         from harness import tracking

@@ -152,22 +152,30 @@ def iter_results(experiment: str, root: Path | None = None) -> list[dict]:
 
 
 def find_run(run: str, root: Path | None = None, prefer: str | None = None) -> Path | None:
-    """Find a run directory by full run id, slug or hash, in experiment `prefer` first, then across experiments."""
+    """Find a run directory by full run id, slug or hash, in experiment `prefer` first, then across
+    experiments (the first match when a slug names several runs)."""
+    found = find_runs(run, root, prefer)
+    return found[0] if found else None
+
+
+def find_runs(run: str, root: Path | None = None, prefer: str | None = None) -> list[Path]:
+    """The run directories that a run id, slug or hash names in the first experiment holding any
+    (`prefer` first): several when a slug was run under different settings."""
     base = root or results_root()
     if not base.is_dir():
-        return None
+        return []
     experiments = sorted(base.iterdir())
     if prefer is not None and (base / prefer).is_dir():
         experiments.insert(0, base / prefer)
     for exp in experiments:
         if not exp.is_dir():
             continue
-        for d in sorted(exp.iterdir()):
-            if d.is_dir() and not d.name.startswith(".") and (
-                d.name == run or d.name.rsplit("-", 1)[0] == run or d.name.endswith(f"-{run}")
-            ):
-                return d
-    return None
+        found = [d for d in sorted(exp.iterdir()) if d.is_dir() and not d.name.startswith(".") and (
+            d.name == run or d.name.rsplit("-", 1)[0] == run or d.name.endswith(f"-{run}"))]
+        exact = [d for d in found if d.name == run]
+        if found:
+            return exact or found
+    return []
 
 
 def _flatten(prefix: str, value: Any, out: dict) -> None:

@@ -21,11 +21,12 @@ SINGLE = {src: f"lora-r4-a8-n16-name{src}-s0" for src in SOURCES}
 MT = {"name": "multitask", "tasks": SOURCES, "architecture": "per_task", "sampling": "temperature", "temperature": 2}
 
 
-def test_temperature_sampling_draws_single_task_batches_in_the_stated_proportions():
+@pytest.mark.parametrize("order", ["random", "stratified"])
+def test_temperature_sampling_draws_single_task_batches_in_the_stated_proportions(order):
     sizes = [900, 100]
     probs = mixture_probabilities(sizes, "temperature", 2.0)
     assert probs == pytest.approx([30 / 40, 10 / 40])  # p_i ∝ n_i^(1/2): √900 = 30, √100 = 10
-    batches = batch_schedule(sizes, probs, 4000, batch=3, seed=0)
+    batches = batch_schedule(sizes, probs, 4000, batch=3, seed=0, order=order)
     share = Counter(task for task, _ in batches)[1] / len(batches)
     assert abs(share - 0.25) < 4 * (0.25 * 0.75 / 4000) ** 0.5
     assert all(len(picked) == 3 and all(i < sizes[task] for i in picked) for task, picked in batches)
@@ -100,6 +101,34 @@ def test_continual_stages_are_linked_runs_that_continue_each_other(domain_store)
         first["metrics"]["task_eval.chat_technical.eval_loss"], abs=1e-5)
     assert all(f"task_eval_before.{src}.eval_loss" in first["metrics"] for src in SOURCES)
     assert second["metrics"]["ewc_fisher_mean"] > 0 and second["metrics"]["ewc_penalty"] >= 0
+
+
+def test_a_stage_reads_the_predecessor_of_its_own_sweep_not_an_older_run_with_its_slug(domain_store, tmp_path):
+    import shutil
+
+    tmp, runs = domain_store
+    store = tmp_path / "results"
+    shutil.copytree(tmp / "results", store)
+    chain = {"objective": {"name": "continual", "sequence": SOURCES, "strategy": "ewc", "ewc_lambda": 100.0}}
+    path = write_experiment(tmp_path, "domains", base=tiny_base(**TINY), grid={"run": [chain]})
+    res = run_cli("run", str(path), "--results", str(store), "--set", "train.lr=0.02")
+    assert res.code == 0, res.out + res.err
+    slug = "cl_ewc-lora-r4-a8-n16-s0-stage"
+    new = {read_result(d)["slug"]: read_result(d) for d in run_dirs(store, "domains")
+           if read_result(d)["spec"]["train"]["lr"] == 0.02}
+    old_first, first, second = runs[f"{slug}0"], new[f"{slug}0"], new[f"{slug}1"]
+    assert first["run_id"] != old_first["run_id"]  # the store now holds two runs under the stage-0 slug
+    assert second["spec"]["reads"] == {f"run:{slug}0": first["run_id"]}
+    before = second["metrics"]["task_eval_before.chat_technical.eval_loss"]
+    assert before == pytest.approx(first["metrics"]["task_eval.chat_technical.eval_loss"], abs=1e-5)
+    assert before != pytest.approx(old_first["metrics"]["task_eval.chat_technical.eval_loss"], abs=1e-5)
+    # from another experiment the bare slug is ambiguous: refused before any run, with the ids to pick from
+    other = write_experiment(tmp_path, "other", base=tiny_base(**TINY), grid={"run": [
+        {"method": "none", "objective": {"name": "route", "adapters": {
+            "chat_technical": f"run:{slug}0", "sentiment": f"run:{SINGLE['sentiment']}"}}}]})
+    res = run_cli("run", str(other), "--results", str(store))
+    assert res.code == 2 and f"`{slug}0` names 2 runs of experiment `domains`" in res.err, res.err
+    assert first["run_id"] in res.err and old_first["run_id"] in res.err
 
 
 def test_route_run_reports_router_accuracy_and_routed_vs_oracle(domain_store):

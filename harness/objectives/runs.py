@@ -7,6 +7,16 @@ from pathlib import Path
 
 from harness.objectives.config import TEACHER_RUN
 
+#: {`run:<slug>`: run id} of the runs of its grid that this run reads (its spec's `reads`); set once
+#: by the run's process, so every reader of a `run:` reference sees the sweep's own run
+_PINNED: dict[str, str] = {}
+
+
+def pin(reads: dict[str, str] | None) -> None:
+    """Resolve these `run:<slug>` references to these run ids from now on in this process."""
+    _PINNED.clear()
+    _PINNED.update(reads or {})
+
 
 def finished_run(ref: str, root, experiment: str | None = None):
     """For `run:<run id or slug>`: (that run's result, its directory, its RunConfig, None), or
@@ -14,11 +24,17 @@ def finished_run(ref: str, root, experiment: str | None = None):
     from harness import store
     from harness.config import RUN_KEYS, build_run_config
 
-    run = ref[len(TEACHER_RUN):]
-    directory = store.find_run(run, root, prefer=experiment)
+    run = _PINNED.get(ref) or ref[len(TEACHER_RUN):]
+    found = store.find_runs(run, root, prefer=experiment)
+    if len(found) > 1:
+        return None, None, None, (f"`{run}` names {len(found)} runs of experiment `{found[0].parent.name}` "
+                                  f"({', '.join(d.name for d in found)}); name one by its run id")
+    directory = found[0] if found else None
     result = store.read_result(directory) if directory is not None else None
     if result is None:
         return None, None, None, f"no finished run `{run}` under {root}"
+    for key, run_id in (result["spec"].get("reads") or {}).items():
+        _PINNED.setdefault(key, run_id)  # what that run read (an earlier stage's own predecessor) stays pinned
     if result["status"] != "ok":
         return None, None, None, f"run `{run}` finished `{result['status']}`, not `ok`: its weights cannot be used"
     config = build_run_config({k: v for k, v in result["spec"].items() if k in RUN_KEYS}, file=result["run_id"])
