@@ -233,6 +233,10 @@ def cmd_transfer(args) -> int:
     root = Path(args.results) if args.results else store.results_root()
     experiment = _experiment_name(args.experiment)
     df = load_runs(experiment, root)
+    if df.attrs.get("superseded"):
+        from harness.report.build import superseded_note
+
+        print(superseded_note(df.attrs["superseded"]), file=sys.stderr)
     matrix = transfer_matrix(df) if not df.empty else None
     if matrix is None:
         print(f"no single-task or multitask runs scored on `eval.sources` in experiment `{experiment}` under {root}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -202,7 +203,9 @@ def load(experiment: str, root: Path | None = None):
             "error_type": (r.get("error") or {}).get("type"), "error": (r.get("error") or {}).get("message"),
             "started_at": r.get("started_at"), "finished_at": r.get("finished_at"),
         }
-        _flatten("", {k: v for k, v in (r.get("spec") or {}).items() if k not in ("experiment", "run_id", "slug", "varied")}, row)
+        spec = r.get("spec") or {}
+        row["settings"] = settings_key(spec)
+        _flatten("", {k: v for k, v in spec.items() if k not in ("experiment", "run_id", "slug", "varied")}, row)
         _flatten("env", r.get("env") or {}, row)
         for key in METRIC_KEYS + OPTIONAL_METRIC_KEYS:
             row[key] = (r.get("metrics") or {}).get(key)
@@ -210,6 +213,15 @@ def load(experiment: str, root: Path | None = None):
             row.setdefault(key, value)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def settings_key(spec: dict) -> str:
+    """A short hash of what a run's spec sets apart from its seed (and tracking): runs of one slug
+    with different keys were run under different settings, not as seeds of one configuration."""
+    from harness.config import RUN_KEYS
+
+    kept = {k: spec[k] for k in RUN_KEYS if k in spec and k not in ("seed", "tracking")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def make_result(spec: dict, *, status: str, error: dict | None, metrics: dict, env: dict,

@@ -125,6 +125,21 @@ def test_single_seed_says_so(tmp_path):
     assert all("±" not in cell.text for row in table.rows for cell in row)
 
 
+def test_a_slug_rerun_under_other_settings_is_not_averaged_with_the_old_runs_as_seeds(tmp_path):
+    old_lr = {"train": {"lr": 1e-3}}
+    for seed in (0, 1):  # the same grid point, first at lr 1e-3 ...
+        write_run(tmp_path, "rerun", method="lora", seed=seed, eval_loss=3.0, overrides=old_lr)
+    for seed in (2, 3):  # ... then rerun after `base` changed to lr 2e-3 (finished later)
+        write_run(tmp_path, "rerun", method="lora", seed=seed, eval_loss=2.0 + 0.01 * seed, overrides={"train": {"lr": 2e-3}})
+    write_run(tmp_path, "rerun", method="ia3", eval_loss=2.5, overrides={"train": {"lr": 2e-3}})
+    report = build("rerun", tmp_path)
+    lora = _row(report, "lora-n100")
+    assert lora["n_seeds"] == 2 and lora["eval_loss_mean"] == pytest.approx(2.025)
+    intro = " ".join(_section(report, "Summary").paragraphs)
+    assert "Left out: 2 runs of 1 configuration (lora-n100) made under earlier settings (differing in train.lr)" in intro
+    assert report.axes == ["method.name"]  # the left-out runs' lr does not make lr an axis
+
+
 def test_rank_alpha_grid_gets_a_heatmap(tmp_path):
     for r in (4, 8, 16):
         for alpha in (8, 16):

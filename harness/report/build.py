@@ -159,6 +159,16 @@ def search_section(experiment: str, root: Path | None, storage: str | None) -> S
     return section
 
 
+def superseded_note(superseded: dict) -> str:
+    """One sentence on the runs of earlier settings that the report leaves out."""
+    n = sum(count for count, _ in superseded.values())
+    differ = sorted({c for _, cols in superseded.values() for c in cols})
+    return (f"Left out: {n} run{'s' * (n != 1)} of {len(superseded)} configuration{'s' * (len(superseded) != 1)} "
+            f"({', '.join(sorted(superseded))}) made under earlier settings"
+            + (f" (differing in {', '.join(differ)})" if differ else "")
+            + "; each configuration is reported at its newest settings. The older runs stay in the store (`ftbench ls`).")
+
+
 def build(experiment: str, root: Path | None = None, price_per_hour: float = 2.0,
           target_loss: float | None = None, storage: str | None = None) -> Report:
     """Read the store and build every section of the report (no file is written here).
@@ -181,6 +191,8 @@ def build(experiment: str, root: Path | None = None, price_per_hour: float = 2.0
         f"{len(df)} runs ({(df['status'] == 'ok').sum()} ok) in {df['config'].nunique()} configurations. "
         f"Varied: {', '.join(axes) or 'nothing'}. Each cell is the mean over seeds ± the half-width of its 95% "
         f"Student-t interval (no interval with one seed); the best value of each column is in bold."])
+    if df.attrs.get("superseded"):
+        intro.paragraphs.append(superseded_note(df.attrs["superseded"]))
     if not summary.empty:
         intro.tables.append(metrics_table(summary, metrics, "One row per configuration (grid point minus seed)", axes))
     sections.append(intro)

@@ -125,11 +125,37 @@ def load_runs(experiment: str, root: Path | None = None, price_per_hour: float =
     plain = (df["objective.name"].isna() if "objective.name" in df else True) & (
         df["data.system_prompt"].isna() if "data.system_prompt" in df else True)
     df["reference"] = (df.get("method.name", pd.Series(index=df.index, dtype=object)) == REFERENCE_METHOD) & plain
+    df = latest_settings(df)
     df["cost_usd"] = pd.to_numeric(df["train_s"], errors="coerce") / 3600 * price_per_hour
     for col in df.columns:  # json-like spec values (lists of tasks, target modules) compare as text
         if df[col].map(lambda v: isinstance(v, (list, dict))).any():
             df[col] = df[col].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
     return df
+
+
+def latest_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep, per configuration, the runs of its newest settings. A slug rerun under other settings
+    (a changed `base`, a new option of the code) is a new run beside the old one, not a seed of it:
+    averaging the two would be a lie. What was left out is in `df.attrs["superseded"]` as
+    {config: (runs left out, the spec columns that differ)}."""
+    if "settings" not in df or "finished_at" not in df:
+        return df
+    keep = pd.Series(True, index=df.index)
+    superseded = {}
+    for config, group in df[~df["reference"]].groupby("config", sort=False):
+        if group["settings"].nunique() < 2:
+            continue
+        newest = group.groupby("settings")["finished_at"].max().sort_values().index[-1]
+        old = group[group["settings"] != newest]
+        spec_cols = [c for c in group.columns if c.split(".")[0] in ("model", "data", "method", "train", "eval",
+                                                                     "objective") and "." in c]
+        differ = [c for c in spec_cols
+                  if group.groupby("settings")[c].agg(lambda v: str(v.iloc[0])).nunique() > 1]
+        keep[old.index] = False
+        superseded[config] = (len(old), differ)
+    out = df[keep].copy()
+    out.attrs["superseded"] = superseded
+    return out
 
 
 def varied_axes(df: pd.DataFrame) -> list[str]:
