@@ -48,9 +48,12 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# a run that failed is recorded in the store and reported (exit 1 after the report); bad input (2) or
+# an interrupt stops before any report
 sweep: $(STAMP)
-	$(BIN)/ftbench run experiments/$(EXP).yaml $(SET_FLAGS) $(EXEC_FLAGS) $(ARGS)
-	$(BIN)/ftbench report experiments/$(EXP).yaml --price-per-hour $(PRICE)
+	$(BIN)/ftbench run experiments/$(EXP).yaml $(SET_FLAGS) $(EXEC_FLAGS) $(ARGS); rc=$$?; \
+	if [ $$rc -ne 0 ] && [ $$rc -ne 1 ]; then exit $$rc; fi; \
+	$(BIN)/ftbench report experiments/$(EXP).yaml --price-per-hour $(PRICE) || exit $$?; exit $$rc
 
 dry-run: $(STAMP)
 	$(BIN)/ftbench run experiments/$(EXP).yaml $(SET_FLAGS) --dry-run
