@@ -42,7 +42,7 @@ class RunSpec:
     #: a search trial's {study, number, params}; recorded, never hashed (same params = same run)
     trial: dict | None = None
     #: {`run:<slug>`: run id} for each run of this grid that the run reads (a stage's predecessor, a
-    #: teacher, an SFT start): the store may hold older runs under the same slug; recorded, never hashed
+    #: teacher, an SFT start): the store may hold older runs under the same slug; part of the run id
     reads: dict[str, str] | None = None
 
     def as_dict(self) -> dict:
@@ -292,13 +292,22 @@ def _drop_key(axis: Axis, key: str) -> Axis:
     return Axis(label=axis.label, values=values, when=axis.when)
 
 
-def spec_hash(config: RunConfig) -> str:
-    """Stable short hash of everything that affects a run's result (tracking excluded)."""
+def spec_hash(config: RunConfig, reads: dict[str, str] | None = None) -> str:
+    """Stable short hash of everything that affects a run's result (tracking excluded), with the run
+    ids of the grid's runs it reads (`reads`): from another teacher or start, another run."""
     from harness.data import DATASETS
 
     payload = {k: v for k, v in config.as_dict().items() if k != "tracking"}
+    if reads:
+        payload["reads"] = dict(sorted(reads.items()))
     if config.data.name in DATASETS:
         payload["data_version"] = DATASETS.get(config.data.name).version
+    # the other sources a run trains on or scores: only those past version 1 (the runs stored before
+    # this was hashed keep their ids)
+    sources = [*config.eval.sources, *config.objective.sources()]
+    newer = {s: DATASETS.get(s).version for s in sorted(set(sources)) if s in DATASETS and DATASETS.get(s).version > 1}
+    if newer:
+        payload["source_versions"] = newer
     if config.eval.tasks:  # a new version of a built-in task is a new run
         from harness.tasks.base import versions
 
@@ -414,18 +423,29 @@ def run_in_grid(spec: RunSpec, specs: list[RunSpec], ref: str, field: str, file:
 
 
 def with_reads(specs: list[RunSpec], file: str = "") -> list[RunSpec]:
-    """Pin every `run:<slug>` that names a run of this grid to that run's id (`RunSpec.reads`), so a
-    run reads the one this sweep made and not an older run of the store that shares its slug.
+    """Pin every `run:<slug>` that names a run of this grid to that run's id (`RunSpec.reads`), and
+    fold those ids into the reading run's id: a stage reads the run this sweep made, not an older
+    run of the store under the same slug, and a run that read another predecessor is another run
+    (never skipped as done). Ids settle in dependency order (a stage's id holds its predecessor's).
 
     Raises:
-        ConfigError: a name that matches several runs of the grid.
+        ConfigError: a name that matches several runs of the grid, or runs that read each other in a cycle.
     """
-    out = []
-    for spec in specs:
-        reads = {ref: found.run_id for field, ref in spec.config.objective.run_refs()
-                 if (found := run_in_grid(spec, specs, ref, field, file)) is not None}
-        out.append(replace(spec, reads=reads or None))
-    return out
+    settled: dict[str, RunSpec] = {}
+
+    def settle(spec: RunSpec, chain: tuple[str, ...] = ()) -> RunSpec:
+        if spec.run_id in chain:
+            raise ConfigError.one(file, "objective", "the grid's runs read each other in a cycle: "
+                                  + " → ".join((*chain, spec.run_id)))
+        if spec.run_id not in settled:
+            reads = {ref: settle(found, (*chain, spec.run_id)).run_id
+                     for field, ref in spec.config.objective.run_refs()
+                     if (found := run_in_grid(spec, specs, ref, field, file)) is not None}
+            settled[spec.run_id] = spec if not reads else replace(
+                spec, run_id=f"{spec.slug}-{spec_hash(spec.config, reads)}", reads=reads)
+        return settled[spec.run_id]
+
+    return [settle(spec) for spec in specs]
 
 
 def teacher_in_grid(spec: RunSpec, specs: list[RunSpec], file: str = "") -> RunSpec | None:

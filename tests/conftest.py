@@ -113,10 +113,11 @@ def metric_lines(directory: Path) -> list[dict]:
 
 
 def expand_file(path: Path, overrides: list[str] | None = None):
+    """The runs of an experiment file with the ids a sweep gives them (reference rows aside)."""
     from harness.config import load_experiment
-    from harness.grid import expand
+    from harness.grid import expand, with_reads
 
-    return expand(load_experiment(path), overrides)
+    return with_reads(expand(load_experiment(path), overrides), file=str(path))
 
 
 def pytest_configure(config):

@@ -229,3 +229,25 @@ def test_budget_confounds_flags_budget_paired_with_method(tmp_path):
     assert budget_confounds(staged) == []
     staged[-1] = specs_for(tmp_path, {"method": ["full"], "objective": ["dpo"], "train.max_steps": [9]}, stem="s2")[0]
     assert budget_confounds(staged) == ["train.max_steps"]
+
+
+def test_a_run_that_reads_another_carries_its_id_and_folds_it_into_its_own(tmp_path):
+    from harness.grid import with_reads
+
+    chain = {"name": "continual", "sequence": ["chat_technical", "sentiment", "humaneval"]}
+    base = tiny_base(data={"n_val": 8, "n_test": 0}, objective=chain)
+    plain = expand(load_experiment(write_experiment(tmp_path, "chain", base=base)))
+    specs = with_reads(plain)
+    first, second, third = specs
+    assert first.reads is None and second.reads == {f"run:{first.slug}": first.run_id}
+    assert third.reads == {f"run:{second.slug}": second.run_id}  # the settled id, with stage 0's folded in
+    assert first.run_id == plain[0].run_id and second.run_id != plain[1].run_id
+    assert [s.run_id for s in with_reads(plain)] == [s.run_id for s in specs]  # settles the same every time
+    # stage 0 alone under another id (a data version bump, a setting of its own grid point): the later
+    # stages, whose own settings did not change, get new ids too, so a sweep reruns them
+    from dataclasses import replace
+
+    moved = with_reads([replace(plain[0], run_id=f"{first.slug}-00000000"), *plain[1:]])
+    assert moved[1].reads == {f"run:{first.slug}": f"{first.slug}-00000000"}
+    assert moved[1].run_id != second.run_id and moved[2].run_id != third.run_id
+    assert second.as_dict()["reads"] == second.reads
