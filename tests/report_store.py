@@ -18,7 +18,7 @@ def write_run(root: Path, experiment: str, *, method: str = "lora", seed: int = 
               eval_loss: float = 2.0, mem: float = 1000.0, params: int = 10_000, train_s: float = 60.0,
               tokens: int = 4000, env: dict | None = None, losses: list[float] | None = None,
               extra: dict | None = None, slug: str | None = None, reference: str | None = None,
-              objective: dict | None = None, overrides: dict | None = None) -> str:
+              objective: dict | None = None, overrides: dict | None = None, finished_at: str | None = None) -> str:
     """One finished run; returns its run id. `reference`: the run id of its untouched-base row.
 
     `objective`: the spec's `objective` section (sft runs have none); its name, and a distillation's loss mix,
@@ -51,7 +51,7 @@ def write_run(root: Path, experiment: str, *, method: str = "lora", seed: int = 
         error = {"type": "RuntimeError", "message": f"{method} broke on purpose"}
     result = store.make_result(spec, status=status, error=error, metrics=metrics, env=env or ENV,
                                started_at=f"2026-11-23T10:{seed:02d}:00+00:00",
-                               finished_at=f"2026-11-23T10:{seed:02d}:30+00:00")
+                               finished_at=finished_at or f"2026-11-23T10:{seed:02d}:30+00:00")
     directory = store.run_dir(experiment, run_id, root)
     directory.mkdir(parents=True)
     store.write_json_atomic(directory / "result.json", result)

@@ -137,6 +137,15 @@ def test_a_slug_rerun_under_other_settings_is_not_averaged_with_the_old_runs_as_
     assert lora["n_seeds"] == 2 and lora["eval_loss_mean"] == pytest.approx(2.025)
     intro = " ".join(_section(report, "Summary").paragraphs)
     assert "Left out: 2 runs of 1 configuration (lora-n100) made under earlier settings (differing in train.lr)" in intro
+    # the same spec and seed twice (its data's version changed, which the spec does not show): the newer counts
+    write_run(tmp_path, "rerun", method="ia3", slug="ia3-n100-s0", eval_loss=2.2, micro_batch=8,
+              overrides={"train": {"lr": 2e-3, "micro_batch": 4}}, finished_at="2026-11-23T11:00:00+00:00")
+    report = build("rerun", tmp_path)
+    ia3 = _row(report, "ia3-n100")
+    assert ia3["n_seeds"] == 1 and ia3["eval_loss_mean"] == pytest.approx(2.2)
+    intro = " ".join(_section(report, "Summary").paragraphs)
+    assert "Left out: 3 runs of 2 configurations (ia3-n100, lora-n100)" in intro
+    assert "ia3-n100: the same spec, with an older version of its data or of a run it read" in intro
     assert report.axes == ["method.name"]  # the left-out runs' lr does not make lr an axis
 
 

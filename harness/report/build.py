@@ -163,10 +163,13 @@ def superseded_note(superseded: dict) -> str:
     """One sentence on the runs of earlier settings that the report leaves out."""
     n = sum(count for count, _ in superseded.values())
     differ = sorted({c for _, cols in superseded.values() for c in cols})
+    same = sorted(config for config, (_, cols) in superseded.items() if not cols)
+    why = [f"differing in {', '.join(differ)}"] if differ else []
+    why += [f"{'all' if len(same) == len(superseded) else ', '.join(same)}: the same spec, with an older version "
+            "of its data or of a run it read"] if same else []
     return (f"Left out: {n} run{'s' * (n != 1)} of {len(superseded)} configuration{'s' * (len(superseded) != 1)} "
-            f"({', '.join(sorted(superseded))}) made under earlier settings"
-            + (f" (differing in {', '.join(differ)})" if differ else "")
-            + "; each configuration is reported at its newest settings. The older runs stay in the store (`ftbench ls`).")
+            f"({', '.join(sorted(superseded))}) made under earlier settings ({'; '.join(why)}); each "
+            "configuration is reported at its newest settings. The older runs stay in the store (`ftbench ls`).")
 
 
 def build(experiment: str, root: Path | None = None, price_per_hour: float = 2.0,

@@ -143,10 +143,13 @@ def latest_settings(df: pd.DataFrame) -> pd.DataFrame:
     keep = pd.Series(True, index=df.index)
     superseded = {}
     for config, group in df[~df["reference"]].groupby("config", sort=False):
-        if group["settings"].nunique() < 2:
-            continue
         newest = group.groupby("settings")["finished_at"].max().sort_values().index[-1]
-        old = group[group["settings"] != newest]
+        current = group[group["settings"] == newest].sort_values("finished_at", kind="stable")
+        # one spec, one seed, two runs: the data's version or a run it read changed (not in the spec)
+        current = current.drop_duplicates("seed", keep="last") if "seed" in current else current
+        old = group.drop(current.index)
+        if old.empty:
+            continue
         spec_cols = [c for c in group.columns if c.split(".")[0] in ("model", "data", "method", "train", "eval",
                                                                      "objective") and "." in c]
         differ = [c for c in spec_cols
