@@ -146,6 +146,13 @@ def test_a_slug_rerun_under_other_settings_is_not_averaged_with_the_old_runs_as_
     intro = " ".join(_section(report, "Summary").paragraphs)
     assert "Left out: 3 runs of 2 configurations (ia3-n100, lora-n100)" in intro
     assert "ia3-n100: the same spec, with an older version of its data or of a run it read" in intro
+    # the untouched base scored again (its data changed): its newer row is the one every run is measured against
+    same = {"train": {"lr": 2e-3, "micro_batch": 4}}
+    write_run(tmp_path, "rerun", method="none", slug="base-tiny", eval_loss=3.0, micro_batch=2, overrides=same)
+    write_run(tmp_path, "rerun", method="none", slug="base-tiny", eval_loss=3.5, micro_batch=8, overrides=same,
+              finished_at="2026-11-23T11:00:00+00:00")
+    base = _row(build("rerun", tmp_path), "base-tiny")
+    assert bool(base["reference"]) and base["n_seeds"] == 1 and base["eval_loss_mean"] == pytest.approx(3.5)
     assert report.axes == ["method.name"]  # the left-out runs' lr does not make lr an axis
 
 

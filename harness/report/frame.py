@@ -156,6 +156,13 @@ def latest_settings(df: pd.DataFrame) -> pd.DataFrame:
                   if group.groupby("settings")[c].agg(lambda v: str(v.iloc[0])).nunique() > 1]
         keep[old.index] = False
         superseded[config] = (len(old), differ)
+    # an experiment may need several untouched-base rows (one per data set); the same one twice is a rerun
+    refs = df[df["reference"]].sort_values("finished_at", kind="stable")
+    for config, group in refs.groupby("config", sort=False):
+        old = group[group.duplicated("settings", keep="last")]
+        if not old.empty:
+            keep[old.index] = False
+            superseded[config] = (len(old), [])
     out = df[keep].copy()
     out.attrs["superseded"] = superseded
     return out
