@@ -49,7 +49,10 @@ def cmd_run(args) -> int:
     specs = with_references(specs)  # the untouched base, scored once, when runs score tasks
     root = Path(args.results) if args.results else store.results_root()
     preflight.check(specs, file=str(path), root=root)
-    specs = with_reads(specs, file=str(path))
+    # the order comes from the ids the grid wrote (a `run:<run id>` names those), the ids from the runs read
+    settled = dict(zip((s.run_id for s in specs), with_reads(specs, file=str(path))))
+    order = [[settled[s.run_id] for s in phase] for phase in phases(specs, file=str(path))]
+    specs = list(settled.values())
     if args.dry_run:
         statuses = [store.status_of(store.run_dir(s.experiment, s.run_id, root)) for s in specs]
         console.print(_grid_table(specs, statuses))
@@ -60,7 +63,7 @@ def cmd_run(args) -> int:
         return 0
     executor = _executor(args, experiment, root)
     # reference rows first (the runs read their general_ppl for the forgetting figures), teachers before students
-    results = [r for phase in phases(specs, file=str(path))
+    results = [r for phase in order
                for r in executor.run(phase, plugins=experiment.plugins, experiment_dir=str(path.parent.resolve()))]
     console.print(runs_table(results, title=f"{experiment.name}: {len(results)} runs"))
     bad = [r for r in results if r is None or r["status"] != "ok"]
