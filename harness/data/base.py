@@ -76,6 +76,11 @@ class Splits:
     test: list[dict]
 
 
+def prompt_key(prompt) -> str:
+    """A prompt as compared across data sets: lower case, whitespace collapsed."""
+    return " ".join(str(prompt).lower().split())
+
+
 def split(records: list[dict], cfg) -> Splits:
     """Deterministic train/val/test split by `cfg.split_seed`, grouped by prompt text so the
     same question never sits on both sides (chatterbot repeats questions with other answers).

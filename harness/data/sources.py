@@ -23,7 +23,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from harness.data.base import Dataset, DataError, register
+from harness.data.base import Dataset, DataError, prompt_key, register
 from harness.data.chatterbot import Chatterbot
 
 #: chatterbot topic (file name) → domain; every topic not listed is "general"
@@ -39,10 +39,6 @@ def topic_domain(topic: str) -> str:
     return TOPIC_DOMAINS.get(topic, "general")
 
 
-def _prompt_key(prompt: str) -> str:
-    return " ".join(str(prompt).lower().split())
-
-
 class _ChatDomain(Dataset):
     """The chatterbot records whose topic belongs to `domain`, without the prompts that other domains
     ask too ("why?", "yes."): they say nothing of a domain, and would put one question on both sides of
@@ -54,9 +50,9 @@ class _ChatDomain(Dataset):
         chat = Chatterbot().records(cfg)
         domains: dict[str, set[str]] = {}
         for r in chat:
-            domains.setdefault(_prompt_key(r["prompt"]), set()).add(topic_domain(r["topic"]))
+            domains.setdefault(prompt_key(r["prompt"]), set()).add(topic_domain(r["topic"]))
         pairs = {(r["prompt"], r["response"]): r for r in chat
-                 if topic_domain(r["topic"]) == self.domain and len(domains[_prompt_key(r["prompt"])]) == 1}
+                 if topic_domain(r["topic"]) == self.domain and len(domains[prompt_key(r["prompt"])]) == 1}
         return list(pairs.values())
 
 

@@ -66,7 +66,6 @@ def pooled(metrics: dict, sources: list[str], prefix: str = "task_eval") -> tupl
 
 def collisions(train: list[dict], held_out: list[dict]) -> set[str]:
     """Prompts that a training set shares with a held-out set (whitespace and case ignored)."""
-    def key(rec):
-        return " ".join(str(rec["prompt"]).lower().split())
+    from harness.data.base import prompt_key
 
-    return {key(r) for r in train} & {key(r) for r in held_out}
+    return {prompt_key(r["prompt"]) for r in train} & {prompt_key(r["prompt"]) for r in held_out}

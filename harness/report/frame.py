@@ -142,6 +142,8 @@ def latest_settings(df: pd.DataFrame) -> pd.DataFrame:
         return df
     keep = pd.Series(True, index=df.index)
     superseded = {}
+    spec_cols = [c for c in df.columns if "." in c and c.split(".")[0] in ("model", "data", "method", "train", "eval",
+                                                                          "objective")]
     for config, group in df[~df["reference"]].groupby("config", sort=False):
         newest = group.groupby("settings")["finished_at"].max().sort_values().index[-1]
         current = group[group["settings"] == newest].sort_values("finished_at", kind="stable")
@@ -150,8 +152,6 @@ def latest_settings(df: pd.DataFrame) -> pd.DataFrame:
         old = group.drop(current.index)
         if old.empty:
             continue
-        spec_cols = [c for c in group.columns if c.split(".")[0] in ("model", "data", "method", "train", "eval",
-                                                                     "objective") and "." in c]
         differ = [c for c in spec_cols
                   if group.groupby("settings")[c].agg(lambda v: str(v.iloc[0])).nunique() > 1]
         keep[old.index] = False
