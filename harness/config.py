@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 from harness.errors import ConfigError, allowed, did_you_mean
 from harness.methods import METHODS
 from harness.methods.base import MethodCfg
-from harness.objectives.config import ObjectiveCfg
+from harness.objectives import DEFAULT, OBJECTIVES, ObjectiveOptions, default_options
 from harness.registry import UnknownName
 from harness.schema import Section, validate_section
 
@@ -103,9 +103,8 @@ SECTIONS: dict[str, type[Section]] = {
     "train": TrainCfg,
     "eval": EvalCfg,
     "tracking": TrackingCfg,
-    "objective": ObjectiveCfg,
 }
-RUN_KEYS = [*SECTIONS, "method", "seed"]
+RUN_KEYS = [*SECTIONS, "objective", "method", "seed"]
 
 
 class RunConfig(BaseModel):
@@ -118,7 +117,7 @@ class RunConfig(BaseModel):
     train: TrainCfg
     eval: EvalCfg
     tracking: TrackingCfg
-    objective: ObjectiveCfg = ObjectiveCfg()
+    objective: SerializeAsAny[ObjectiveOptions] = Field(default_factory=default_options)
     seed: int = 0
 
     def as_dict(self) -> dict:
@@ -175,6 +174,11 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
             sections[name] = validate_section(cls, data, file=file, prefix=f"{where}{name}")
         except ConfigError as exc:
             problems.extend(exc.problems)
+    try:
+        sections["objective"] = _build_objective(normalize("objective", raw.get("objective") or {}), file=file,
+                                                 field=f"{where}objective")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     method = None
     try:
         method = _build_method(normalize("method", raw.get("method") or {"name": "lora"}), file=file,
@@ -203,14 +207,37 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
     return RunConfig(model=model, method=method, seed=seed, **{k: v for k, v in sections.items() if k != "model"})
 
 
-def _with_in_domain_tasks(eval_cfg: EvalCfg, data: DataCfg, objective: ObjectiveCfg) -> EvalCfg:
+def _with_in_domain_tasks(eval_cfg: EvalCfg, data: DataCfg, objective: ObjectiveOptions) -> EvalCfg:
     """`eval.tasks` plus the `eval_task` of every source the run trains on (written out in the spec)."""
     from harness.data import DATASETS
 
-    trained = objective.sources() if objective.name in ("multitask", "continual") else [data.name]
+    trained = objective.sources() or [data.name]
     extra = [DATASETS.get(name).eval_task for name in trained if name in DATASETS]
     tasks = list(dict.fromkeys([*eval_cfg.tasks, *(t for t in extra if t)]))
     return eval_cfg.model_copy(update={"tasks": tasks})
+
+
+def _build_objective(data: Any, *, file: str, field: str) -> ObjectiveOptions:
+    """Validate the `objective:` section with the named objective's own options model."""
+    if not isinstance(data, dict):
+        raise ConfigError.one(file, field, f"must be an objective name or a mapping with `name`, but got {data!r}")
+    name = data.get("name", DEFAULT)
+    try:
+        cls = OBJECTIVES.get(name)
+    except UnknownName as exc:
+        raise ConfigError.one(file, f"{field}.name", str(exc)) from None
+    names = [n for n in cls.Options.model_fields if n != "name"]
+    for key in data:
+        if key not in cls.Options.model_fields:
+            users = [n for n in OBJECTIVES.names() if key in OBJECTIVES.get(n).Options.model_fields]
+            if users:
+                raise ConfigError.one(file, f"{field}.{key}", f"option `{key}` applies to objective "
+                                      f"{' or '.join(f'`{u}`' for u in users)}, not `{name}`")
+            raise ConfigError.one(
+                file, f"{field}.{key}",
+                f"option `{key}` does not belong to objective `{name}`.{did_you_mean(key, names)} "
+                + (allowed(names) if names else f"Objective `{name}` takes no options."))
+    return validate_section(cls.Options, data, file=file, prefix=field)
 
 
 def _build_method(data: Any, *, file: str, field: str) -> MethodCfg:

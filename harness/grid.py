@@ -270,20 +270,12 @@ def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[R
 
 
 def continual_stages(spec: RunSpec) -> list[RunSpec]:
-    """A `continual` run as one run per stage of its `sequence`: stage k trains on the k-th source,
-    starts from stage k−1 (`previous: run:<its slug>`) and shares the chain's slug; any other run as is."""
-    objective = spec.config.objective
-    if objective.name != "continual" or objective.stage is not None:
+    """A run whose objective has stages (continual learning) as one run per stage, each named by the
+    objective (`<slug>-stage<k>`); any other run as is."""
+    stages = spec.config.objective.build().stages(spec.config, spec.slug)
+    if stages is None:
         return [spec]
-    stages, previous = [], None
-    for k, source in enumerate(objective.sequence):
-        stage = objective.model_copy(update={"stage": k, "chain": spec.slug, "previous": previous})
-        config = spec.config.model_copy(update={"objective": stage,
-                                                "data": spec.config.data.model_copy(update={"name": source})})
-        slug = f"{spec.slug}-stage{k}"
-        stages.append(RunSpec(spec.experiment, f"{slug}-{spec_hash(config)}", slug, config, spec.varied))
-        previous = f"run:{slug}"
-    return stages
+    return [RunSpec(spec.experiment, f"{slug}-{spec_hash(config)}", slug, config, spec.varied) for slug, config in stages]
 
 
 def _drop_key(axis: Axis, key: str) -> Axis:
@@ -315,36 +307,21 @@ def spec_hash(config: RunConfig, reads: dict[str, str] | None = None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-_COVERED = {"method", "method.name", "method.r", "method.alpha", "data.n_train", "seed", "seeds", "objective",
-            "objective.architecture", "objective.strategy",
-            "objective.name"}
+_COVERED = {"method", "method.name", "method.r", "method.alpha", "data.n_train", "seed", "seeds", "objective"}
 
 
 def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
     """A readable name such as `lora-r8-a16-n256-s0`."""
     parts = [config.method.build().slug()]
-    objective = config.objective
-    if objective.name == "distill":  # `distill-every_2nd-kl-full-…`; `distill-ens2-…` for an ensemble
-        keep = objective.student.keep_layers if objective.student is not None else None
-        mix = "+".join(short for short, weight in (("kl", objective.losses.kl), ("feat", objective.losses.feature),
-                                                    ("rel", objective.losses.relation)) if weight > 0) or "ce"
-        who = (f"-ens{len(objective.teachers)}" if objective.teachers is not None else "" if keep is None
-               else f"-keep{len(keep)}" if isinstance(keep, list) else f"-{keep}")
-        parts.insert(0, f"distill{who}-{mix}" + ("-cached" if objective.cache_teacher else ""))
-    elif objective.name == "multitask":  # `mt_per_task-lora-…`, `mt_shared-equal-…`, `mt_shared-t2-…`
-        sampling = {"proportional": "", "equal": "-equal"}.get(objective.sampling, f"-t{objective.temperature:g}")
-        parts.insert(0, f"mt_{objective.architecture}{sampling}" + ("-extend" if objective.extend else ""))
-    elif objective.name == "continual":  # `cl_replay-lora-…`; the grid appends `-stage<k>`
-        parts.insert(0, f"cl_{objective.strategy}")
-    elif objective.name == "route":
-        parts.insert(0, "route")
-    elif objective.is_preference:  # `dpo-lora-…`, `dpo_ipo-lora-…`
-        loss = objective.loss_type if objective.name == "dpo" and objective.loss_type != "sigmoid" else ""
-        parts.insert(0, objective.name + (f"_{loss}" if loss else ""))
+    objective = config.objective.build()
+    prefix = objective.slug_prefix()
+    if prefix:
+        parts.insert(0, prefix)
+    covered = _COVERED | {f"objective.{option}" for option in ("name", *objective.slug_options)}
     if config.data.n_train:
         parts.append(f"n{config.data.n_train}")
     for key, value in varied.items():
-        if key in _COVERED:
+        if key in covered:
             continue
         last = key.split(".")[-1]
         if isinstance(value, bool):
@@ -375,7 +352,7 @@ def budget_confounds(specs: list[RunSpec]) -> list[str]:
     groups: dict[str, dict[str, dict[str, set]]] = {}
     for spec in specs:
         d = spec.config.as_dict()
-        per_method = groups.setdefault(spec.config.objective.name, {})
+        per_method = groups.setdefault(spec.config.objective.build().name, {})
         values = per_method.setdefault(spec.config.method.name, {})
         for key in BUDGET_KEYS:
             section, field_name = key.split(".")
@@ -392,8 +369,7 @@ def reference_config(config: RunConfig) -> RunConfig:
     method `none`, default training (it does not train), seed 0."""
     from harness.config import TrainCfg
     from harness.methods.base import MethodCfg
-
-    from harness.objectives.config import ObjectiveCfg
+    from harness.objectives import default_options
 
     none = MethodCfg(name="none", options=METHODS.get("none").Options())
     data = {"n_train": None}
@@ -401,7 +377,7 @@ def reference_config(config: RunConfig) -> RunConfig:
         data["name"] = config.eval.sources[0]
     if config.method.name == "none":  # prompt design (a system prompt, no training) is compared with the bare base
         data["system_prompt"] = None
-    return config.model_copy(update={"method": none, "seed": 0, "train": TrainCfg(), "objective": ObjectiveCfg(),
+    return config.model_copy(update={"method": none, "seed": 0, "train": TrainCfg(), "objective": default_options(),
                                      "data": config.data.model_copy(update=data)})
 
 
@@ -411,9 +387,9 @@ def run_in_grid(spec: RunSpec, specs: list[RunSpec], ref: str, field: str, file:
     Raises:
         ConfigError: the name matches several runs of the grid.
     """
-    from harness.objectives.config import TEACHER_RUN
+    from harness.objectives import RUN_REF
 
-    name = ref[len(TEACHER_RUN):]
+    name = ref[len(RUN_REF):]
     found = [s for s in specs if name in (s.run_id, s.slug)]
     if len(found) > 1:
         raise ConfigError.one(file, f"[{spec.slug}] objective.{field}",
@@ -446,15 +422,6 @@ def with_reads(specs: list[RunSpec], file: str = "") -> list[RunSpec]:
         return settled[spec.run_id]
 
     return [settle(spec) for spec in specs]
-
-
-def teacher_in_grid(spec: RunSpec, specs: list[RunSpec], file: str = "") -> RunSpec | None:
-    """The run of `specs` that `spec` distills from (`teacher: run:<slug or run id>`), if any."""
-    objective = spec.config.objective
-    if objective.name != "distill" or objective.teachers is not None:
-        return None
-    refs = objective.run_refs()
-    return run_in_grid(spec, specs, refs[0][1], refs[0][0], file) if refs else None
 
 
 def needs_in_grid(spec: RunSpec, specs: list[RunSpec], file: str = "") -> list[RunSpec]:

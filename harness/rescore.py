@@ -14,7 +14,8 @@ from pathlib import Path
 
 from harness import models, store
 from harness.config import RUN_KEYS, build_run_config
-from harness.objectives.runs import base_model_cfg, pin
+from harness.context import RunContext
+from harness.runrefs import RunRefs
 from harness.tasks.base import versions
 
 
@@ -50,8 +51,6 @@ def score_runs(experiment: str, *, root: Path | None, tasks: list[str] | None, l
         tasks: task names; None: each run's own `eval.tasks`.
         force: rescore even what is cached.
     """
-    from harness.run import RunContext
-
     summary = Summary()
     todo: dict[str, list] = {}  # model config → [(result, config, tasks)]
     for result in store.iter_results(experiment, root):
@@ -63,9 +62,10 @@ def score_runs(experiment: str, *, root: Path | None, tasks: list[str] | None, l
         shots = num_fewshot if tasks is not None else config.eval.num_fewshot
         need = list(wanted) if force else missing_tasks(result, wanted, lim, shots)
         if need:
-            pin(result["spec"].get("reads"))  # the runs this run read, not others under their slugs
+            # the runs this run read (its pinned `reads`), not others under their slugs
+            refs = RunRefs(root or store.results_root(), experiment, result["spec"].get("reads"))
             try:
-                base_cfg, why = base_model_cfg(config, root or store.results_root(), experiment)
+                base_cfg, why = refs.base_model_cfg(config)
             except ValueError as exc:  # a start run that is gone from the store
                 base_cfg, why = None, str(exc)
             if base_cfg is None:
@@ -76,7 +76,7 @@ def score_runs(experiment: str, *, root: Path | None, tasks: list[str] | None, l
     for group in todo.values():
         # the reference rows first (forgetting reads them), then one peft kind after another
         group.sort(key=lambda item: (item[1].method.name != "none", _peft_kind(item[1]) or "", item[0]["run_id"]))
-        _score_group(group, root, batch_size, summary, log, RunContext)
+        _score_group(group, root, batch_size, summary, log)
     return summary
 
 
@@ -116,7 +116,7 @@ def adapter_name(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", run_id)
 
 
-def _score_group(group, root, batch_size, summary: Summary, log, RunContext) -> None:
+def _score_group(group, root, batch_size, summary: Summary, log) -> None:
     from peft import PeftModel
 
     from harness.lmeval import score

@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,16 +19,6 @@ import yaml
 from harness import store
 from harness.config import RUN_KEYS, RunConfig, build_run_config
 from harness.plugins import import_plugins
-
-
-@dataclass
-class RunContext:
-    """What a method may need to know about the run it is part of."""
-
-    spec: RunConfig
-    run_dir: Path
-    device: str
-    total_steps: int
 
 
 def now() -> str:
@@ -74,9 +63,6 @@ def execute(run_dir: Path) -> dict:
     status, error, device, tracker = "ok", None, None, None
     try:
         import_plugins(raw.get("plugins") or [], base=raw.get("experiment_dir"))
-        from harness.objectives.runs import pin
-
-        pin(raw.get("reads"))
         spec = build_run_config({k: raw[k] for k in RUN_KEYS if k in raw},
                                 file=str(run_dir / "spec.yaml"))
         from harness import tracking
@@ -86,7 +72,7 @@ def execute(run_dir: Path) -> dict:
         from harness.recipe import train_and_measure
 
         reference = run_dir.parent / raw["reference"] if raw.get("reference") else None
-        device = train_and_measure(spec, run_dir, metrics, tracker, reference=reference)
+        device = train_and_measure(spec, run_dir, metrics, tracker, reference=reference, reads=raw.get("reads"))
     except Exception as exc:  # every failure is recorded and the sweep goes on
         status, error = classify(exc), error_record(exc)
         logging.getLogger("ftbench").error("run %s: %s", status, error["traceback_tail"])

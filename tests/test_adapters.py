@@ -244,7 +244,7 @@ def test_sweep_through_the_cli(tmp_path):
     reloading it onto the base model reproduces the recorded eval loss."""
     from harness.data.tokenize import make_collator
     from harness.evaluate import token_loss
-    from harness.recipe import _encoded, _records
+    from harness.context import RunContext
 
     base = tiny_base(method={"name": "adapter", "placement": "houlsby", "reduction_factor": 8},
                      train={"max_steps": 2})
@@ -265,6 +265,7 @@ def test_sweep_through_the_cli(tmp_path):
         assert result["slug"].startswith(spec.method.build().slug())
         model, tok = models.load(spec.model, "cpu")
         loaded = spec.method.build().load(model, run_dir / "adapter", None)
-        _, val = _encoded(spec, tok, *_records(spec))
+        objective, ctx = spec.objective.build(), RunContext(spec=spec, run_dir=run_dir, device="cpu", total_steps=2)
+        _, val = objective.encode(ctx, tok, *objective.records(ctx, {}))
         loss, _ = token_loss(loaded, val, make_collator(tok, spec.train.packing), spec.eval.batch_size, "cpu")
         assert loss == pytest.approx(m["eval_loss"], rel=1e-6)

@@ -10,7 +10,7 @@ from harness.config import build_run_config
 from harness.measure import count_params
 from harness.methods import METHODS, Method, register
 from harness.registry import UnknownName
-from harness.run import RunContext
+from harness.context import RunContext
 
 BUILT_IN = [n for n in METHODS.names() if METHODS.get(n).__module__.startswith("harness.methods.")]
 

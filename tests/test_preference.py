@@ -76,18 +76,19 @@ def test_dpo_with_lora_learns_its_pairs_against_the_base_without_a_second_model(
     from harness.data.tokenize import encode_all, make_collator
     from harness.measure import count_params
     from harness.objectives import preference
-    from harness.recipe import _records
-    from harness.run import RunContext
+    from harness.context import RunContext
     from harness.train import build_trainer, training_args
 
     spec = build_run_config({**tiny_base(objective="dpo", data=PREFS), "train": {
         "max_steps": 12, "micro_batch": 4, "lr": 5.0e-3, "seq_len": 64, "packing": False}}, file="t")
     base, tokenizer = models.load(spec.model, "cpu")
     base_params = count_params(base)[1]
-    model = spec.method.build().apply(base, RunContext(spec=spec, run_dir=tmp_path, device="cpu", total_steps=12))
+    ctx = RunContext(spec=spec, run_dir=tmp_path, device="cpu", total_steps=12)
+    model = spec.method.build().apply(base, ctx)
     adapter = count_params(model)[0]
-    train, val = _records(spec)
-    trainer_cls, args_cls, options, dataset = preference.trainer_parts(spec.objective, tokenizer, train, spec.data, 64)
+    objective = spec.objective.build()
+    train, val = objective.records(ctx, {})
+    trainer_cls, args_cls, options, dataset = objective.trl_parts(tokenizer, train, spec.data, 64)
     args = training_args(spec.train, out_dir=tmp_path, seed=0, device="cpu", packing=False, args_cls=args_cls,
                          bf16=False, gradient_checkpointing=False, **options)
     trainer = build_trainer(model, args, dataset, None, callbacks=[], trainer_cls=trainer_cls, processing_class=tokenizer)
@@ -138,7 +139,7 @@ def test_sft_then_dpo_and_kto_chain_through_the_store(tmp_path):
         assert abs(results[slug]["metrics"]["eval_loss"] - sft["metrics"]["eval_loss"]) < 0.25 * gap, slug
     # `ftbench eval` and later stages rebuild a DPO run on its start model, not on the raw base
     from harness.config import RUN_KEYS
-    from harness.objectives.runs import base_model_cfg
+    from harness.runrefs import base_model_cfg
 
     dpo = results["dpo-lora-r4-a8-n16-s0"]
     config = build_run_config({k: v for k, v in dpo["spec"].items() if k in RUN_KEYS}, file="t")

@@ -15,10 +15,8 @@ def source_cfg(data_cfg, name: str):
 
 
 @lru_cache(maxsize=32)
-def _records(name: str, cfg_json: str) -> tuple:
-    from harness.config import DataCfg
-
-    return tuple(DATASETS.get(name)().records(DataCfg.model_validate_json(cfg_json)))
+def _records(name: str, cfg_json: str, cfg_type: type) -> tuple:
+    return tuple(DATASETS.get(name)().records(cfg_type.model_validate_json(cfg_json)))
 
 
 def source_splits(data_cfg, name: str) -> Splits:
@@ -28,7 +26,7 @@ def source_splits(data_cfg, name: str) -> Splits:
         DataError: too few records for the split.
     """
     cfg = source_cfg(data_cfg, name)
-    return split(list(_records(name, cfg.model_dump_json())), cfg)
+    return split(list(_records(name, cfg.model_dump_json(), type(cfg))), cfg)
 
 
 def source_train(data_cfg, name: str, n_train: int | None, seed: int) -> list[dict]:

@@ -1,5 +1,6 @@
-"""The preference objectives through TRL: `dpo` (DPOTrainer) and `kto` (KTOTrainer, the pairs
-unpaired into desirable and undesirable answers). The reference model is TRL's: for a peft method,
+"""What the preference objectives share (`dpo`, `kto`, `orpo`, each in its own module): their options
+(`beta`, `start`), their checks, the pairs as TRL rows, and their figures. For DPO and KTO the
+reference model is TRL's: for a peft method,
 a frozen copy of the fresh adapter (so the base itself: no second model in memory); for full or
 partial fine-tuning, a frozen copy of the starting model.
 
@@ -10,11 +11,14 @@ difference) and `kl_to_ref` (per-token KL(π ‖ π_ref) on the chosen answers).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import ClassVar
 
 import torch
+from pydantic import Field, field_validator
 
 from harness.data.tokenize import answer_text, encode, make_collator, prompt_text
 from harness.evaluate import eval_batches
+from harness.objectives.base import Objective, ObjectiveOptions, check_run_ref
 
 #: training pairs scored for `pref_accuracy_train` (enough for a stable share, cheap on a CPU)
 TRAIN_PAIRS_SCORED = 64
@@ -29,25 +33,97 @@ def completion_text(tokenizer, prompt: str, response: str, cfg) -> str:
     return answer.rstrip() if eos and answer.rstrip().endswith(eos) else answer
 
 
-def trainer_parts(objective, tokenizer, records: list[dict], data_cfg, seq_len: int):
-    """(Trainer class, its args class, the args' objective options, the training Dataset) for TRL."""
-    from datasets import Dataset
+class PreferenceOptions(ObjectiveOptions):
+    """Options every preference objective has."""
 
-    def text(rec, answer):
-        return completion_text(tokenizer, rec["prompt"], answer, data_cfg)
+    beta: float = Field(0.1, gt=0, description="strength of the preference term (dpo/kto: the pull toward the "
+                                               "reference model; orpo: λ, the odds-ratio term's weight)")
+    start: str | None = Field(None, description="`run:<run id or slug>`, a finished SFT run whose fine-tuned "
+                                                "weights are the starting point (and, for dpo/kto, the reference)")
+    ref_fields: ClassVar[tuple[str, ...]] = ("start",)
 
-    if objective.name == "dpo":
-        from trl import DPOConfig, DPOTrainer
+    @field_validator("start")
+    @classmethod
+    def _start_is_a_run(cls, value):
+        check_run_ref("start", value)
+        return value
 
-        rows = [{"prompt": prompt_text(tokenizer, r["prompt"], data_cfg), "chosen": text(r, r["response"]),
-                 "rejected": text(r, r["rejected"])} for r in records]
-        options = {"beta": objective.beta, "loss_type": [objective.loss_type], "max_length": seq_len}
-        return DPOTrainer, DPOConfig, options, Dataset.from_list(rows)
-    from trl import KTOConfig, KTOTrainer
 
-    rows = [{"prompt": prompt_text(tokenizer, r["prompt"], data_cfg), "completion": text(r, answer), "label": good}
-            for r in records for answer, good in ((r["response"], True), (r["rejected"], False))]
-    return KTOTrainer, KTOConfig, {"beta": objective.beta, "max_length": seq_len}, Dataset.from_list(rows)
+class PreferenceObjective(Objective):
+    """Learning from (prompt, chosen, rejected) pairs, optionally from a finished SFT run's weights.
+    Subclasses supply `trl_parts` (or override `trainer_parts`)."""
+
+    report_sections = ("preference",)
+    metrics = ("pref_accuracy", "pref_accuracy_train", "reward_margin", "eval_loss")
+
+    def slug_prefix(self) -> str | None:
+        return self.name
+
+    def start_ref(self, config) -> str | None:
+        return self.options.start
+
+    def check(self, spec, plan) -> list[tuple[str, str, str]]:
+        """A method TRL can wrap (with a frozen reference), preference pairs to learn from, and a
+        `start` run that exists (in the grid, or finished `ok` with weights on a full-precision base)."""
+        from harness.data import DATASETS
+        from harness.errors import allowed
+        from harness.methods import METHODS
+
+        cfg, problems = spec.config, []
+        if cfg.method.cls.preference_reference is None:  # the methods that score pairs as TRL's trainers do
+            wrappable = [name for name in METHODS.names() if METHODS.get(name).preference_reference is not None]
+            problems.append(plan.problem(spec, "method", f"objective `{self.name}` cannot wrap method "
+                                         f"`{cfg.method.name}` for pair training (TRL's trainers and the "
+                                         f"reference models need it); {allowed(wrappable)}"))
+        dataset = DATASETS.get(cfg.data.name) if cfg.data.name in DATASETS else None
+        if dataset is not None and not dataset.pairs:
+            pairs = [name for name in DATASETS.names() if DATASETS.get(name).pairs]
+            problems.append(plan.problem(spec, "data.name", f"objective `{self.name}` learns from preference pairs "
+                                         f"(prompt, chosen, rejected); `{cfg.data.name}` has none. {allowed(pairs)}"))
+        if self.options.start:
+            problems.extend(self._check_start(spec, plan))
+        return problems
+
+    def _check_start(self, spec, plan) -> list[tuple[str, str, str]]:
+        """The `start` run can become a plain model: a full, freeze or mergeable-adapter run on a
+        full-precision base (a full-model method's only with save_weights: all)."""
+        ref = self.options.start
+        _, start, found = plan.resolve(spec, ref, "start")
+        if start is None:
+            return found
+        kind = start.method.cls  # a plain model comes back from a merge, a full copy or trained weights in place
+        if start.model.load_in_4bit or not (kind.merges or kind.saves_full_model or kind.stack_role == "weights"):
+            return [plan.problem(spec, "objective.start", f"`{ref}` trained `{start.method.name}`"
+                                 f"{' on a 4-bit base' if start.model.load_in_4bit else ''}, whose weights cannot "
+                                 "become a plain model to start from; start from a full, freeze or mergeable-adapter "
+                                 "run (lora, dora, …) on a full-precision base")]
+        if kind.saves_full_model and start.train.save_weights != "all":
+            return [plan.problem(spec, "objective.start", f"`{ref}` keeps no full model: give it train.save_weights: all")]
+        return []
+
+    def trl_parts(self, tokenizer, records: list[dict], data_cfg, seq_len: int):
+        """(TRL Trainer class, its args class, the args' objective options, the training Dataset)."""
+        raise NotImplementedError
+
+    def trainer_parts(self, model, tokenizer, ctx, train_set, train_records, collator, metrics) -> dict:
+        spec = ctx.spec
+        trainer_cls, args_cls, options, rows = self.trl_parts(tokenizer, train_records, spec.data, spec.train.seq_len)
+        # TRL defaults to checkpointing and bf16 autocast; the run's settings and dtype decide here
+        return {"trainer_cls": trainer_cls, "processing_class": tokenizer, "args_cls": args_cls,
+                "args": {"bf16": False, "gradient_checkpointing": spec.train.gradient_checkpointing, **options},
+                "train_set": rows, "collator": None, "packing": False}  # TRL pads its own pair batches
+
+    def after_training(self, trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator,
+                       metrics) -> None:
+        metrics.update(figures(trainer, tokenizer, train_records, val_records, ctx.spec, ctx.device))
+        drop_reference(model)
+
+
+def trl_rows(tokenizer, records: list[dict], data_cfg) -> list[dict]:
+    """The pairs as TRL's (prompt, chosen, rejected) rows, each answer as the model must write it."""
+    return [{"prompt": prompt_text(tokenizer, r["prompt"], data_cfg),
+             "chosen": completion_text(tokenizer, r["prompt"], r["response"], data_cfg),
+             "rejected": completion_text(tokenizer, r["prompt"], r["rejected"], data_cfg)} for r in records]
 
 
 @contextmanager

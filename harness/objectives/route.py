@@ -8,20 +8,38 @@ one adapter for everything.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import ClassVar, Literal
 
+from pydantic import Field, model_validator
+
+from harness.objectives.base import Objective, ObjectiveOptions, check_run_ref, register
 from harness.objectives.domains import source_cfg, source_splits, source_train
 
 
-def _load_adapters(base, refs: dict[str, str], root: Path, experiment: str):
+class RouteOptions(ObjectiveOptions):
+    """A router over finished single-domain adapter runs (method `none`: nothing else trains)."""
+
+    name: Literal["route"] = "route"
+    adapters: dict[str, str] | None = Field(None, description="{source: run:<slug>} one adapter per domain")
+    shared: str | None = Field(None, description="`run:<slug>`, a single adapter for every domain to compare")
+    ref_fields: ClassVar[tuple[str, ...]] = ("adapters", "shared")
+
+    @model_validator(mode="after")
+    def _two_adapters(self):
+        if not self.adapters or len(self.adapters) < 2:
+            raise ValueError("objective `route` needs `adapters`: at least 2 {source: run:<slug>} entries")
+        for field, ref in [("shared", self.shared), *((f"adapters.{k}", v) for k, v in self.adapters.items())]:
+            check_run_ref(field, ref)
+        return self
+
+
+def _load_adapters(base, named: dict[str, str], refs):
     """The base model with each run's adapter loaded under its key."""
     from peft import PeftModel
 
-    from harness.objectives.runs import finished_run
-
     model = None
-    for name, ref in refs.items():
-        _, directory, _, why = finished_run(ref, root, experiment)
+    for name, ref in named.items():
+        _, directory, _, why = refs.finished(ref)
         if directory is None:
             raise ValueError(why)
         path = str(directory / "adapter")
@@ -45,14 +63,14 @@ def _weighted(parts: list[tuple[float, int]]) -> tuple[float, int]:
     return sum(loss * n for loss, n in parts) / tokens, tokens
 
 
-def run(spec, run_dir: Path, metrics: dict, device: str) -> None:
+def run(spec, refs, metrics: dict, device: str) -> None:
     """Train the router, score routed / oracle / shared inference; fill `metrics`."""
     from harness import models
     from harness.data.tokenize import encode_all, make_collator, prompt_text
     from harness.evaluate import perplexity
     from harness.objectives.router import pooled_features, train_router
 
-    objective, root, experiment = spec.objective, run_dir.parent.parent, run_dir.parent.name
+    objective = spec.objective
     domains = list(objective.adapters)
     base, tokenizer = models.load(spec.model, device)
     texts = {d: [prompt_text(tokenizer, r["prompt"], source_cfg(spec.data, d))
@@ -60,8 +78,8 @@ def run(spec, run_dir: Path, metrics: dict, device: str) -> None:
     router = train_router(base, tokenizer, texts, spec.eval.batch_size, device, seed=spec.seed)
     metrics["router_acc_train"] = router.train_accuracy
 
-    refs = dict(objective.adapters) | ({"__shared__": objective.shared} if objective.shared else {})
-    model = _load_adapters(base, refs, root, experiment)
+    named = dict(objective.adapters) | ({"__shared__": objective.shared} if objective.shared else {})
+    model = _load_adapters(base, named, refs)
     collator = make_collator(tokenizer, spec.train.packing)
     right = total = 0
     totals: dict[str, list] = {"routed": [], "oracle": [], "shared": []}
@@ -95,3 +113,51 @@ def run(spec, run_dir: Path, metrics: dict, device: str) -> None:
     loss, tokens = _weighted(totals["routed"])
     metrics.update(eval_loss=loss, eval_ppl=perplexity(loss), eval_tokens=tokens, trainable_params=0)
 
+
+
+class Route(Objective):
+    """Trains only a router that picks, per input, one of several finished adapter runs."""
+
+    name = "route"
+    Options = RouteOptions
+    description = "routing: a classifier picks one finished adapter run per input (method `none`)"
+    report_sections = ("routing",)
+    metrics = ("router_acc", "router_acc_train", "eval_loss")
+    fine_tunes = False
+
+    def slug_prefix(self) -> str:
+        return "route"
+
+    def source_fields(self) -> list[tuple[str, str]]:
+        return [(f"adapters.{name}", name) for name in self.options.adapters]
+
+    def single_model(self, config) -> str | None:
+        return "a route run picks other runs' adapters per input; score those runs"
+
+    def check(self, spec, plan) -> list[tuple[str, str, str]]:
+        """Method `none`; each adapter (and `shared`) is a single-adapter peft run on the route's base model."""
+        from harness.methods.peft_base import PeftMethod
+
+        problems = []
+        if spec.config.method.name != "none":
+            problems.append(plan.problem(spec, "method", "objective `route` trains only its router over finished "
+                                         "runs' adapters: use method `none`"))
+        for field, ref in self.options.run_refs():
+            _, config, found = plan.resolve(spec, ref, field)
+            where = f"objective.{field}"
+            if config is None:
+                problems.extend(found)
+            elif not issubclass(config.method.cls, PeftMethod) or config.model != spec.config.model:
+                problems.append(plan.problem(spec, where, f"`{ref}` must be a peft adapter run on model "
+                                             f"`{spec.config.model.name}` (it trained `{config.method.name}` on "
+                                             f"`{config.model.name}`)"))
+            elif (why := config.objective.build().single_model(config)) is not None:
+                problems.append(plan.problem(spec, where, f"`{ref}` is not one adapter ({why}); route between single "
+                                             "adapters (a single-task run or a `shared` multitask run)"))
+        return problems
+
+    def run(self, ctx, metrics: dict) -> None:
+        run(ctx.spec, ctx.refs, metrics, ctx.device)
+
+
+register(Route)

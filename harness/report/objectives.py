@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pandas as pd
 
-from harness.objectives.config import PREFERENCE as PREFERENCE_NAMES
-from harness.objectives.config import LossWeights
+from harness.objectives import sections_of
+from harness.objectives.distill import LossWeights
 from harness.report import figures
 from harness.report.build import Cell, Section, Table, _cell, _missing
 from harness.report.findings import _seeds, significance
 from harness.report.frame import COSTS, DISTILL, PREFERENCE, QUALITY, Metric, best_rows, ok_runs, summarize
 
-PREFERENCE_OBJECTIVES = PREFERENCE_NAMES
+PREFERENCE_OBJECTIVES = tuple(sections_of("preference"))
 #: spec columns a section's rows carry from their first run (summarize keeps them beside the means)
 SPEC_COLUMNS = ["method.name", "objective.name", "objective.teacher", "objective.teachers", "objective.beta",
                 "objective.loss_type", "objective.start", "objective.cache_teacher", *(f"objective.losses.{k}" for k in LossWeights.model_fields)]

@@ -1,0 +1,224 @@
+"""The objective interface and its registry: each objective is one module that registers itself.
+
+An objective decides what a run trains toward (SFT cross-entropy, distillation, DPO, …). The sweep
+and the recipe never ask which objective they have: they call the hooks below, whose defaults are
+plain supervised fine-tuning. A module `harness/objectives/<name>.py` holds an `Options` model (its
+own YAML options, `extra="forbid"`) and an `Objective` subclass, and ends with `register(...)`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field
+
+from harness.registry import Registry
+from harness.schema import Section
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.context import RunContext
+
+#: `teacher: run:<run id or slug>`, `start: run:<…>`: a finished run of the store (or of the grid)
+RUN_REF = "run:"
+#: the objective of a run that names none
+DEFAULT = "sft"
+
+
+class ObjectiveOptions(Section):
+    """The `objective:` section of a run; each objective subclasses it with its own options."""
+
+    name: str = Field(DEFAULT, description="the registered objective")
+
+    #: options added after runs were stored: left out of the run spec while at this default, so the
+    #: runs stored before them keep their run ids
+    late: ClassVar[dict[str, Any]] = {}
+    #: the options that name a finished run (`run:<…>`), as (field, value) pairs by `run_refs`
+    ref_fields: ClassVar[tuple[str, ...]] = ()
+
+    def sources(self) -> list[str]:
+        """The data sources the run trains on, beyond `data.name` (a multitask mixture, a sequence)."""
+        return []
+
+    def run_refs(self) -> list[tuple[str, str]]:
+        """(field, `run:<name>`) for every finished run this objective reads (teachers, start point …)."""
+        refs = []
+        for field in self.ref_fields:
+            value = getattr(self, field)
+            if isinstance(value, dict):
+                refs += [(f"{field}.{k}", v) for k, v in value.items()]
+            elif value is not None:
+                refs.append((field, value))
+        return [(field, ref) for field, ref in refs if isinstance(ref, str) and ref.startswith(RUN_REF)]
+
+    def as_dict(self) -> dict:
+        """The run-spec form: the name and every option (late ones only when set)."""
+        dumped = self.model_dump()
+        return {"name": self.name, **{k: v for k, v in dumped.items()
+                                      if k != "name" and not (k in self.late and v == self.late[k])}}
+
+    @property
+    def is_default(self) -> bool:
+        return self.name == DEFAULT
+
+    def build(self) -> "Objective":
+        return OBJECTIVES.get(self.name)(self)
+
+
+def check_run_ref(field: str, value: str | None) -> None:
+    """A field that names a finished run must be `run:<run id or slug>`.
+
+    Raises:
+        ValueError: it is something else.
+    """
+    if value is not None and not value.startswith(RUN_REF):
+        raise ValueError(f"`{field}` names a finished run of the store: `{RUN_REF}<run id or slug>`, not `{value}`")
+
+
+class Objective:
+    """What a run trains toward. Hooks default to supervised fine-tuning on `data`.
+
+    Subclasses set `name`, `Options`, `description`, and override the hooks they need. An instance
+    lives for one run (or one preflight check) and may keep state between hooks (a teacher model).
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[ObjectiveOptions]] = ObjectiveOptions
+    description: ClassVar[str] = ""
+    #: report sections (`harness/report/sections`) that show this objective's runs
+    report_sections: ClassVar[tuple[str, ...]] = ()
+    #: metric keys (declared in `harness.metrics`) every `ok` run of this objective records, non-null
+    metrics: ClassVar[tuple[str, ...]] = ()
+    #: options its `slug_prefix` already shows (a grid axis over them adds nothing to the slug)
+    slug_options: ClassVar[tuple[str, ...]] = ()
+    #: False: the run trains nothing itself (a router over finished runs): `run` replaces the recipe
+    fine_tunes: ClassVar[bool] = True
+
+    def __init__(self, options: ObjectiveOptions):
+        self.options = options
+
+    # --- the plan (pure: no torch, no model) -----------------------------------------------------
+
+    def slug_prefix(self) -> str | None:
+        """What a run's readable name starts with (`dpo`, `distill-kl`, …); None: the method's name."""
+        return None
+
+    def stages(self, config, slug: str) -> list[tuple[str, Any]] | None:
+        """One run per stage (continual learning): [(stage slug, its RunConfig)], or None for one run."""
+        return None
+
+    def source_fields(self) -> list[tuple[str, str]]:
+        """(field under `objective.`, source name) for every data source this objective names."""
+        return []
+
+    def check(self, spec, plan) -> list[tuple[str, str, str]]:
+        """Problems only the plan shows (models, runs read, method fit), as (file, field, message).
+
+        Args:
+            spec: the grid point (`RunSpec`).
+            plan: a `harness.preflight.PlanChecks` (resolves `run:` references, reads model configs).
+        """
+        return []
+
+    def start_ref(self, config) -> str | None:
+        """The `run:` whose merged weights are this run's base model (None: `model` as loaded)."""
+        return None
+
+    def single_model(self, config) -> str | None:
+        """Why a run of this objective cannot be rebuilt as one model from `model` + its saved
+        weights (for rescoring and as a teacher), or None when it can."""
+        return None
+
+    # --- the run (in its own process) ---------------------------------------------------------------
+
+    def run(self, ctx: "RunContext", metrics: dict) -> None:
+        """The whole run, when `fine_tunes` is False."""
+        raise NotImplementedError
+
+    def load(self, ctx: "RunContext"):
+        """(model, tokenizer) to apply the method to: the run's `model`, or the merged weights of the
+        run it starts from."""
+        from harness import models
+
+        start = self.start_ref(ctx.spec)
+        if start:
+            folder = ctx.refs.model_folder(start)
+            return models.load(ctx.spec.model.model_copy(update={"name": str(folder)}), ctx.device)
+        return models.load(ctx.spec.model, ctx.device)
+
+    def records(self, ctx: "RunContext", metrics: dict) -> tuple[list, list[dict]]:
+        """(training records, validation records) of the run's data."""
+        from harness.data import DATASETS
+        from harness.data.base import split, train_subset
+
+        spec = ctx.spec
+        splits = split(DATASETS.get(spec.data.name)().records(spec.data), spec.data)
+        return train_subset(splits.train_pool, spec.data.n_train, spec.seed), splits.val
+
+    def encode(self, ctx: "RunContext", tokenizer, train_records: list, val_records: list[dict]):
+        """(train set, validation set) tokenized with response-only labels."""
+        from harness.data.tokenize import encode_all
+
+        spec = ctx.spec
+        return (encode_all(tokenizer, train_records, spec.data, spec.train.seq_len),
+                encode_all(tokenizer, val_records, spec.data, spec.train.seq_len))
+
+    def after_method(self, model, tokenizer, ctx: "RunContext"):
+        """Objective weights on the applied method (task adapters, a previous stage's adapter).
+        Returns `activate(task)` when the model switches adapters per task, else None."""
+        return None
+
+    def before_training(self, model, tokenizer, ctx: "RunContext", val_set: list[dict], collator,
+                        prompts: list[str], metrics: dict) -> None:
+        """Figures taken before training (a teacher's, a stage's starting scores)."""
+
+    def trainer_parts(self, model, tokenizer, ctx: "RunContext", train_set: list[dict], train_records: list,
+                      collator, metrics: dict) -> dict:
+        """What `_train` passes on: `trainer_cls` and its keyword arguments, and optionally
+        `args_cls`/`args` (TrainingArguments class and extra arguments), `train_set` and `collator`
+        replacing the recipe's, `packing` False for trainers that pad their own batches."""
+        return {}
+
+    def after_training(self, trainer, model, tokenizer, ctx: "RunContext", train_records: list,
+                       val_records: list[dict], val_set: list[dict], collator, metrics: dict) -> None:
+        """Figures of the trained model that only this objective measures (before the common evaluation)."""
+
+    def trained_sources(self, ctx: "RunContext") -> list[str]:
+        """The sources whose validation splits are scored as trained-on (a mixture's tasks, a sequence)."""
+        return self.options.sources()
+
+    def scored_sources(self, ctx: "RunContext") -> list[str]:
+        """The sources whose validation splits the run scores: `eval.sources`, then what it trained on."""
+        return list(dict.fromkeys([*ctx.spec.eval.sources, *self.trained_sources(ctx)]))
+
+    def finish(self, metrics: dict) -> None:
+        """Figures derived from the others once every figure is in (a student's share of its teacher)."""
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    """Register an objective class under its `name`; its Options' `name` defaults to the same.
+
+    Raises:
+        ValueError: the name is taken, or the Options name another objective.
+    """
+    if cls.Options.model_fields["name"].default != cls.name:
+        raise ValueError(f"objective `{cls.name}`: its Options must declare `name: Literal[{cls.name!r}] = {cls.name!r}`")
+    OBJECTIVES.register(cls.name, cls)
+    return cls
+
+
+def objective_of(config) -> Objective:
+    """The objective of a RunConfig, ready to call."""
+    return config.objective.build()
+
+
+def default_options() -> ObjectiveOptions:
+    """The options of a run that names no objective."""
+    return OBJECTIVES.get(DEFAULT).Options()
+
+
+def sections_of(section: str) -> list[str]:
+    """The objectives whose runs a report section shows."""
+    return [n for n in OBJECTIVES.names() if section in OBJECTIVES.get(n).report_sections]

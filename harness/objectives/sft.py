@@ -1,0 +1,20 @@
+"""Objective `sft` (the default): cross-entropy on the responses of `data`, nothing else."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from harness.objectives.base import Objective, ObjectiveOptions, register
+
+
+class SftOptions(ObjectiveOptions):
+    name: Literal["sft"] = "sft"
+
+
+class Sft(Objective):
+    name = "sft"
+    Options = SftOptions
+    description = "supervised fine-tuning: cross-entropy on the responses (the recipe's defaults)"
+
+
+register(Sft)
