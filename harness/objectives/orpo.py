@@ -1,0 +1,115 @@
+"""Objective `orpo` (Hong et al. 2024, "ORPO: Monolithic Preference Optimization without Reference
+Model"): the SFT loss on the chosen answer plus λ · −log σ(log-odds(chosen) − log-odds(rejected)),
+where log-odds(y|x) = log P − log(1 − P) and P = exp(mean token log-probability of y). No reference
+model: one model in memory, one forward per pair batch (chosen and rejected rows together).
+
+Figures on the held-out pairs, in log-odds: `pref_accuracy` (share of pairs whose chosen answer has
+the higher log-odds), `reward_margin` (mean log-odds difference), `pref_accuracy_train` on up to 64
+training pairs; `eval_loss` is the loss on the chosen answers, as for DPO.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from harness.objectives.base import register
+from harness.objectives.preference import (TRAIN_PAIRS_SCORED, PreferenceObjective, PreferenceOptions,
+                                           answer_scores, encode_pairs, pair_figures)
+
+
+class OrpoOptions(PreferenceOptions):
+    name: Literal["orpo"] = "orpo"
+
+
+def log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
+    """log(P / (1 − P)) for P = exp(mean_logp), stable as P → 1."""
+    return mean_logp - torch.log1p(-torch.exp(mean_logp).clamp(max=1 - 1e-6))
+
+
+def orpo_loss(logits: torch.Tensor, labels: torch.Tensor, strength: float) -> tuple[torch.Tensor, dict]:
+    """(loss, figures) of a pair batch whose first half of rows are the chosen answers and second half
+    the rejected ones, in the same order. The SFT part is the token-mean NLL of the chosen answers."""
+    target = labels[:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), target, ignore_index=-100, reduction="none")
+    mask = target != -100
+    sums, counts = (nll * mask).sum(-1), mask.sum(-1)
+    half = len(sums) // 2
+    mean_logp = -sums / counts.clamp_min(1)
+    ratio = log_odds(mean_logp[:half]) - log_odds(mean_logp[half:])
+    sft = sums[:half].sum() / counts[:half].sum().clamp_min(1)
+    odds_ratio = -F.logsigmoid(ratio).mean()
+    return sft + strength * odds_ratio, {"orpo_sft_loss": float(sft.detach()),
+                                         "orpo_odds_ratio_loss": float(odds_ratio.detach())}
+
+
+class PairCollator:
+    """Pads a micro-batch of pairs as one batch: every chosen answer, then every rejected one."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, pairs: list[dict]) -> dict:
+        return self.inner([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+
+
+class OrpoTrainer(Trainer):
+    """ORPO's loss on pair batches (see `orpo_loss`)."""
+
+    def __init__(self, *args, strength: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.strength = strength
+        self.figures: dict = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        outputs = model(**inputs, use_cache=False)
+        # prompt-learning methods prepend virtual tokens: the answer positions are the last ones
+        loss, self.figures = orpo_loss(outputs.logits[:, -labels.size(1):], labels, self.strength)
+        return (loss, outputs) if return_outputs else loss
+
+
+def pair_log_odds(model, chosen: list[dict], rejected: list[dict], collator, batch_size: int, device: str):
+    """Log-odds of each chosen and each rejected answer under `model`."""
+    def side(examples):
+        sums, _ = answer_scores(model, examples, collator, batch_size, device)
+        counts = torch.tensor([max(1, sum(1 for label in e["labels"][1:] if label != -100)) for e in examples])
+        return log_odds(sums / counts)
+
+    return side(chosen), side(rejected)
+
+
+class Orpo(PreferenceObjective):
+    name = "orpo"
+    Options = OrpoOptions
+    description = "odds-ratio preference optimisation: SFT on chosen + λ·odds-ratio term, no reference model"
+
+    def trainer_parts(self, model, tokenizer, ctx, train_set, train_records, collator, metrics) -> dict:
+        from harness.data.tokenize import make_collator
+
+        spec = ctx.spec
+        chosen, rejected = encode_pairs(tokenizer, train_records, spec.data, spec.train.seq_len)
+        if not chosen:
+            raise ValueError(f"no preference pair keeps both answers after truncation to seq_len={spec.train.seq_len}")
+        return {"trainer_cls": OrpoTrainer, "strength": self.options.beta, "packing": False,
+                "train_set": [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)],
+                "collator": PairCollator(make_collator(tokenizer, packing=False))}
+
+    def after_training(self, trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator,
+                       metrics) -> None:
+        from harness.data.tokenize import make_collator
+
+        spec, padded = ctx.spec, make_collator(tokenizer, packing=False)  # one row per answer
+        model.eval()
+        with torch.no_grad():
+            held_out = pair_log_odds(model, *encode_pairs(tokenizer, val_records, spec.data, spec.train.seq_len),
+                                     padded, spec.eval.batch_size, ctx.device)
+            train = pair_log_odds(model, *encode_pairs(tokenizer, train_records[:TRAIN_PAIRS_SCORED], spec.data,
+                                                       spec.train.seq_len), padded, spec.eval.batch_size, ctx.device)
+        metrics.update(pair_figures(*held_out), pref_accuracy_train=pair_figures(*train)["pref_accuracy"])
+
+
+register(Orpo)
