@@ -34,6 +34,7 @@ help:
 	@echo "make bench                                    speed/memory figures"
 	@echo "make bench-search                             TPE+pruning against the rank_alpha grid, same step budget (135M)"
 	@echo "make bench-ray                                smoke sweep: local executor vs Ray with 2 workers, Ray's overhead per run"
+	@echo "make docs                                     regenerate the tables in README.md and docs/ from the registries"
 	@echo "make install                                  only create .venv"
 
 $(STAMP): pyproject.toml Makefile
@@ -94,6 +95,11 @@ bench-search: $(STAMP)
 
 bench-ray: $(STAMP)
 	NETNS_OPTIONAL=1 bash scripts/netns-run.sh $(BIN)/python -m benchmarks.ray_overhead $(ARGS)
+
+# a folder docs/ exists: without .PHONY make would call the target up to date
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/ftbench docs --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -300,6 +300,26 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_docs(args) -> int:
+    from harness import docs
+
+    if args.write:
+        changed, broken = docs.write(args.root)
+        for path in changed:
+            print(f"rewrote {path}")
+        for drift in broken:
+            print(f"error: {drift}", file=sys.stderr)
+        return 1 if broken else 0
+    drifts = docs.check(args.root)
+    for drift in drifts:
+        print(f"drifted: {drift}", file=sys.stderr)
+    if drifts:
+        print("run `make docs` (ftbench docs --write) to regenerate them", file=sys.stderr)
+        return 1
+    print(f"docs: every generated block matches its registry ({len(docs.pages(args.root))} pages)")
+    return 0
+
+
 def _experiment_name(experiment: str) -> str:
     """`EXP` may be a name, `experiments/NAME.yaml` or a path: the results folder is the file's name."""
     path = Path(experiment)
@@ -372,6 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--storage", default=None,
                      help="a search's Optuna storage URL, when the one recorded has a password (or $FTBENCH_STORAGE)")
     rep.set_defaults(func=cmd_report)
+
+    dc = sub.add_parser("docs", help="check (default) or rewrite the tables in README.md and docs/ generated "
+                                     "from the registries")
+    mode = dc.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 naming every drifted page and block (default)")
+    mode.add_argument("--write", action="store_true", help="rewrite the generated blocks")
+    dc.add_argument("--root", default=".", help="the folder holding README.md and docs/ (default: .)")
+    dc.set_defaults(func=cmd_docs)
     return parser
 
 
