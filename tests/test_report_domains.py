@@ -9,9 +9,10 @@ import pytest
 from harness.objectives import continual_metrics
 from harness.report.build import build
 from harness.report.continual import continual_chains
-from harness.report.domains import domain_sections, multitask_comparison, transfer_matrix
+from harness.report.domains import multitask_comparison, transfer_matrix
 from harness.report.frame import load_runs
 from harness.report.render import write
+from harness.report.sections import domain_sections
 from report_store import write_run
 
 SOURCES = ["chat_civic", "chat_health", "chat_technical"]

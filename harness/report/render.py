@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from harness.report.build import Report, Table
+from harness.report.document import Report, Table
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}

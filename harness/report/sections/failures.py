@@ -1,0 +1,22 @@
+"""Failures and caveats: runs that did not finish ok, and budget or version differences between runs."""
+
+from __future__ import annotations
+
+from harness.report.context import ReportContext
+from harness.report.document import Section, frame_table
+from harness.report.findings import caveats, failures
+from harness.report.sections.base import register
+
+
+@register("failures", order=160)
+def failures_section(ctx: ReportContext) -> list[Section]:
+    failed = failures(ctx.df)
+    problems = Section("Failures and caveats",
+                       bullets=caveats(ctx.df) or ["No budget or version differences between runs."])
+    if len(failed):
+        pruned = int((failed["status"] == "pruned").sum())
+        note = f"; {pruned} of them pruned on purpose by the search" if pruned else ""
+        problems.tables.append(frame_table(failed, f"{len(failed)} run(s) did not finish ok{note}"))
+    else:
+        problems.paragraphs.append("Every run finished ok.")
+    return [problems]

@@ -1,0 +1,55 @@
+"""The report's opening section: what was run, what varied, and one row of seed statistics per configuration."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.report.columns import missing
+from harness.report.context import ReportContext
+from harness.report.document import Cell, Section, Table, metric_cell, sortable
+from harness.report.frame import Metric, best_rows
+from harness.report.sections.base import register
+
+__all__ = ["metrics_table", "superseded_note"]
+
+
+def metrics_table(summary: pd.DataFrame, metrics: list[Metric], caption: str, axes: list[str]) -> Table:
+    """Configuration, its axis values and seeds, then `mean ± CI half-width` per metric, best marked."""
+    best = {m.key: best_rows(summary, m) for m in metrics}
+    axis_cols = [a for a in axes if a != "method.name"][:4]
+    columns = ["configuration", *axis_cols, "n"] + [m.label for m in metrics]
+    rows = []
+    for i, row in summary.iterrows():
+        name = row["config"] + (" (reference)" if row["reference"] else "")
+        axis_cells = [Cell("–" if missing(row.get(a)) else str(row.get(a)), sortable(row.get(a))) for a in axis_cols]
+        rows.append([Cell(name, row["config"]), *axis_cells, Cell(str(row["n_seeds"]), row["n_seeds"])]
+                    + [metric_cell(row, m, i in best[m.key]) for m in metrics])
+    return Table(caption, columns, rows)
+
+
+def superseded_note(superseded: dict) -> str:
+    """One sentence on the runs of earlier settings that the report leaves out."""
+    n = sum(count for count, _ in superseded.values())
+    differ = sorted({c for _, cols in superseded.values() for c in cols})
+    same = sorted(config for config, (_, cols) in superseded.items() if not cols)
+    why = [f"differing in {', '.join(differ)}"] if differ else []
+    why += [f"{'all' if len(same) == len(superseded) else ', '.join(same)}: the same spec, with an older version "
+            "of its data or of a run it read"] if same else []
+    return (f"Left out: {n} run{'s' * (n != 1)} of {len(superseded)} configuration{'s' * (len(superseded) != 1)} "
+            f"({', '.join(sorted(superseded))}) made under earlier settings ({'; '.join(why)}); each "
+            "configuration is reported at its newest settings. The older runs stay in the store (`ftbench ls`).")
+
+
+@register("summary", order=10)
+def summary_section(ctx: ReportContext) -> list[Section]:
+    df, summary = ctx.df, ctx.summary
+    intro = Section("Summary", paragraphs=[
+        f"{len(df)} runs ({(df['status'] == 'ok').sum()} ok) in {df['config'].nunique()} configurations. "
+        f"Varied: {', '.join(ctx.axes) or 'nothing'}. Each cell is the mean over seeds ± the half-width of its 95% "
+        f"Student-t interval (no interval with one seed); the best value of each column is in bold."])
+    if df.attrs.get("superseded"):
+        intro.paragraphs.append(superseded_note(df.attrs["superseded"]))
+    if not summary.empty:
+        intro.tables.append(metrics_table(summary, ctx.metrics, "One row per configuration (grid point minus seed)",
+                                          ctx.axes))
+    return [intro]
