@@ -20,7 +20,7 @@ from pathlib import Path
 
 from harness.registry import Registry, UnknownName
 
-__all__ = ["GENERATORS", "Drift", "check", "datasets_table", "methods_table", "pages", "render",
+__all__ = ["GENERATORS", "Drift", "check", "datasets_table", "methods_table", "objectives_table", "pages", "render",
            "tasks_table", "write"]
 
 #: block name → function returning that block's Markdown (a table, ending without a newline)
@@ -114,7 +114,21 @@ def tasks_table() -> str:
     return _table(["task", "what", "version", "primary metric", "better"], rows)
 
 
+def objectives_table() -> str:
+    """Every registered objective: what it trains toward, its options and defaults, its report sections."""
+    from harness.objectives import OBJECTIVES
+
+    rows = []
+    for name in OBJECTIVES.names():
+        cls = OBJECTIVES.get(name)
+        options = ", ".join(f"{k}={f.default!r}" for k, f in cls.Options.model_fields.items() if k != "name")
+        rows.append([f"`{name}`", cls.description, f"`{options}`" if options else "–",
+                     ", ".join(cls.report_sections) or "–", ", ".join(f"`{m}`" for m in cls.metrics) or "–"])
+    return _table(["name", "trains toward", "options (defaults)", "report sections", "always records"], rows)
+
+
 GENERATORS.register("methods", methods_table)
+GENERATORS.register("objectives", objectives_table)
 GENERATORS.register("datasets", datasets_table)
 GENERATORS.register("tasks", tasks_table)
 
