@@ -56,6 +56,7 @@ class Metric:
         device: for memory and time, what the device measured (see PEAK_MEMORY, WALL_TIME).
         presence: see PRESENCE.
         group: who writes it ("run", "distill", "preference", ...), for the docs table.
+        stored: False for a figure the report derives (never in result.json, so no search reads it).
         task_score: a `...<task>.<metric>` pattern of task scores: its direction is the task's own
             (a built-in task's declaration of `task.<task>.<metric>`, else lm-eval's metric registry).
     """
@@ -68,6 +69,7 @@ class Metric:
     device: str = ""
     presence: str = ""
     group: str = "run"
+    stored: bool = True
     task_score: bool = False
 
     def __post_init__(self):
@@ -151,8 +153,8 @@ class Vocabulary:
         return [m.key for m in self if presence is None or m.presence == presence]
 
     def undeclared(self, keys: Iterable[str]) -> list[str]:
-        """The keys no declaration covers, in their order."""
-        return [k for k in keys if self.lookup(k) is None]
+        """The keys no stored declaration covers, in their order."""
+        return [k for k in keys if (m := self.lookup(k)) is None or not m.stored]
 
     def higher_is_better(self, key: str) -> bool | None:
         """Whether `key` is better higher; None for an undeclared key or one without a direction."""
@@ -290,4 +292,5 @@ declare("router_acc.<source>", "fraction", True, "router_acc on one domain's pro
 declare("route.<kind>.eval_loss", "nats/token", False, "token-weighted eval_loss over all domains, adapters picked "
         "by `kind` (routed, oracle, shared)", group="route")
 # derived by the report, never stored
-declare("cost_usd", "USD", False, "train_s × the report's price per hour (`--price-per-hour`)", group="report")
+declare("cost_usd", "USD", False, "train_s × the report's price per hour (`--price-per-hour`)", group="report",
+        stored=False)

@@ -60,7 +60,7 @@ def _cell(summary_row, metric: Metric, best: bool) -> Cell:
     text = metric.format(mean)
     half = (summary_row[f"{metric.key}_ci_high"] - summary_row[f"{metric.key}_ci_low"]) / 2
     if np.isfinite(half) and half > 0:
-        text += f" ± {Metric(metric.key, '', True, metric.fmt, metric.scale).format(half).lstrip('+')}"
+        text += f" ± {Metric(metric.key, '', metric.fmt, metric.scale).format(half).lstrip('+')}"
     return Cell(text, float(mean), best)
 
 

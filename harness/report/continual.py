@@ -19,7 +19,7 @@ from harness.report.frame import ROUTE, Metric, ok_runs, summarize
 __all__ = ["Chain", "continual_chains", "continual_section", "routing_section"]
 
 ROUTER_ACC, ROUTER_ACC_TRAIN = ROUTE
-ROUTES = {kind: Metric(f"route.{kind}.eval_loss", f"{kind} loss", True, "{:.3f}")
+ROUTES = {kind: Metric(f"route.{kind}.eval_loss", f"{kind} loss", "{:.3f}")
           for kind in ("routed", "oracle", "shared")}
 
 

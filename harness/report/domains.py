@@ -26,11 +26,11 @@ PROMPT_DESIGN = "prompt design"
 
 
 def loss_metric(source: str, prefix: str = "task_eval") -> Metric:
-    return Metric(f"{prefix}.{source}.eval_loss", source, True, "{:.3f}")
+    return Metric(f"{prefix}.{source}.eval_loss", source, "{:.3f}")
 
 
 def _examples_metric(source: str) -> Metric:
-    return Metric(f"task_eval.{source}.examples_seen", f"{source} examples", False, "{:,.0f}")
+    return Metric(f"task_eval.{source}.examples_seen", f"{source} examples", "{:,.0f}")
 
 
 def _sources(df: pd.DataFrame, prefix: str = "task_eval") -> list[str]:
