@@ -57,8 +57,8 @@ class Metric:
         presence: see PRESENCE.
         group: who writes it ("run", "distill", "preference", ...), for the docs table.
         stored: False for a figure the report derives (never in result.json, so no search reads it).
-        task_score: a `...<task>.<metric>` pattern of task scores: its direction is the task's own
-            (a built-in task's declaration of `task.<task>.<metric>`, else lm-eval's metric registry).
+        task_score: an lm-eval task score. A `...<task>.<metric>` pattern takes its direction from the
+            task: a built-in task's own declaration of `task.<task>.<metric>`, else lm-eval's registry.
     """
 
     key: str
@@ -81,7 +81,7 @@ class Metric:
             raise ValueError(f"metric `{self.key}` is memory or time ({self.unit}): declare its `device` semantics")
         if self.presence and self.is_pattern:
             raise ValueError(f"metric `{self.key}`: a pattern cannot be present in every result")
-        if self.task_score and not {"task", "metric"} <= set(_PLACEHOLDER.findall(self.key)):
+        if self.task_score and self.is_pattern and not {"task", "metric"} <= set(_PLACEHOLDER.findall(self.key)):
             raise ValueError(f"metric `{self.key}`: a task score's pattern names `<task>` and `<metric>`")
         if not self.definition:
             raise ValueError(f"metric `{self.key}`: a definition is required")
@@ -161,7 +161,7 @@ class Vocabulary:
         metric = self.lookup(key)
         if metric is None:
             return None
-        if metric.task_score:
+        if metric.task_score and metric.is_pattern:
             groups = _regex(metric.key).match(key).groupdict()
             own = self._exact.get(f"task.{groups['task']}.{groups['metric']}")
             return own.higher_is_better if own is not None else lm_eval_higher_is_better(groups["metric"])
@@ -177,7 +177,7 @@ class Vocabulary:
         rows = ["| metric | unit | better | seeds | device | definition |", "|---|---|---|---|---|---|"]
         for m in self:
             better = {True: "higher", False: "lower", None: "–"}[m.higher_is_better]
-            if m.task_score:
+            if m.task_score and m.is_pattern:
                 better = "the task's own"
             rows.append(f"| `{m.key}` | {m.unit or '–'} | {better} | {m.aggregate} | {m.device or '–'} | "
                         f"{m.definition} |")
@@ -191,11 +191,12 @@ def lm_eval_higher_is_better(metric: str) -> bool | None:
 
     try:
         from lm_eval.api import metrics as _registered  # noqa: F401  (importing it fills the registry)
-        from lm_eval.api.registry import HIGHER_IS_BETTER_REGISTRY
+        from lm_eval.api.registry import is_higher_better
     except ImportError:
         return None
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    return HIGHER_IS_BETTER_REGISTRY.get(metric)
+    for name in ("lm-eval", "lm_eval"):  # it warns about a metric it has no direction for: None says so
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return is_higher_better(metric)
 
 
 METRICS = Vocabulary()

@@ -70,7 +70,7 @@ def register(cls: type[LocalTask]) -> type[LocalTask]:
     """Register a LocalTask subclass under its `name` (call at the end of its module), and declare its
     primary metric's direction (its other metrics take lm-eval's own)."""
     declare(f"task.{cls.name}.{cls.primary_metric}", "", cls.higher_is_better,
-            f"`{cls.name}`'s primary score ({cls.description})", group="tasks")
+            f"`{cls.name}`'s primary score ({cls.description})", group="tasks", task_score=True)
     return LOCAL_TASKS.register(cls.name, cls)
 
 
