@@ -74,7 +74,8 @@ class Metric:
 
     def __post_init__(self):
         if self.aggregate not in AGGREGATIONS:
-            raise ValueError(f"metric `{self.key}`: aggregate must be one of {AGGREGATIONS}, but got {self.aggregate!r}")
+            raise ValueError(f"metric `{self.key}`: aggregate must be one of {AGGREGATIONS}, "
+                             f"but got {self.aggregate!r}")
         if self.presence not in PRESENCE:
             raise ValueError(f"metric `{self.key}`: presence must be one of {PRESENCE}, but got {self.presence!r}")
         if self.unit in _DEVICE_UNITS and not self.device:
@@ -283,7 +284,8 @@ for _prefix, _what in (("task_eval", "the run (a routed run: routed to the route
             **_g)
 declare("task_eval.<source>.examples_seen", "examples", None, "training examples of a task a multitask run drew",
         group="multitask")
-declare("replay_examples", "examples", None, "earlier stages' examples replayed in a continual stage", group="continual")
+declare("replay_examples", "examples", None, "earlier stages' examples replayed in a continual stage",
+        group="continual")
 declare("ewc_fisher_mean", "", None, "mean diagonal Fisher information of the EWC anchor", group="continual")
 declare("ewc_penalty", "", False, "the EWC penalty at the last training step", group="continual")
 declare("router_acc", "fraction", True, "held-out prompts the router sent to their own domain's adapter",
