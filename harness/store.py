@@ -14,26 +14,16 @@ from typing import Any
 
 import yaml
 
+from harness.metrics import METRICS
+
 RESULTS_ENV = "FTBENCH_RESULTS"
 
-METRIC_KEYS = [
-    "train_loss", "eval_loss", "eval_ppl", "train_tokens", "train_tokens_per_s",
-    "step_ms_p50", "step_ms_p90", "peak_mem_train_mb", "peak_mem_eval_mb",
-    "infer_prefill_ms", "infer_decode_ms_per_token", "trainable_params", "total_params",
-    "trainable_pct", "adapter_bytes", "load_s", "train_s", "eval_s", "wall_s",
-]
-#: keys added after the first contract: always present, null where they do not apply to a method
-OPTIONAL_METRIC_KEYS = [
-    "eval_tokens", "trainable_params_peft", "merge_s", "infer_prefill_ms_merged", "infer_decode_ms_per_token_merged",
-    "task_eval_s", "forgetting_ppl_delta", "forgetting_ppl_pct",
-    # objective `distill`: the teacher beside the student
-    "teacher_params", "student_params", "compression_ratio", "teacher_eval_loss", "teacher_eval_ppl",
-    "teacher_decode_ms_per_token", "quality_retention_pct", "infer_speedup", "distill_kl_before", "distill_kl",
-    "teacher_cache_s", "quality_retention_task_pct",
-    # objectives `dpo`/`kto`: held-out pairs whose chosen answer gets the higher implicit reward, the mean
-    # reward margin, the policy's per-token KL to the reference, and the accuracy on training pairs
-    "pref_accuracy", "reward_margin", "kl_to_ref", "pref_accuracy_train",
-]
+#: the first contract's metric keys, then keys added later (null where they do not apply): both always
+#: present in result.json, in this order; what each means is declared in harness/metrics.py
+METRIC_KEYS = METRICS.keys("contract")
+OPTIONAL_METRIC_KEYS = METRICS.keys("always")
+#: set (to anything but "" or "0") in tests: a result with a metric no declaration covers is recorded as failed
+STRICT_METRICS_ENV = "FTBENCH_STRICT_METRICS"
 #: `pruned`: a search stopped the run early because its eval loss was not promising (a decision, not a failure)
 STATUSES = ("ok", "failed", "oom", "diverged", "pruned")
 
@@ -229,6 +219,11 @@ def make_result(spec: dict, *, status: str, error: dict | None, metrics: dict, e
     """A result.json record with every contract key present (metrics missing → null)."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, but got status={status!r}")
+    strict = status == "ok" and os.environ.get(STRICT_METRICS_ENV, "") not in ("", "0")
+    undeclared = METRICS.undeclared(metrics) if strict else []
+    if undeclared:  # the run's figures are kept; the result says which keys need a declaration
+        status, error = "failed", {"type": "UndeclaredMetric", "traceback_tail": "", "message": (
+            f"metrics without a declaration in harness/metrics.py: {', '.join(undeclared)}")}
     return {
         "run_id": spec.get("run_id"), "experiment": spec.get("experiment"), "slug": spec.get("slug"),
         "status": status, "error": error, "spec": spec,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from harness.metrics import METRICS
 from harness.registry import Registry
 
 
@@ -42,9 +43,12 @@ class WandbTracker(Tracker):
         self._run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def summary(self, metrics):
-        for key, value in metrics.items():
-            if value is not None:
-                self._run.summary[key] = value
+        measured = {key: value for key, value in metrics.items() if value is not None}
+        for key, value in measured.items():
+            self._run.summary[key] = value
+        # W&B has no direction of its own (define_metric lost `goal`): the declared one travels in the config
+        goals = {key: goal for key in measured if (goal := METRICS.direction(key)) is not None}
+        self._run.config.update({"metric_goals": goals}, allow_val_change=True)
 
     def finish(self, status):
         self._run.summary["status"] = status

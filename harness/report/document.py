@@ -57,7 +57,7 @@ def metric_cell(summary_row, metric: Metric, best: bool) -> Cell:
     out = metric.format(mean)
     half = (summary_row[f"{metric.key}_ci_high"] - summary_row[f"{metric.key}_ci_low"]) / 2
     if np.isfinite(half) and half > 0:
-        out += f" ± {Metric(metric.key, '', True, metric.fmt, metric.scale).format(half).lstrip('+')}"
+        out += f" ± {Metric(metric.key, '', metric.fmt, metric.scale).format(half).lstrip('+')}"
     return Cell(out, float(mean), best)
 
 

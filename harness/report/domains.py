@@ -27,11 +27,11 @@ PROMPT_DESIGN = "prompt design"
 
 def loss_metric(source: str, prefix: str = "task_eval") -> Metric:
     """The eval loss on `source` that a run records under `prefix` (task_eval, oracle_eval, shared_eval, …)."""
-    return Metric(f"{prefix}.{source}.eval_loss", source, True, "{:.3f}")
+    return Metric(f"{prefix}.{source}.eval_loss", source, "{:.3f}")
 
 
 def _examples_metric(source: str) -> Metric:
-    return Metric(f"task_eval.{source}.examples_seen", f"{source} examples", False, "{:,.0f}")
+    return Metric(f"task_eval.{source}.examples_seen", f"{source} examples", "{:,.0f}")
 
 
 def evaluated_sources(df: pd.DataFrame, prefix: str = "task_eval") -> list[str]:

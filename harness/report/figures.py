@@ -37,7 +37,7 @@ def pareto(summary: pd.DataFrame, quality: Metric, costs: list[Metric]) -> bytes
     fig, axes = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 4.2), squeeze=False)
     for ax, cost in zip(axes[0], costs):
         x, y = rows[f"{cost.key}_mean"].to_numpy(float), rows[f"{quality.key}_mean"].to_numpy(float)
-        front = pareto_mask(x, y, quality.lower_is_better)
+        front = pareto_mask(x, y, quality.lower_is_better, minimize_cost=cost.lower_is_better)
         ax.errorbar(x[~front], y[~front], xerr=_sub(_errors(rows, cost.key), ~front),
                     yerr=_sub(_errors(rows, quality.key), ~front), fmt="o", color="0.6", ms=4, lw=0.8)
         ax.errorbar(x[front], y[front], xerr=_sub(_errors(rows, cost.key), front),

@@ -69,8 +69,11 @@ def pareto_members(summary: pd.DataFrame, quality: Metric, cost: Metric) -> list
     rows = summary[~summary["reference"]]
     if f"{cost.key}_mean" not in rows or f"{quality.key}_mean" not in rows:
         return []
-    mask = pareto_mask(rows[f"{cost.key}_mean"], rows[f"{quality.key}_mean"], quality.lower_is_better)
-    front = rows[mask].sort_values(f"{cost.key}_mean")
+    if quality.lower_is_better is None or cost.lower_is_better is None:  # no direction, no front
+        return []
+    mask = pareto_mask(rows[f"{cost.key}_mean"], rows[f"{quality.key}_mean"], quality.lower_is_better,
+                       minimize_cost=cost.lower_is_better)
+    front = rows[mask].sort_values(f"{cost.key}_mean", ascending=cost.lower_is_better)
     return front["config"].tolist()
 
 
@@ -98,15 +101,16 @@ def findings(df: pd.DataFrame, summary: pd.DataFrame, quality: Metric, costs: li
                     out.append(sentence)
     for task in tasks:
         col = f"{task.key}_mean"
-        if col in rows and rows[col].notna().any():
+        if col in rows and rows[col].notna().any() and task.lower_is_better is not None:
             top = rows.sort_values(col, ascending=task.lower_is_better).iloc[0]
             base_value = reference_value(summary, top, col)
             base = f"; its untouched base scored {task.format(base_value)}" if np.isfinite(base_value) else ""
             out.append(f"Best {task.label}: {top['config']} ({task.format(top[col])}){base}.")
     col = f"{FORGETTING.key}_mean"
     if col in rows and rows[col].notna().any():
-        worst = rows.loc[rows[col].idxmax()]
-        least = rows.loc[rows[col].idxmin()]
+        worse_high = FORGETTING.lower_is_better
+        worst = rows.loc[rows[col].idxmax() if worse_high else rows[col].idxmin()]
+        least = rows.loc[rows[col].idxmin() if worse_high else rows[col].idxmax()]
         out.append(f"Forgetting (general-text perplexity against the untouched base): most {worst['config']} "
                    f"({FORGETTING.format(worst[col])}%), least {least['config']} ({FORGETTING.format(least[col])}%).")
     return out

@@ -12,17 +12,31 @@ import numpy as np
 import pandas as pd
 
 from harness import store
-from harness.report.stats import mean_ci
+from harness import tasks as _tasks  # noqa: F401  (built-in tasks declare their primary scores' directions)
+from harness.metrics import METRICS
+from harness.report.stats import Interval, mean_ci
 
 
 @dataclass(frozen=True)
 class Metric:
+    """How the report shows a declared metric: label, number format, scale. Its direction is the
+    vocabulary's (harness/metrics.py), never given here."""
+
     key: str
     label: str
-    lower_is_better: bool
     fmt: str = "{:.3g}"
     scale: float = 1.0
     noun: str = ""  # how a sentence names it ("peak training memory"); the label otherwise
+
+    def __post_init__(self):
+        if not isinstance(self.fmt, str):  # the direction is no longer an argument: catch an old call
+            raise TypeError(f"Metric `{self.key}`: fmt must be a format string, but got fmt={self.fmt!r}")
+        METRICS.get(self.key)  # an undeclared metric has no direction to rank by
+
+    @property
+    def lower_is_better(self) -> bool | None:
+        """From the vocabulary; None for a figure without a direction (nothing is ranked by it)."""
+        return lower_is_better(self.key)
 
     @property
     def phrase(self) -> str:
@@ -35,75 +49,62 @@ class Metric:
 
 
 QUALITY = [
-    Metric("eval_loss", "eval loss", True, "{:.3f}"),
-    Metric("eval_ppl", "eval ppl", True, "{:.2f}"),
+    Metric("eval_loss", "eval loss", "{:.3f}"),
+    Metric("eval_ppl", "eval ppl", "{:.2f}"),
 ]
 COSTS = [
-    Metric("peak_mem_train_mb", "peak train MiB", True, "{:.0f}", noun="peak training memory"),
-    Metric("peak_mem_eval_mb", "peak eval MiB", True, "{:.0f}"),
-    Metric("train_tokens_per_s", "train tokens/s", False, "{:.0f}"),
-    Metric("step_ms_p50", "step ms p50", True, "{:.0f}"),
-    Metric("infer_decode_ms_per_token", "decode ms/token", True, "{:.1f}"),
-    Metric("trainable_params", "trainable params", True, "{:,.0f}", noun="trainable parameters"),
-    Metric("trainable_pct", "trainable %", True, "{:.3g}"),
-    Metric("adapter_bytes", "artifact MB", True, "{:.2f}", 1e-6),
-    Metric("train_s", "train s", True, "{:.1f}", noun="training time"),
-    Metric("cost_usd", "$ per run", True, "{:.4f}"),
+    Metric("peak_mem_train_mb", "peak train MiB", "{:.0f}", noun="peak training memory"),
+    Metric("peak_mem_eval_mb", "peak eval MiB", "{:.0f}"),
+    Metric("train_tokens_per_s", "train tokens/s", "{:.0f}"),
+    Metric("step_ms_p50", "step ms p50", "{:.0f}"),
+    Metric("infer_decode_ms_per_token", "decode ms/token", "{:.1f}"),
+    Metric("trainable_params", "trainable params", "{:,.0f}", noun="trainable parameters"),
+    Metric("trainable_pct", "trainable %", "{:.3g}"),
+    Metric("adapter_bytes", "artifact MB", "{:.2f}", 1e-6),
+    Metric("train_s", "train s", "{:.1f}", noun="training time"),
+    Metric("cost_usd", "$ per run", "{:.4f}"),
 ]
-FORGETTING = Metric("forgetting_ppl_pct", "forgetting % (general ppl)", True, "{:+.1f}")
-#: objective `distill`: the student against its teacher (a retention in %, so `_pct` in its name must not decide)
+FORGETTING = Metric("forgetting_ppl_pct", "forgetting % (general ppl)", "{:+.1f}")
+#: objective `distill`: the student against its teacher
 DISTILL = [
-    Metric("compression_ratio", "compression ×", False, "{:.2f}"),
-    Metric("quality_retention_pct", "quality retention %", False, "{:.1f}", noun="quality retention"),
-    Metric("infer_speedup", "speed-up ×", False, "{:.2f}", noun="decode speed-up"),
-    Metric("distill_kl_before", "KL before", True, "{:.3f}"),
-    Metric("distill_kl", "KL to teacher", True, "{:.3f}"),
-    Metric("teacher_eval_ppl", "teacher ppl", True, "{:.2f}"),
-    Metric("teacher_cache_s", "teacher cache s", True, "{:.1f}"),
+    Metric("compression_ratio", "compression ×", "{:.2f}"),
+    Metric("quality_retention_pct", "quality retention %", "{:.1f}", noun="quality retention"),
+    Metric("infer_speedup", "speed-up ×", "{:.2f}", noun="decode speed-up"),
+    Metric("distill_kl_before", "KL before", "{:.3f}"),
+    Metric("distill_kl", "KL to teacher", "{:.3f}"),
+    Metric("teacher_eval_ppl", "teacher ppl", "{:.2f}"),
+    Metric("teacher_cache_s", "teacher cache s", "{:.1f}"),
 ]
 #: objectives `dpo`, `orpo`, `kto`: accuracies are stored as fractions and shown in %
 PREFERENCE = [
-    Metric("pref_accuracy", "pref accuracy %", False, "{:.1f}", 100, noun="preference accuracy"),
-    Metric("pref_accuracy_train", "pref accuracy % (train)", False, "{:.1f}", 100),
-    Metric("reward_margin", "reward margin", False, "{:.3f}"),
-    Metric("kl_to_ref", "KL to ref", True, "{:.3f}", noun="KL to the reference"),
+    Metric("pref_accuracy", "pref accuracy %", "{:.1f}", 100, noun="preference accuracy"),
+    Metric("pref_accuracy_train", "pref accuracy % (train)", "{:.1f}", 100),
+    Metric("reward_margin", "reward margin", "{:.3f}"),
+    Metric("kl_to_ref", "KL to ref", "{:.3f}", noun="KL to the reference"),
 ]
 #: objective `route`: the router's share of held-out prompts sent to their own domain's adapter
 ROUTE = [
-    Metric("router_acc", "router accuracy %", False, "{:.1f}", 100, noun="router accuracy"),
-    Metric("router_acc_train", "router accuracy % (train)", False, "{:.1f}", 100),
+    Metric("router_acc", "router accuracy %", "{:.1f}", 100, noun="router accuracy"),
+    Metric("router_acc_train", "router accuracy % (train)", "{:.1f}", 100),
 ]
 #: spec columns that never define a configuration
 NOT_AXES = re.compile(r"^(seed|experiment_dir|plugins|tracking\..*|env\..*|trial\..*)$")
-#: task metrics where lower is better; the rest (acc, acc_norm, rougeL, ...) are higher-better
-LOWER_TASK = re.compile(r"perplexity|bits_per_byte|loss")
 REFERENCE_METHOD = "none"
 
 
-#: metrics outside the tables above whose direction is still clear from their name
-LOWER_BY_NAME = re.compile(r"(loss|ppl|perplexity|bits_per_byte|_ms(_|$)|_mb$|_s$|bytes|params|_pct|_delta)")
-
-
 def lower_is_better(key: str) -> bool | None:
-    """Whether a result metric is better when lower (None when its name does not say)."""
-    for metric in (*QUALITY, *COSTS, FORGETTING, *DISTILL, *PREFERENCE, *ROUTE):
-        if metric.key == key:
-            return metric.lower_is_better
-    if key.startswith("router_acc"):
-        return False
-    if key.startswith("task."):
-        return bool(LOWER_TASK.search(key.rsplit(".", 1)[-1]))
-    if key.endswith("tokens_per_s"):
-        return False
-    return True if LOWER_BY_NAME.search(key) else None
+    """Whether a result metric is better when lower, as declared (None: undeclared, or no direction)."""
+    higher = METRICS.higher_is_better(key)
+    return None if higher is None else not higher
 
 
 def task_metrics(df: pd.DataFrame) -> list[Metric]:
-    """`task.<task>.<metric>` columns with at least one value (not their stderr or sample count)."""
+    """`task.<task>.<metric>` scores with at least one value (not their stderr or sample count)."""
     out = []
     for col in df.columns:
-        if col.startswith("task.") and not col.endswith("_stderr") and not col.endswith(".n") and df[col].notna().any():
-            out.append(Metric(col, col.removeprefix("task."), bool(LOWER_TASK.search(col.rsplit(".", 1)[-1])), "{:.3f}"))
+        declared = METRICS.lookup(col) if col.startswith("task.") else None
+        if declared is not None and declared.task_score and df[col].notna().any():
+            out.append(Metric(col, col.removeprefix("task."), "{:.3f}"))
     return out
 
 
@@ -204,7 +205,7 @@ def summarize(df: pd.DataFrame, metrics: list[Metric], axes: list[str]) -> pd.Da
             row[axis] = group[axis].iloc[0] if axis in group else None
         for m in metrics:
             values = pd.to_numeric(group[m.key], errors="coerce") if m.key in group else pd.Series(dtype=float)
-            ci = mean_ci(values.tolist())
+            ci = aggregate(m.key, values.tolist())
             row[f"{m.key}_mean"], row[f"{m.key}_ci_low"], row[f"{m.key}_ci_high"] = ci.mean, ci.low, ci.high
         rows.append(row)
     out = pd.DataFrame(rows)
@@ -213,6 +214,19 @@ def summarize(df: pd.DataFrame, metrics: list[Metric], axes: list[str]) -> pd.Da
     if "eval_ppl_mean" in out:
         out = out.sort_values(["eval_ppl_mean"], na_position="last", kind="stable").reset_index(drop=True)
     return out
+
+
+def aggregate(key: str, values: list) -> Interval:
+    """A configuration's seeds of metric `key` as its declaration says: a mean with its t-interval, or
+    the largest or smallest seed (no interval)."""
+    how = METRICS.get(key).aggregate
+    if how == "mean":
+        return mean_ci(values)
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    value = max(finite) if how == "max" else min(finite)
+    return Interval(value, math.nan, math.nan, len(finite))
 
 
 def reference_value(summary: pd.DataFrame, row, col: str) -> float:
@@ -230,7 +244,7 @@ def best_rows(summary: pd.DataFrame, metric: Metric) -> set[int]:
     """Index of the best non-reference mean(s) in a column."""
     runs = summary[~summary["reference"]]
     col = f"{metric.key}_mean"
-    if col not in runs or runs[col].notna().sum() == 0:
+    if col not in runs or runs[col].notna().sum() == 0 or metric.lower_is_better is None:
         return set()
     best = runs[col].min() if metric.lower_is_better else runs[col].max()
     return set(runs.index[np.isclose(runs[col], best, rtol=1e-12, atol=0)])

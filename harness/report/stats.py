@@ -49,13 +49,13 @@ def welch_p(a, b) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def pareto_mask(cost, quality, minimize_quality: bool = True) -> np.ndarray:
-    """True for the points no other point beats on both axes (cost always minimized).
+def pareto_mask(cost, quality, minimize_quality: bool = True, *, minimize_cost: bool = True) -> np.ndarray:
+    """True for the points no other point beats on both axes, each in its own direction.
 
     A point is dominated when another is at least as good on both and strictly better on one.
     Points with a missing coordinate are never on the front.
     """
-    c = np.asarray(cost, dtype=float)
+    c = np.asarray(cost, dtype=float) * (1 if minimize_cost else -1)
     q = np.asarray(quality, dtype=float) * (1 if minimize_quality else -1)
     ok = np.isfinite(c) & np.isfinite(q)
     mask = np.zeros(len(c), dtype=bool)

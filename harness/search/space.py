@@ -12,8 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness import tasks as _tasks  # noqa: F401  (built-in tasks declare their primary scores' directions)
 from harness.config import load_experiment, load_yaml
 from harness.errors import ConfigError, allowed, did_you_mean
+from harness.metrics import METRICS
 
 SWEEP_KEYS = ["description", "experiment", "set", "space", "objectives", "constraints", "sampler", "pruner",
               "n_trials", "timeout", "heartbeat", "enqueue"]
@@ -224,32 +226,27 @@ def _experiment_file(name: str, sweep_file: Path) -> Path | None:
 
 
 def _unknown_metric(metric: str) -> str | None:
-    """Why `metric` is no result metric, or None when it is one."""
-    from harness.store import METRIC_KEYS, OPTIONAL_METRIC_KEYS
-
-    known = METRIC_KEYS + OPTIONAL_METRIC_KEYS
-    if metric in known or metric.startswith("task."):
+    """Why `metric` is no declared result metric, or None when it is one."""
+    if not METRICS.undeclared([metric]):
         return None
-    return (f"unknown metric `{metric}`.{did_you_mean(metric, known)} "
-            f"Allowed: a result metric ({', '.join(known)}) or task.<task>.<metric>.")
+    stored = [m.key for m in METRICS if m.stored]
+    return (f"unknown metric `{metric}`.{did_you_mean(metric, stored)} "
+            f"Allowed: a result metric ({', '.join(stored)}).")
 
 
 def _check_objective(file: str, field: str, objective: Objective) -> list[tuple[str, str, str]]:
-    from harness.report.frame import lower_is_better
-
     unknown = _unknown_metric(objective.metric)
     if unknown:
         return [(file, f"{field}.metric", unknown)]
-    if objective.direction is None and lower_is_better(objective.metric) is None:
+    if objective.direction is None and METRICS.direction(objective.metric) is None:
         return [(file, f"{field}.direction", f"`{objective.metric}` has no known direction: set minimize or maximize")]
     return []
 
 
 def _with_directions(sweep: Sweep) -> Sweep:
-    from harness.report.frame import lower_is_better
-
-    objectives = [o if o.direction else o.model_copy(
-        update={"direction": "minimize" if lower_is_better(o.metric) else "maximize"}) for o in sweep.objectives]
+    """Each objective's direction as given, else as its metric is declared."""
+    objectives = [o if o.direction else o.model_copy(update={"direction": METRICS.direction(o.metric)})
+                  for o in sweep.objectives]
     return sweep.model_copy(update={"objectives": objectives})
 
 

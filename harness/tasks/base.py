@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import yaml
 
+from harness.metrics import declare
 from harness.registry import Registry
 
 
@@ -66,7 +67,10 @@ LOCAL_TASKS: Registry[type[LocalTask]] = Registry("task")
 
 
 def register(cls: type[LocalTask]) -> type[LocalTask]:
-    """Register a LocalTask subclass under its `name` (call at the end of its module)."""
+    """Register a LocalTask subclass under its `name` (call at the end of its module), and declare its
+    primary metric's direction (its other metrics take lm-eval's own)."""
+    declare(f"task.{cls.name}.{cls.primary_metric}", "", cls.higher_is_better,
+            f"`{cls.name}`'s primary score ({cls.description})", group="tasks", task_score=True)
     return LOCAL_TASKS.register(cls.name, cls)
 
 

@@ -16,7 +16,7 @@ from harness.report.sections.base import register
 __all__ = ["routing_section"]
 
 ROUTER_ACC, ROUTER_ACC_TRAIN = ROUTE
-ROUTES = {kind: Metric(f"route.{kind}.eval_loss", f"{kind} loss", True, "{:.3f}")
+ROUTES = {kind: Metric(f"route.{kind}.eval_loss", f"{kind} loss", "{:.3f}")
           for kind in ("routed", "oracle", "shared")}
 
 
