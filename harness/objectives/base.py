@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 RUN_REF = "run:"
 #: the objective of a run that names none
 DEFAULT = "sft"
+#: the column of `harness.store.load`'s frame that holds a run's objective (missing: the default)
+SPEC_COLUMN = "objective.name"
 
 
 class ObjectiveOptions(Section):

@@ -15,6 +15,8 @@ class Sft(Objective):
     name = "sft"
     Options = SftOptions
     description = "supervised fine-tuning: cross-entropy on the responses (the recipe's defaults)"
+    report_sections = ("single_task",)
+    metrics = ("train_loss", "eval_loss", "eval_ppl", "train_tokens_per_s", "peak_mem_train_mb")
 
 
 register(Sft)
