@@ -20,7 +20,7 @@ from pathlib import Path
 
 from harness.registry import Registry, UnknownName
 
-__all__ = ["GENERATORS", "Drift", "check", "datasets_table", "methods_table", "objectives_table", "pages", "render",
+__all__ = ["GENERATORS", "Drift", "check", "datasets_table", "methods_table", "metrics_table", "objectives_table", "pages", "render",
            "tasks_table", "write"]
 
 #: block name → function returning that block's Markdown (a table, ending without a newline)
@@ -127,7 +127,17 @@ def objectives_table() -> str:
     return _table(["name", "trains toward", "options (defaults)", "report sections", "always records"], rows)
 
 
+def metrics_table() -> str:
+    """The metric vocabulary: every declared key with its unit, direction, seed aggregation and device semantics."""
+    import harness.objectives  # noqa: F401  (objective and task modules declare their own metrics on import)
+    import harness.tasks  # noqa: F401
+    from harness.metrics import METRICS
+
+    return METRICS.markdown().rstrip("\n")
+
+
 GENERATORS.register("methods", methods_table)
+GENERATORS.register("metrics", metrics_table)
 GENERATORS.register("objectives", objectives_table)
 GENERATORS.register("datasets", datasets_table)
 GENERATORS.register("tasks", tasks_table)

@@ -261,8 +261,10 @@ declare("teacher_cache_s", "s", False, "computing the teacher's top-k cache in t
 declare("quality_retention_task_pct", "%", True, "mean over scored tasks of student ÷ teacher primary score "
         "(teacher ÷ student for a lower-is-better score), in %", **_D)
 _P = {"presence": "always", "group": "preference"}
-declare("pref_accuracy", "fraction", True, "held-out pairs whose chosen answer gets the higher implicit reward", **_P)
-declare("reward_margin", "reward", True, "mean implicit-reward margin chosen − rejected on held-out pairs", **_P)
+declare("pref_accuracy", "fraction", True, "held-out pairs whose chosen answer scores higher: the implicit reward "
+        "(dpo, kto) or the log-odds (orpo); a tie is not a win", **_P)
+declare("reward_margin", "reward", True, "mean margin chosen − rejected on held-out pairs, in implicit reward "
+        "(dpo, kto) or log-odds (orpo)", **_P)
 declare("kl_to_ref", "nats/token", False, "the policy's per-token KL to the reference on held-out chosen answers",
         **_P)
 declare("pref_accuracy_train", "fraction", True, "pref_accuracy on the training pairs", **_P)

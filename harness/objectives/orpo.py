@@ -16,9 +16,16 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from harness.metrics import declare
 from harness.objectives.base import register
 from harness.objectives.preference import (TRAIN_PAIRS_SCORED, PreferenceObjective, PreferenceOptions,
                                            answer_scores, encode_pairs, pair_figures)
+
+
+declare("orpo_sft_loss", "nats/token", False, "ORPO: the SFT part (chosen answers' NLL) of the last step's loss",
+        group="orpo")
+declare("orpo_odds_ratio_loss", "nats", False, "ORPO: the odds-ratio part, −log σ(Δ log-odds), of the last step's loss",
+        group="orpo")
 
 
 class OrpoOptions(PreferenceOptions):
