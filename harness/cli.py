@@ -32,9 +32,9 @@ def _experiment_path(name: str) -> Path:
 
 
 def cmd_run(args) -> int:
-    from harness import preflight, store
+    from harness import store
     from harness.config import load_experiment
-    from harness.grid import budget_confounds, expand, phases, with_reads, with_references
+    from harness.plan import plan_experiment
     from harness.plugins import import_plugins
     from harness.report.table import runs_table
 
@@ -42,17 +42,11 @@ def cmd_run(args) -> int:
     path = _experiment_path(args.experiment)
     experiment = load_experiment(path)
     import_plugins(experiment.plugins, base=path.parent, file=str(path))
-    specs = expand(experiment, args.set)
-    for key in budget_confounds(specs):
-        console.print(f"[yellow]warning:[/] `{key}` differs between methods in this grid: "
-                      "their results are not like for like")
-    specs = with_references(specs)  # the untouched base, scored once, when runs score tasks
     root = Path(args.results) if args.results else store.results_root()
-    preflight.check(specs, file=str(path), root=root)
-    # the order comes from the ids the grid wrote (a `run:<run id>` names those), the ids from the runs read
-    settled = dict(zip((s.run_id for s in specs), with_reads(specs, file=str(path))))
-    order = [[settled[s.run_id] for s in phase] for phase in phases(specs, file=str(path))]
-    specs = list(settled.values())
+    plan = plan_experiment(experiment, args.set, file=str(path), root=root)
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    specs = plan.specs
     if args.dry_run:
         statuses = [store.status_of(store.run_dir(s.experiment, s.run_id, root)) for s in specs]
         console.print(_grid_table(specs, statuses))
@@ -63,7 +57,7 @@ def cmd_run(args) -> int:
         return 0
     executor = _executor(args, experiment, root)
     # reference rows first (the runs read their general_ppl for the forgetting figures), teachers before students
-    results = [r for phase in order
+    results = [r for phase in plan.phases
                for r in executor.run(phase, plugins=experiment.plugins, experiment_dir=str(path.parent.resolve()))]
     console.print(runs_table(results, title=f"{experiment.name}: {len(results)} runs"))
     bad = [r for r in results if r is None or r["status"] != "ok"]

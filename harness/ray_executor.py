@@ -1,7 +1,8 @@
 """The Ray executor: the local executor's guarantees on a Ray cluster.
 
-The driver (this process) plans, claims and records every run exactly as `LocalExecutor` does;
-each claimed run becomes one Ray actor (`RunWorker`) that asks the cluster for the experiment's
+The driver (this process) claims and records every run in the same loop as `LocalExecutor`
+(`harness.executor_loop.Executor`); this module supplies only where a run starts and how it is
+watched: each claimed run becomes one Ray actor (`RunWorker`) that asks the cluster for the experiment's
 `resources` and runs `python -m harness.run` in a scratch folder on whichever node Ray chose.
 Workers need not share a disk with the driver: the driver mirrors metrics.jsonl while the run
 trains (progress, pruning) and writes the returned record into the store at the end; artifacts
@@ -16,10 +17,9 @@ import math
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +29,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness import store
 from harness.errors import ConfigError
-from harness.executor import (_last_json_line, child_env, claim_run, note_waiting, record_without_result, start_run_process,
-                              status_line)
+from harness.executor import child_env, start_run_process
+from harness.executor_loop import Executor, Job, Monitor, last_progress, record_without_result
 from harness.grid import RunSpec
 
 #: files of a run that are its record (always back to the driver); everything else is an artifact
@@ -172,25 +172,19 @@ def check_artifacts_uri(uri: str | None, file: str) -> None:
 # -- driver side --------------------------------------------------------------------------------------
 
 @dataclass
-class Flight:
+class Flight(Job):
     """A claimed run on the cluster."""
 
-    spec: RunSpec
-    directory: Path
-    claim: store.Claim
-    actor: object
+    actor: object = None
     attempt: int = 1
     offset: int = 0
     node: str | None = None
     poll_ref: object = None
-    started: float = field(default_factory=time.monotonic)
-    stopped: str | None = None
     lost: list[str] = field(default_factory=list)
-    task: int | None = None
     payload: dict = field(default_factory=dict)
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Runs RunSpecs as Ray actors, one per run, with `LocalExecutor`'s interface and guarantees.
 
     Args:
@@ -218,18 +212,11 @@ class RayExecutor:
             raise ConfigError.one(file, "resources", f"no node of the Ray cluster has {self.cpus:g} CPU and {self.gpus:g} GPU "
                                   f"free for one run (cluster: {self.ray.cluster_resources()})")
         check_artifacts_uri(artifacts_uri, file)
+        super().__init__(force=force, retry_failed=retry_failed, root=root, console=console, poll_s=poll_s)
         self.artifacts_uri = artifacts_uri
-        self.force, self.retry_failed = force, retry_failed
-        self.root = root or store.results_root()
-        self.console = console or Console(stderr=True)
-        self.poll_s, self.attempts, self.show_progress = poll_s, attempts, progress
+        self.attempts, self.show_progress = attempts, progress
         self._actor_class = self.ray.remote(RunWorker)
         self._slots_at, self._slots = 0.0, 0
-        self._cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        """Make every `run` in progress (on any thread) kill its runs and raise KeyboardInterrupt."""
-        self._cancelled.set()
 
     def capacity(self) -> int:
         """Runs that fit on the cluster now (nodes may join or leave; re-read every 5 s)."""
@@ -237,75 +224,43 @@ class RayExecutor:
             self._slots, self._slots_at = max(1, slots(self.ray.nodes(), self.cpus, self.gpus)), time.monotonic()
         return self._slots
 
-    def run(self, specs: list[RunSpec], *, plugins: list[str] = (), experiment_dir: str | None = None,
-            monitor: Callable[[RunSpec, Path], str | None] | None = None) -> list[dict]:
-        """Run every spec not yet finished on the cluster; returns all results (as `LocalExecutor.run`)."""
-        plugin_files = _plugin_sources(plugins, experiment_dir)
-        pending, flights = list(specs), []
-        per_node: dict[str, Counter] = {}
-        start, finished, waiting_logged = time.monotonic(), 0, set()
-        view = _View(self.console, len(specs), enabled=self.show_progress)
-        with view:
-            try:
-                while pending or flights:
-                    if self._cancelled.is_set():
-                        raise KeyboardInterrupt
-                    for spec in list(pending):
-                        if len(flights) >= self.capacity():
-                            break
-                        outcome = self._try_start(spec, plugins, experiment_dir, plugin_files)
-                        if outcome == "locked":
-                            note_waiting(self.console, spec, waiting_logged)
-                            continue
-                        pending.remove(spec)
-                        if isinstance(outcome, Flight):
-                            outcome.task = view.add_run(spec)
-                            flights.append(outcome)
-                        else:
-                            finished += 1
-                            status = store.status_of(store.run_dir(spec.experiment, spec.run_id, self.root))
-                            self._line(spec, status, "skipped (finished)", finished, len(specs))
-                    for flight in flights:
-                        if flight.poll_ref is None:
-                            flight.poll_ref = flight.actor.poll.remote(flight.offset)
-                    refs = {f.poll_ref: f for f in flights}
-                    # a poll answers at once: one round per poll_s, or driver and workers spin
-                    time.sleep(self.poll_s)
-                    ready, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=0) if refs else ([], [])
-                    for ref in ready:
-                        flight = refs[ref]
-                        flight.poll_ref = None
-                        result = self._handle(flight, ref, monitor)
-                        if result is None:
-                            continue
-                        flights.remove(flight)
-                        view.remove_run(flight.task)
-                        finished += 1
-                        node = flight.node or "?"
-                        per_node.setdefault(node, Counter())["done"] += 1
-                        note = f"{time.monotonic() - flight.started:.1f}s on {node}" + (
-                            f", attempt {flight.attempt}" if flight.attempt > 1 else "")
-                        self._line(flight.spec, result["status"], note, finished, len(specs))
-                    view.update(finished, len(pending), flights, per_node)
-            except BaseException:
-                self._cancel(flights)
-                raise
-        if self.show_progress:
-            ran = ", ".join(f"{node}: {counts['done']}" for node, counts in per_node.items()) or "nothing run"
-            self.console.print(f"[dim]sweep finished in {time.monotonic() - start:.1f}s on Ray ({ran})[/]")
-        return [store.read_result(store.run_dir(s.experiment, s.run_id, self.root)) for s in specs]
-
     # -- one run ------------------------------------------------------------------------------------
 
-    def _try_start(self, spec, plugins, experiment_dir, plugin_files):
+    def _start(self, spec: RunSpec, directory: Path, claim: store.Claim, plugins: list[str],
+               experiment_dir: str | None) -> Flight:
         # claims stay with the driver: a worker never decides whether a run is due
-        claim, directory = claim_run(spec, self.root, force=self.force, retry_failed=self.retry_failed)
-        if claim in ("locked", "skipped"):
-            return claim
-        flight = Flight(spec=spec, directory=directory, claim=claim, actor=None,
-                        payload=self._payload(spec, plugins, experiment_dir, plugin_files))
+        flight = Flight(spec, directory, claim,
+                        payload=self._payload(spec, plugins, experiment_dir, _plugin_sources(plugins, experiment_dir)))
         self._launch(flight)
         return flight
+
+    def _watch(self, jobs: list[Flight], monitor: Monitor | None) -> Iterator[tuple[Flight, dict]]:
+        """Ask every flight for news (one poll in flight each), and handle the answers that came."""
+        for flight in jobs:
+            if flight.poll_ref is None:
+                flight.poll_ref = flight.actor.poll.remote(flight.offset)
+        refs = {f.poll_ref: f for f in jobs}
+        # a poll answers at once: the loop's pause between rounds paces them, or driver and workers spin
+        ready, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=0) if refs else ([], [])
+        for ref in ready:
+            flight = refs[ref]
+            flight.poll_ref = None
+            result = self._handle(flight, ref, monitor)
+            if result is not None:
+                yield flight, result
+
+    def _note(self, flight: Flight, eta_s: float | None) -> str:
+        return f"{time.monotonic() - flight.started:.1f}s on {flight.node or '?'}" + (
+            f", attempt {flight.attempt}" if flight.attempt > 1 else "")
+
+    def _view(self, total: int) -> "_View":
+        return _View(self.console, total, enabled=self.show_progress)
+
+    def _closing(self, view: "_View", elapsed_s: float) -> str | None:
+        if not self.show_progress:
+            return None
+        ran = ", ".join(f"{node}: {counts['done']}" for node, counts in view.per_node.items()) or "nothing run"
+        return f"[dim]sweep finished in {elapsed_s:.1f}s on Ray ({ran})[/]"
 
     def _launch(self, flight: Flight) -> None:
         """(Re)create the run's mirror directory and its actor."""
@@ -393,7 +348,7 @@ class RayExecutor:
         finally:
             flight.claim.release()
 
-    def _cancel(self, flights: list[Flight]) -> None:
+    def _abandon(self, flights: list[Flight]) -> None:
         """Ctrl-C (or any error) on the driver: kill the in-flight runs and leave no partial record."""
         for flight in flights:
             try:
@@ -403,9 +358,6 @@ class RayExecutor:
             if store.read_result(flight.directory) is None:
                 shutil.rmtree(flight.directory, ignore_errors=True)
             flight.claim.release()
-
-    def _line(self, spec: RunSpec, status: str, note: str, done: int, total: int) -> None:
-        self.console.print(status_line(spec, status, note, done, total))
 
 
 def _plugin_sources(plugins, experiment_dir) -> dict[str, str]:
@@ -424,6 +376,7 @@ class _View:
 
     def __init__(self, console: Console, total: int, enabled: bool):
         self.enabled = enabled
+        self.per_node: dict[str, Counter] = {}
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=console, transient=True)
         self.overall = self.progress.add_task("runs", total=total)
@@ -441,20 +394,21 @@ class _View:
     def add_run(self, spec: RunSpec) -> int:
         return self.progress.add_task(f"  {spec.slug} (queued on the cluster)", total=None)
 
-    def remove_run(self, task: int) -> None:
-        self.progress.remove_task(task)
+    def ended(self, flight: Flight) -> None:
+        self.progress.remove_task(flight.task)
+        self.per_node.setdefault(flight.node or "?", Counter())["done"] += 1
 
-    def update(self, finished: int, queued: int, flights: list[Flight], per_node: dict[str, Counter]) -> None:
+    def update(self, finished: int, queued: int, flights: list[Flight]) -> None:
         """`queued 3 · 10.0.0.5: 2 running, 4 done · …` and each run's bar, with its node and loss."""
         running = Counter(f.node for f in flights if f.node)
         on_cluster = sum(1 for f in flights if not f.node)
-        names = sorted(set(running) | set(per_node))
+        names = sorted(set(running) | set(self.per_node))
         parts = [f"queued {queued + on_cluster}"] + [
-            f"{n}: {running.get(n, 0)} running, {per_node.get(n, Counter())['done']} done" for n in names]
+            f"{n}: {running.get(n, 0)} running, {self.per_node.get(n, Counter())['done']} done" for n in names]
         self.progress.update(self.summary, description=" · ".join(parts), visible=True)
         self.progress.update(self.overall, completed=finished)
         for flight in flights:
-            last = _last_json_line(flight.directory / "metrics.jsonl") if flight.node else None
+            last = last_progress(flight.directory / "metrics.jsonl") if flight.node else None
             where = f"@{flight.node}" if flight.node else "(queued on the cluster)"
             if last and "max_steps" in last:
                 self.progress.update(flight.task, total=last["max_steps"], completed=last["step"],

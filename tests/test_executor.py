@@ -255,6 +255,44 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     assert not (results / "killed" / ".archive").exists()
 
 
+# --- Ctrl-C in the loop ---------------------------------------------------------------------------
+
+def test_ctrl_c_stops_the_children_and_lets_go_of_the_claims(tmp_path):
+    from harness.executor import LocalExecutor
+
+    path = write_experiment(tmp_path, "cancel", base=tiny_base(train={"max_steps": 25}), grid={"seeds": [0, 1]})
+    specs = expand_file(path)
+    results = tmp_path / "results"
+    children = []
+
+    def interrupt(spec, directory):
+        children.extend(p for p in _run_children() if p not in children)
+        if (directory / "metrics.jsonl").is_file():
+            raise KeyboardInterrupt  # what Ctrl-C raises in the sweep's loop
+
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor(workers=2, root=results, poll_s=0.1).run(specs, monitor=interrupt)
+    assert children and not any(p.is_running() and p.status() != "zombie" for p in children)  # no run left training
+    for spec in specs:
+        assert not (results / "cancel" / spec.run_id / "result.json").exists()  # unfinished: the next sweep reruns it
+        claim = store.try_claim("cancel", spec.run_id, results)
+        assert claim is not None  # no claim left held
+        claim.release()
+
+
+def _run_children():
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "harness.run" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:  # gone already
+            pass
+    return found
+
+
 # --- two sweeps at once ---------------------------------------------------------------------------
 
 def test_concurrent_sweeps_share_the_work(tmp_path):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from harness.data.base import Dataset, DataError, prompt_key, register
 from harness.data.chatterbot import Chatterbot
+from harness.data.corpora import in_task, papers, polarity_sentences
 
 #: chatterbot topic (file name) → domain; every topic not listed is "general"
 TOPIC_DOMAINS = {
@@ -89,8 +90,6 @@ class Aclsum(Dataset):
     description = "aclsum train+val papers: abstract → two-sentence summary (aclsum_sum scores the test papers)"
 
     def records(self, cfg):
-        from harness.tasks.aclsum_sum import papers
-
         try:
             docs = papers("train") + papers("val")
         except FileNotFoundError as err:
@@ -122,8 +121,6 @@ class Sentiment(Dataset):
     description = "movie-review sentences → negative/positive: those the `polarity` task does not score"
 
     def records(self, cfg):
-        from harness.tasks.polarity import in_task, polarity_sentences
-
         try:
             docs = [d for d in polarity_sentences() if not in_task(d["sentence"])]
         except FileNotFoundError as err:

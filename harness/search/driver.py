@@ -24,6 +24,7 @@ from harness import store
 from harness.config import load_experiment
 from harness.errors import ConfigError
 from harness.grid import RunSpec, expand, make_spec
+from harness.plan import Plan, build_plan
 from harness.search.space import Sweep, check_against_experiment, suggest, violation
 from harness.search.study import make_storage, open_study, public_url
 
@@ -74,6 +75,15 @@ class Search:
         # named after the sampled values (`lora-r16-a32-n200-lr0.00031-s0`), as if they were grid axes
         return dataclasses.replace(make_spec(self.sweep.name, spec.config, dict(ordered)), trial=trial)
 
+    def plan_for(self, params: dict[str, Any], trial: dict | None = None) -> Plan:
+        """The trial's run planned as a grid's is: its untouched-base reference row when it scores tasks
+        (run by the first trial that needs it, skipped as finished by the next), preflight, pinned reads.
+
+        Raises:
+            ConfigError: the point is not a valid run (the trial fails, the search goes on).
+        """
+        return build_plan([self.spec_for(params, trial)], file=self.sweep.file, root=self.root)
+
     def preflight(self, samples: int = 8) -> None:
         """Sample the space on a throwaway in-memory study and check those runs like a grid's.
 
@@ -81,8 +91,6 @@ class Search:
             ConfigError: an option on the wrong method, r wider than a layer, ... before any trial starts.
         """
         import optuna
-
-        from harness import preflight
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), directions=self.sweep.directions)
@@ -96,7 +104,7 @@ class Search:
             except ConfigError as exc:
                 raise ConfigError([(self.sweep.file, f"space (sampled {trial.params})", m) for _, _, m in exc.problems])
             scratch.tell(trial, state=optuna.trial.TrialState.FAIL)
-        preflight.check(specs, file=self.sweep.file, root=self.root)
+        build_plan(specs, file=self.sweep.file, root=self.root)  # their reference rows too, as a grid's
 
     # -- the worker loop --------------------------------------------------------------------------
 
@@ -155,7 +163,7 @@ class Search:
         TrialState = optuna.trial.TrialState
         try:
             params = suggest(trial, self.sweep.space, self.base_spec.config.as_dict())
-            spec = self.spec_for(params, trial={"study": self.study.study_name, "number": trial.number,
+            plan = self.plan_for(params, trial={"study": self.study.study_name, "number": trial.number,
                                                 "params": params})
         except ConfigError as exc:  # a point of the space that is not a valid run: a failed trial, the search goes on
             reason = exc.render().splitlines()[0]
@@ -168,9 +176,9 @@ class Search:
             shadow.set_user_attr("trial", trial.number)
         # Optuna takes intermediate values only in single-objective studies: the trial's own, or its twin's
         monitor = _PruneMonitor(shadow or trial) if shadow is not None or len(self.sweep.objectives) == 1 else None
+        (spec,) = [s for s in plan.specs if s.trial is not None]
         with _heartbeat(self.storage, trial):
-            (result,) = executor.run([spec], plugins=self.experiment.plugins,
-                                     experiment_dir=str(Path(self.sweep.experiment).parent.resolve()), monitor=monitor)
+            result = self._run_plan(plan, spec, executor, monitor)
         metrics = (result or {}).get("metrics") or {}
         status = (result or {}).get("status", "failed")
         trial.set_user_attr("run_id", spec.run_id)
@@ -192,6 +200,16 @@ class Search:
         if shadow is not None:
             self.companion.tell(shadow, state=state)
         return TrialOutcome(trial.number, state.name, None, spec.run_id, reason)
+
+    def _run_plan(self, plan: Plan, spec: RunSpec, executor, monitor) -> dict | None:
+        """Run the plan phase by phase (its reference row first); only the trial's own run is pruned."""
+        result = None
+        for phase in plan.phases:
+            results = executor.run(phase, plugins=self.experiment.plugins,
+                                   experiment_dir=str(Path(self.sweep.experiment).parent.resolve()),
+                                   monitor=monitor if any(s.run_id == spec.run_id for s in phase) else None)
+            result = next((r for s, r in zip(phase, results) if s.run_id == spec.run_id), result)
+        return result
 
     # -- results ----------------------------------------------------------------------------------
 

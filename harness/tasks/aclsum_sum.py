@@ -3,11 +3,10 @@ split of the `aclsum` package (100 papers); the summary is its challenge, approa
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
+from harness.data.corpora import aclsum_file, papers
 from harness.tasks.base import LocalTask, function_ref, register
+
+__all__ = ["AclsumSum", "aclsum_file", "papers"]  # the papers live in the data layer
 
 METRIC_MODULE = '''"""ROUGE-L F1 for ftbench's aclsum_sum task (written by harness/tasks/aclsum_sum.py)."""
 from rouge_score import rouge_scorer
@@ -18,29 +17,6 @@ _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 def process_results(doc, results):
     return {"rougeL": _SCORER.score(doc["summary"], results[0].strip())["rougeL"].fmeasure}
 '''
-
-
-def aclsum_file(split: str) -> Path:
-    spec = importlib.util.find_spec("aclsum")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the `aclsum` package is not installed: run `make install`")
-    return Path(spec.submodule_search_locations[0]) / "dataset" / f"{split}.jsonl"
-
-
-def papers(split: str) -> list[dict]:
-    """The papers of one split ("train", "val", "test") as {id, abstract, summary}: the abstract's
-    sentences joined, the summary its challenge, approach and outcome joined.
-
-    Raises:
-        FileNotFoundError: the `aclsum` package is not installed.
-    """
-    docs = []
-    for line in aclsum_file(split).read_text(encoding="utf-8").splitlines():
-        paper = json.loads(line)
-        abstract = " ".join(paper["sentences"]["abstract"])
-        summary = " ".join(paper["summary"][k] for k in ("challenge", "approach", "outcome"))
-        docs.append({"id": paper["id"], "abstract": abstract, "summary": summary})
-    return docs
 
 
 class AclsumSum(LocalTask):

@@ -3,7 +3,6 @@ folder under the ftbench cache, which `lm_eval.tasks.TaskManager(include_path=..
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,8 +12,11 @@ from typing import ClassVar
 
 import yaml
 
+from harness.data.corpora import stable_shuffle
 from harness.metrics import declare
 from harness.registry import Registry
+
+__all__ = ["LOCAL_TASKS", "LocalTask", "build_all", "function_ref", "register", "stable_shuffle", "task_dir", "versions"]
 
 
 class LocalTask:
@@ -55,12 +57,6 @@ class LocalTask:
         (out_dir / f"{self.name}.yaml").write_text(text)
         for name, content in self.extra_files().items():
             (out_dir / name).write_text(content)
-
-
-def stable_shuffle(docs: list[dict], field: str) -> list[dict]:
-    """Documents in a fixed order that depends only on their `field` text (a hash), so that lm-eval's
-    `limit: n` (the first n documents) is a sample of the whole task, not of its first topic or label."""
-    return sorted(docs, key=lambda d: hashlib.sha256(str(d[field]).encode()).hexdigest())
 
 
 LOCAL_TASKS: Registry[type[LocalTask]] = Registry("task")

@@ -5,8 +5,8 @@ fine-tuning is forgetting of general language, not a change on the training dist
 
 from __future__ import annotations
 
+from harness.data.corpora import gensim_test_file
 from harness.tasks.base import LocalTask, register
-from harness.tasks.polarity import gensim_test_file
 
 
 class GeneralPPL(LocalTask):

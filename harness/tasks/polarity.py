@@ -6,54 +6,10 @@ is the `sentiment` training dataset (harness/data/sources.py), so the two never 
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-from pathlib import Path
+from harness.data.corpora import gensim_test_file, in_task, polarity_sentences, polarity_task_halves
+from harness.tasks.base import LocalTask, register
 
-from harness.tasks.base import LocalTask, register, stable_shuffle
-
-
-def gensim_test_file(name: str) -> Path:
-    """A file of gensim's test data, found without importing gensim (only its data is used).
-
-    Raises:
-        FileNotFoundError: gensim is not installed (`make install` installs it, without its deps).
-    """
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the `gensim` package (for its test data) is not installed: run `make install`")
-    return Path(spec.submodule_search_locations[0]) / "test" / "test_data" / name
-
-
-def polarity_sentences() -> list[dict]:
-    """All 200 labelled sentences in file order, as {sentence, label} (label 1: positive).
-
-    Raises:
-        FileNotFoundError: gensim is not installed.
-    """
-    docs = []
-    text = gensim_test_file("pang_lee_polarity.cor").read_text(encoding="cp1252")  # 0x97 dashes: Windows-1252
-    for line in text.splitlines():
-        label, _, sentence = line.partition(" ")
-        if label in ("__label__neg", "__label__pos") and sentence.strip():
-            docs.append({"sentence": sentence.strip(), "label": int(label == "__label__pos")})
-    return docs
-
-
-def _task_halves() -> list[list[dict]]:
-    """Per label (negative, positive): the half of its sentences the task keeps, in hash order."""
-    by_label = [stable_shuffle([d for d in polarity_sentences() if d["label"] == label], "sentence") for label in (0, 1)]
-    return [docs[: len(docs) // 2] for docs in by_label]
-
-
-@functools.cache
-def _task_set() -> frozenset[str]:
-    return frozenset(d["sentence"] for half in _task_halves() for d in half)
-
-
-def in_task(sentence: str) -> bool:
-    """Whether the `polarity` task scores this sentence (else it is `sentiment` training data)."""
-    return sentence in _task_set()
+__all__ = ["Polarity", "gensim_test_file", "in_task", "polarity_sentences"]  # the texts live in the data layer
 
 
 class Polarity(LocalTask):
@@ -65,7 +21,7 @@ class Polarity(LocalTask):
 
     def documents(self):
         # alternate the labels (each in a fixed shuffled order) so that any `limit` is balanced
-        return [doc for pair in zip(*_task_halves()) for doc in pair]
+        return [doc for pair in zip(*polarity_task_halves()) for doc in pair]
 
     def spec(self, data_file):
         return {
