@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from harness import store
+from harness.objectives import SPEC_COLUMN
 from harness import tasks as _tasks  # noqa: F401  (built-in tasks declare their primary scores' directions)
 from harness.metrics import METRICS
 from harness.report.stats import Interval, mean_ci
@@ -123,7 +124,7 @@ def load_runs(experiment: str, root: Path | None = None, price_per_hour: float =
     ref_ids = df["reference"] if "reference" in df else pd.Series(None, index=df.index, dtype=object)
     df["reference_config"] = ref_ids.map(dict(zip(df["run_id"], df["config"])))
     # a `none` run that routes adapters, or prompts with a system prompt, is a row of its own, not the base
-    plain = (df["objective.name"].isna() if "objective.name" in df else True) & (
+    plain = (df[SPEC_COLUMN].isna() if SPEC_COLUMN in df else True) & (
         df["data.system_prompt"].isna() if "data.system_prompt" in df else True)
     df["reference"] = (df.get("method.name", pd.Series(index=df.index, dtype=object)) == REFERENCE_METHOD) & plain
     df = latest_settings(df)

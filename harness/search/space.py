@@ -149,8 +149,9 @@ def sweep_path(name: str) -> Path:
     return path if path.suffix in (".yaml", ".yml") or path.exists() else Path("sweeps") / f"{name}.yaml"
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read and validate a sweep file, its experiment, its space keys and its metric names.
+def read_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file, its experiment, its space keys and its metric names (the
+    sampler's and pruner's own options are Optuna's to check: `harness.search.study.load_sweep`).
 
     Raises:
         ConfigError: every problem at once, each naming the file and the field.
@@ -212,11 +213,7 @@ def load_sweep(path: str | Path) -> Sweep:
                      for k, d in sweep.space.items() if d.type == "float"]
     if problems:
         raise ConfigError(problems)
-    sweep = _with_directions(sweep)
-    from harness.search.study import make_pruner, make_sampler
-
-    make_sampler(sweep), make_pruner(sweep)  # Optuna checks their options now, before any storage is touched
-    return sweep
+    return _with_directions(sweep)
 
 
 def _experiment_file(name: str, sweep_file: Path) -> Path | None:

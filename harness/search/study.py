@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 from harness.errors import ConfigError, allowed, did_you_mean
-from harness.search.space import Sweep, grid_space, violation
+from harness.search.space import Sweep, grid_space, read_sweep, violation
 
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 #: study attribute counting the workers that joined (each samples with its own seed)
@@ -34,6 +34,18 @@ def public_url(url: str) -> str:
     except Exception:  # not an SQLAlchemy URL: drop anything that looks like credentials
         scheme, _, rest = url.partition("://")
         return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file; Optuna checks its sampler's and pruner's options now, before
+    any storage is touched.
+
+    Raises:
+        ConfigError: every problem at once, each naming the file and the field.
+    """
+    sweep = read_sweep(path)
+    make_sampler(sweep), make_pruner(sweep)
+    return sweep
 
 
 def make_storage(url: str, sweep: Sweep):
