@@ -79,8 +79,10 @@ transfer: $(STAMP)
 eval: $(STAMP)
 	$(BIN)/ftbench eval $(EXP) $(if $(TASKS),--tasks $(TASKS)) $(ARGS)
 
+# the layers contract first (pyproject.toml [tool.importlinter]: no import goes up the flow, no cycles);
 # the Ray tests run in a loopback-only network namespace (scripts/netns-run.sh; pytest's 5: none selected)
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not ray" $(ARGS)
 	bash scripts/netns-run.sh $(BIN)/python -m pytest -q -m ray $(ARGS) || [ $$? -eq 5 ]
 

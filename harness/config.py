@@ -14,7 +14,7 @@ from harness.methods import METHODS
 from harness.methods.base import MethodCfg
 from harness.objectives import DEFAULT, OBJECTIVES, ObjectiveOptions, default_options
 from harness.registry import UnknownName
-from harness.schema import Section, validate_section
+from harness.schema import RUN_KEYS, Section, validate_section
 
 
 class ModelCfg(Section):
@@ -104,7 +104,8 @@ SECTIONS: dict[str, type[Section]] = {
     "eval": EvalCfg,
     "tracking": TrackingCfg,
 }
-RUN_KEYS = [*SECTIONS, "objective", "method", "seed"]
+if RUN_KEYS != [*SECTIONS, "objective", "method", "seed"]:  # schema's list is what the store reads
+    raise RuntimeError(f"harness.schema.RUN_KEYS {RUN_KEYS} does not match the config sections {list(SECTIONS)}")
 
 
 class RunConfig(BaseModel):

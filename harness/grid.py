@@ -448,7 +448,9 @@ def phases(specs: list[RunSpec], *, file: str = "") -> list[list[RunSpec]]:
             depth[spec.run_id] = max((level(n, (*chain, spec.run_id)) + 1 for n in needs), default=0)
         return depth[spec.run_id]
 
-    references = [s for s in specs if s.config.method.name == "none" and s.reference is None]
+    # an untouched-base row; not a `none` run that reads other runs (a router over their adapters)
+    references = [s for s in specs if s.config.method.name == "none" and s.reference is None
+                  and not s.config.objective.run_refs()]
     rest = [s for s in specs if s not in references]
     levels = [level(s) for s in rest]
     staged = [[s for s, d in zip(rest, levels) if d == n] for n in range(max(levels, default=-1) + 1)]

@@ -244,7 +244,7 @@ def check_sources(specs, *, file: str, root=None) -> list[tuple[str, str, str]]:
     """Multi-task, continual, routed runs and `eval.sources`: every source is registered and splits
     under the run's data settings; no training set shares prompts with a scored validation split."""
     from harness.errors import did_you_mean
-    from harness.objectives.domains import collisions, source_splits
+    from harness.objectives.parts.domains import collisions, source_splits
 
     problems: list[tuple[str, str, str]] = []
     named = sorted(n for n in DATASETS.names() if DATASETS.get(n).domain)

@@ -14,7 +14,7 @@ from harness.context import RunContext
 from harness.data.tokenize import make_collator, prompt_text
 from harness.evaluate import perplexity, token_loss
 from harness.measure import LATENCY_PROMPTS, PeakMemory, count_params, dir_bytes, latency, percentile
-from harness.objectives.domains import evaluate_sources, pooled
+from harness.objectives.parts.domains import evaluate_sources, pooled
 from harness.runrefs import RunRefs
 
 

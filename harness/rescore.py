@@ -16,7 +16,7 @@ from harness import models, store
 from harness.config import RUN_KEYS, build_run_config
 from harness.context import RunContext
 from harness.runrefs import RunRefs
-from harness.tasks.base import versions
+from harness.tasks.base import task_key
 
 
 @dataclass
@@ -31,11 +31,6 @@ class Summary:
         """Estimated load time saved against loading the base once per run."""
         mean = sum(self.load_s) / len(self.load_s) if self.load_s else 0.0
         return max(runs_scored - self.base_loads, 0) * mean
-
-
-def task_key(task: str, limit, num_fewshot) -> dict:
-    """What a cached score depends on besides the run."""
-    return {"version": versions([task])[task], "limit": limit, "num_fewshot": num_fewshot}
 
 
 def missing_tasks(result: dict, tasks: list[str], limit, num_fewshot) -> list[str]:

@@ -79,7 +79,7 @@ def execute(run_dir: Path) -> dict:
     metrics["wall_s"] = round(time.perf_counter() - wall0, 3)
     task_meta = {}
     if status == "ok":
-        from harness.rescore import task_key
+        from harness.tasks.base import task_key
 
         task_meta = {t: task_key(t, spec.eval.limit, spec.eval.num_fewshot) for t in spec.eval.tasks
                      if any(k.startswith(f"task.{t}.") for k in metrics)}

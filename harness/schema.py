@@ -9,6 +9,9 @@ from typing import Any, Union
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from harness.errors import ConfigError, allowed, did_you_mean
+
+#: the keys of a run spec that decide what it computes (the store reads them without the config models)
+RUN_KEYS = ["model", "data", "train", "eval", "tracking", "objective", "method", "seed"]
 from harness.expr import ExprError, evaluate
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from harness.metrics import METRICS
+from harness.schema import RUN_KEYS
 
 RESULTS_ENV = "FTBENCH_RESULTS"
 
@@ -208,8 +209,6 @@ def load(experiment: str, root: Path | None = None):
 def settings_key(spec: dict) -> str:
     """A short hash of what a run's spec sets apart from its seed (and tracking): runs of one slug
     with different keys were run under different settings, not as seeds of one configuration."""
-    from harness.config import RUN_KEYS
-
     kept = {k: spec[k] for k in RUN_KEYS if k in spec and k not in ("seed", "tracking")}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 

@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
-from harness.objectives import continual_metrics as cm
-from harness.objectives.ewc import anchor, ewc_penalty, fisher_diagonal
-from harness.objectives.mixing import batch_schedule, mixture_probabilities, reservoir, task_order, with_replay
+from harness.objectives.parts import continual_metrics as cm
+from harness.objectives.parts.ewc import anchor, ewc_penalty, fisher_diagonal
+from harness.objectives.parts.mixing import batch_schedule, mixture_probabilities, reservoir, task_order, with_replay
 
 #: R[i][j]: accuracy on task j after stage i; baseline b[j]: before any stage
 R = [[0.80, 0.30, 0.20],

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.objectives.distill_losses import (distill_weight, feature_mse, pooled, projection_layers, relation_loss,
+from harness.objectives.parts.distill_losses import (distill_weight, feature_mse, pooled, projection_layers, relation_loss,
                                                response_kl, response_kl_topk, teacher_topk)
-from harness.objectives.student import decoder_layers, depth_pruned_copy, keep_layers
+from harness.objectives.parts.student import decoder_layers, depth_pruned_copy, keep_layers
 
 
 def logits(seed: int, shape=(2, 5, 11)) -> torch.Tensor:
@@ -137,7 +137,7 @@ def test_a_depth_pruned_student_holds_the_chosen_teacher_layers_and_generates():
 # --- the `distill` objective ------------------------------------------------------------------------
 
 def test_packed_rows_pool_each_example_apart():
-    from harness.objectives.distill import pooled_examples, segments
+    from harness.objectives.parts.distillation import pooled_examples, segments
 
     positions = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])  # three examples packed in one row
     seg = segments({"position_ids": positions, "input_ids": positions}, positions.shape)
@@ -246,7 +246,7 @@ def test_stages_in_one_grid_run_teacher_first_and_chain_through_the_store(tmp_pa
 def test_an_ensemble_softens_to_the_weighted_mixture_of_its_members():
     from harness import models
     from harness.config import ModelCfg
-    from harness.objectives.distill import TeacherEnsemble, freeze, softened
+    from harness.objectives.parts.distillation import TeacherEnsemble, freeze, softened
 
     a, _ = models.load(ModelCfg(name="tiny-smollm2"), "cpu")
     b, _ = models.load(ModelCfg(name="tiny-smollm2"), "cpu")
@@ -275,7 +275,7 @@ def test_the_teacher_cache_gives_the_on_the_fly_kl_at_full_k(tmp_path, monkeypat
     from harness.config import DataCfg, ModelCfg
     from harness.data import DATASETS
     from harness.data.tokenize import encode_all, make_collator
-    from harness.objectives import teacher_cache
+    from harness.objectives.parts import teacher_cache
 
     monkeypatch.setenv("FTBENCH_CACHE", str(tmp_path / "cache"))
     teacher, tokenizer = models.load(ModelCfg(name="tiny-smollm2"), "cpu")

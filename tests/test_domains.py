@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from conftest import read_result, run_cli, run_dirs, tiny_base, write_experiment
-from harness.objectives.mixing import batch_schedule, mixture_probabilities
+from harness.objectives.parts.mixing import batch_schedule, mixture_probabilities
 
 SOURCES = ["chat_technical", "sentiment"]
 TINY = dict(data={"n_train": 16, "n_val": 8, "n_test": 0}, train={"max_steps": 3, "micro_batch": 2, "seq_len": 96},
@@ -169,7 +169,7 @@ def test_bad_domain_input_is_one_clear_message_before_any_run(tmp_path, base, ne
 
 def test_a_training_file_that_holds_a_scored_validation_prompt_is_refused(tmp_path):
     from harness.config import DataCfg
-    from harness.objectives.domains import source_splits
+    from harness.objectives.parts.domains import source_splits
 
     # both splits order prompts by the same seeded hash, so leaked prompts compete for the file's own
     # validation slots: leaking all 8 into a file that keeps 4 for validation puts at least 4 in training

@@ -34,7 +34,7 @@ def test_chatterbot_pairs_stay_inside_their_split():
 
 def test_the_answer_trl_sees_ends_with_one_end_of_turn():
     from harness import models
-    from harness.objectives.preference import completion_text
+    from harness.objectives.parts.preference import completion_text
 
     _, tokenizer = models.load(build_run_config({"model": "tiny-smollm2"}, file="t").model, "cpu")
     text = completion_text(tokenizer, "hi?", "hello", DataCfg())
@@ -75,7 +75,7 @@ def test_dpo_with_lora_learns_its_pairs_against_the_base_without_a_second_model(
     from harness import models
     from harness.data.tokenize import encode_all, make_collator
     from harness.measure import count_params
-    from harness.objectives import preference
+    from harness.objectives.parts import preference
     from harness.context import RunContext
     from harness.train import build_trainer, training_args
 

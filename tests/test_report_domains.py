@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.objectives import continual_metrics
+from harness.objectives.parts import continual_metrics
 from harness.report.build import build
 from harness.report.continual import continual_chains
 from harness.report.domains import multitask_comparison, transfer_matrix

@@ -11,7 +11,7 @@ import torch
 
 from harness import models
 from harness.config import ModelCfg
-from harness.objectives.router import Router, pooled_features, train_router
+from harness.objectives.parts.router import Router, pooled_features, train_router
 
 
 WORDS = ("the cat sat on a warm mat while rain fell over quiet green hills and old town roads near "

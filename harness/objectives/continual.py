@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
-from transformers import Trainer
 
 from harness.objectives.base import Objective, ObjectiveOptions, check_run_ref, register
-from harness.objectives.domains import evaluate_sources, source_train
-from harness.objectives.mixing import with_replay
+from harness.objectives.parts.domains import evaluate_sources, source_train
+from harness.objectives.parts.mixing import with_replay
 
 #: how earlier stages are protected
 STRATEGIES = ("naive", "replay", "ewc", "adapter_per_stage")
@@ -88,43 +87,6 @@ def resume_adapter(model, previous_dir: Path) -> None:
     unexpected = list(getattr(result, "unexpected_keys", None) or [])
     if unexpected:
         raise ValueError(f"the previous stage's adapter does not fit this one: {unexpected[:3]} …")
-
-
-def ewc_state(model, spec, tokenizer, collator, device: str) -> tuple[dict, dict]:
-    """(Fisher diagonal, anchors) of the trainable weights, now at the previous stage's optimum, from
-    `ewc_batches` micro-batches of the previous stage's training data."""
-    from harness.data.tokenize import encode_all
-    from harness.objectives.domains import source_cfg
-    from harness.objectives.ewc import anchor, fisher_diagonal
-
-    objective = spec.objective
-    source = objective.sequence[objective.stage - 1]
-    records = source_train(spec.data, source, spec.data.n_train, spec.seed)
-    encoded = encode_all(tokenizer, records, source_cfg(spec.data, source), spec.train.seq_len)
-    size = spec.train.micro_batch
-    chunks = [encoded[i:i + size] for i in range(0, min(len(encoded), size * objective.ewc_batches), size)]
-    batches = ({k: v.to(device) for k, v in collator(chunk).items()} for chunk in chunks)
-    return fisher_diagonal(model, batches), anchor(model)
-
-
-class EwcTrainer(Trainer):
-    """The SFT loss plus the EWC penalty toward the previous stage's weights."""
-
-    def __init__(self, *args, fisher: dict, anchors: dict, strength: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fisher, self.anchors, self.strength = fisher, anchors, strength
-        total = sum(f.numel() for f in fisher.values())
-        #: recorded in the result: how large F is, and what the penalty added at the last step
-        self.figures = {"ewc_fisher_mean": float(sum(f.sum() for f in fisher.values()) / total), "ewc_penalty": 0.0}
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from harness.objectives.ewc import ewc_penalty
-
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        penalty = ewc_penalty(model, self.fisher, self.anchors, self.strength)
-        self.figures["ewc_penalty"] = float(penalty.detach())
-        loss = loss + penalty
-        return (loss, outputs) if return_outputs else loss
 
 
 class Continual(Objective):
@@ -206,6 +168,8 @@ class Continual(Objective):
         o = self.options
         if o.strategy != "ewc" or not o.stage:
             return {}
+        from harness.objectives.parts.ewc import EwcTrainer, ewc_state
+
         fisher, anchors = ewc_state(model, ctx.spec, tokenizer, collator, ctx.device)
         return {"trainer_cls": EwcTrainer, "fisher": fisher, "anchors": anchors, "strength": o.ewc_lambda}
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from harness.objectives.base import register
-from harness.objectives.preference import PreferenceObjective, PreferenceOptions, trl_rows
+from harness.objectives.parts.preference import PreferenceObjective, PreferenceOptions, trl_rows
 
 
 class DpoOptions(PreferenceOptions):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from harness.objectives.base import register
-from harness.objectives.preference import PreferenceObjective, PreferenceOptions, trl_rows
+from harness.objectives.parts.preference import PreferenceObjective, PreferenceOptions, trl_rows
 
 
 class KtoOptions(PreferenceOptions):

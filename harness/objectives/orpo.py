@@ -1,7 +1,8 @@
 """Objective `orpo` (Hong et al. 2024, "ORPO: Monolithic Preference Optimization without Reference
 Model"): the SFT loss on the chosen answer plus λ · −log σ(log-odds(chosen) − log-odds(rejected)),
 where log-odds(y|x) = log P − log(1 − P) and P = exp(mean token log-probability of y). No reference
-model: one model in memory, one forward per pair batch (chosen and rejected rows together).
+model: one model in memory, one forward per pair batch (chosen and rejected rows together), through the
+Trainer's `compute_loss_func`.
 
 Figures on the held-out pairs, in log-odds: `pref_accuracy` (share of pairs whose chosen answer has
 the higher log-odds), `reward_margin` (mean log-odds difference), `pref_accuracy_train` on up to 64
@@ -12,13 +13,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
-from transformers import Trainer
-
 from harness.metrics import declare
 from harness.objectives.base import register
-from harness.objectives.preference import (TRAIN_PAIRS_SCORED, PreferenceObjective, PreferenceOptions,
+from harness.objectives.parts.preference import (TRAIN_PAIRS_SCORED, PreferenceObjective, PreferenceOptions,
                                            answer_scores, encode_pairs, pair_figures)
 
 
@@ -32,14 +29,18 @@ class OrpoOptions(PreferenceOptions):
     name: Literal["orpo"] = "orpo"
 
 
-def log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
-    """log(P / (1 − P)) for P = exp(mean_logp), stable as P → 1."""
+def log_odds(mean_logp):
+    """log(P / (1 − P)) for P = exp(mean_logp) (a tensor), stable as P → 1."""
+    import torch
+
     return mean_logp - torch.log1p(-torch.exp(mean_logp).clamp(max=1 - 1e-6))
 
 
-def orpo_loss(logits: torch.Tensor, labels: torch.Tensor, strength: float) -> tuple[torch.Tensor, dict]:
+def orpo_loss(logits, labels, strength: float) -> tuple:
     """(loss, figures) of a pair batch whose first half of rows are the chosen answers and second half
     the rejected ones, in the same order. The SFT part is the token-mean NLL of the chosen answers."""
+    import torch.nn.functional as F
+
     target = labels[:, 1:]
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), target, ignore_index=-100, reduction="none")
     mask = target != -100
@@ -63,24 +64,29 @@ class PairCollator:
         return self.inner([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
 
 
-class OrpoTrainer(Trainer):
-    """ORPO's loss on pair batches (see `orpo_loss`)."""
+class OrpoLoss:
+    """The Trainer's `compute_loss_func`: ORPO's loss on a pair batch's logits (see `orpo_loss`); it
+    keeps the last step's two parts in `figures`.
 
-    def __init__(self, *args, strength: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.strength = strength
+    Args:
+        strength: λ, the odds-ratio term's weight.
+        grad_accum: micro-batches per optimizer step (the Trainer leaves dividing by it to this function).
+    """
+
+    def __init__(self, strength: float, grad_accum: int):
+        self.strength, self.grad_accum = strength, grad_accum
         self.figures: dict = {}
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
-        outputs = model(**inputs, use_cache=False)
+    def __call__(self, outputs, labels, num_items_in_batch=None):
         # prompt-learning methods prepend virtual tokens: the answer positions are the last ones
         loss, self.figures = orpo_loss(outputs.logits[:, -labels.size(1):], labels, self.strength)
-        return (loss, outputs) if return_outputs else loss
+        return loss / self.grad_accum
 
 
 def pair_log_odds(model, chosen: list[dict], rejected: list[dict], collator, batch_size: int, device: str):
     """Log-odds of each chosen and each rejected answer under `model`."""
+    import torch
+
     def side(examples):
         sums, _ = answer_scores(model, examples, collator, batch_size, device)
         counts = torch.tensor([max(1, sum(1 for label in e["labels"][1:] if label != -100)) for e in examples])
@@ -101,13 +107,16 @@ class Orpo(PreferenceObjective):
         chosen, rejected = encode_pairs(tokenizer, train_records, spec.data, spec.train.seq_len)
         if not chosen:
             raise ValueError(f"no preference pair keeps both answers after truncation to seq_len={spec.train.seq_len}")
-        return {"trainer_cls": OrpoTrainer, "strength": self.options.beta, "packing": False,
+        self.loss = OrpoLoss(self.options.beta, spec.train.grad_accum)
+        return {"compute_loss_func": self.loss, "packing": False,
                 "train_set": [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)],
                 "collator": PairCollator(make_collator(tokenizer, packing=False))}
 
     def after_training(self, trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator,
                        metrics) -> None:
         from harness.data.tokenize import make_collator
+
+        import torch
 
         spec, padded = ctx.spec, make_collator(tokenizer, packing=False)  # one row per answer
         model.eval()
@@ -116,7 +125,8 @@ class Orpo(PreferenceObjective):
                                      padded, spec.eval.batch_size, ctx.device)
             train = pair_log_odds(model, *encode_pairs(tokenizer, train_records[:TRAIN_PAIRS_SCORED], spec.data,
                                                        spec.train.seq_len), padded, spec.eval.batch_size, ctx.device)
-        metrics.update(pair_figures(*held_out), pref_accuracy_train=pair_figures(*train)["pref_accuracy"])
+        metrics.update(pair_figures(*held_out), pref_accuracy_train=pair_figures(*train)["pref_accuracy"],
+                       **self.loss.figures)
 
 
 register(Orpo)

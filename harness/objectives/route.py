@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from harness.objectives.base import Objective, ObjectiveOptions, check_run_ref, register
-from harness.objectives.domains import source_cfg, source_splits, source_train
+from harness.objectives.parts.domains import source_cfg, source_splits, source_train
 
 
 class RouteOptions(ObjectiveOptions):
@@ -68,7 +68,7 @@ def run(spec, refs, metrics: dict, device: str) -> None:
     from harness import models
     from harness.data.tokenize import encode_all, make_collator, prompt_text
     from harness.evaluate import perplexity
-    from harness.objectives.router import pooled_features, train_router
+    from harness.objectives.parts.router import pooled_features, train_router
 
     objective = spec.objective
     domains = list(objective.adapters)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.objectives import continual_metrics
+from harness.objectives.parts import continual_metrics
 from harness.report.columns import as_list, column, text
 from harness.report.domains import loss_metric
 from harness.report.frame import ok_runs

@@ -16,7 +16,7 @@ from harness.data.corpora import stable_shuffle
 from harness.metrics import declare
 from harness.registry import Registry
 
-__all__ = ["LOCAL_TASKS", "LocalTask", "build_all", "function_ref", "register", "stable_shuffle", "task_dir", "versions"]
+__all__ = ["LOCAL_TASKS", "LocalTask", "build_all", "function_ref", "register", "stable_shuffle", "task_dir", "task_key", "versions"]
 
 
 class LocalTask:
@@ -102,6 +102,11 @@ def task_dir(name: str) -> Path:
 def build_all(names: list[str]) -> list[str]:
     """Build the named local tasks; returns their folders (for TaskManager's include_path)."""
     return [str(task_dir(n)) for n in names if n in LOCAL_TASKS]
+
+
+def task_key(task: str, limit, num_fewshot) -> dict:
+    """What a task score depends on besides the run (recorded in result.json's `task_meta`)."""
+    return {"version": versions([task])[task], "limit": limit, "num_fewshot": num_fewshot}
 
 
 def versions(names: list[str]) -> dict[str, int | None]:

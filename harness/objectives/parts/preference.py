@@ -13,7 +13,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import ClassVar
 
-import torch
 from pydantic import Field, field_validator
 
 from harness.data.tokenize import answer_text, encode, make_collator, prompt_text
@@ -147,10 +146,12 @@ def drop_reference(model) -> None:
 
 
 def answer_scores(model, examples: list[dict], collator, batch_size: int, device: str,
-                  distributions: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                  distributions: bool = False) -> tuple:
     """Per example, the summed log-probability of its answer tokens (its labels); with
     `distributions`, also per batch the log-probabilities over the vocabulary at each answer token,
     (tokens, vocab), from the same forward."""
+    import torch
+
     sums, dists = [], []
     for batch, labels in eval_batches(model, examples, collator, batch_size, device):
         logp = torch.log_softmax(model(**batch, use_cache=False).logits[:, -labels.size(1):][:, :-1].float(), -1)
@@ -175,7 +176,7 @@ def encode_pairs(tokenizer, records: list[dict], data_cfg, seq_len: int) -> tupl
     return chosen, rejected
 
 
-def pair_figures(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict:
+def pair_figures(r_chosen, r_rejected) -> dict:
     """pref_accuracy (strict: a tie is not a win) and reward_margin."""
     if not len(r_chosen):
         return {"pref_accuracy": None, "reward_margin": None}

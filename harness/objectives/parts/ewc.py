@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from transformers import Trainer
 
 
 def fisher_diagonal(model, batches: Iterable[dict]) -> dict[str, torch.Tensor]:
@@ -46,3 +47,37 @@ def ewc_penalty(model, fisher: dict[str, torch.Tensor], anchors: dict[str, torch
     if total is None:
         return torch.zeros((), device=next(model.parameters()).device)
     return 0.5 * strength * total
+
+
+def ewc_state(model, spec, tokenizer, collator, device: str) -> tuple[dict, dict]:
+    """(Fisher diagonal, anchors) of the trainable weights, now at the previous stage's optimum, from
+    `ewc_batches` micro-batches of the previous stage's training data."""
+    from harness.data.tokenize import encode_all
+    from harness.objectives.parts.domains import source_cfg, source_train
+
+    objective = spec.objective
+    source = objective.sequence[objective.stage - 1]
+    records = source_train(spec.data, source, spec.data.n_train, spec.seed)
+    encoded = encode_all(tokenizer, records, source_cfg(spec.data, source), spec.train.seq_len)
+    size = spec.train.micro_batch
+    chunks = [encoded[i:i + size] for i in range(0, min(len(encoded), size * objective.ewc_batches), size)]
+    batches = ({k: v.to(device) for k, v in collator(chunk).items()} for chunk in chunks)
+    return fisher_diagonal(model, batches), anchor(model)
+
+
+class EwcTrainer(Trainer):
+    """The SFT loss plus the EWC penalty toward the previous stage's weights."""
+
+    def __init__(self, *args, fisher: dict, anchors: dict, strength: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fisher, self.anchors, self.strength = fisher, anchors, strength
+        total = sum(f.numel() for f in fisher.values())
+        #: recorded in the result: how large F is, and what the penalty added at the last step
+        self.figures = {"ewc_fisher_mean": float(sum(f.sum() for f in fisher.values()) / total), "ewc_penalty": 0.0}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        penalty = ewc_penalty(model, self.fisher, self.anchors, self.strength)
+        self.figures["ewc_penalty"] = float(penalty.detach())
+        loss = loss + penalty
+        return (loss, outputs) if return_outputs else loss

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from harness.evaluate import eval_batches
-from harness.objectives.distill_losses import teacher_topk
+from harness.objectives.parts.distill_losses import teacher_topk
 
 INDEX, TENSORS = "index.json", "topk.safetensors"
 
