@@ -174,9 +174,10 @@ class Vocabulary:
         return None if better is None else "maximize" if better else "minimize"
 
     def markdown(self) -> str:
-        """The vocabulary as a Markdown table (for the docs)."""
+        """The vocabulary as a Markdown table (for the docs), in a stable order."""
         rows = ["| metric | unit | better | seeds | device | definition |", "|---|---|---|---|---|---|"]
-        for m in self:
+        # by group (the run's own figures first), then key: the same table whatever the import order
+        for m in sorted(self, key=lambda m: (m.group != "run", m.group, m.key)):
             better = {True: "higher", False: "lower", None: "–"}[m.higher_is_better]
             if m.task_score and m.is_pattern:
                 better = "the task's own"
