@@ -8,7 +8,6 @@ from harness import models
 from harness.data import DATASETS, DataError
 from harness.data.base import split
 from harness.errors import ConfigError, allowed
-from harness.methods import METHODS
 
 
 def check(specs, *, file: str, root=None) -> None:

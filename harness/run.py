@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from harness import store
-from harness.config import RUN_KEYS, RunConfig, build_run_config
+from harness.config import RUN_KEYS, build_run_config
 from harness.plugins import import_plugins
 
 

@@ -82,14 +82,6 @@ class DistillOptions(ObjectiveOptions):
         return [(field, ref) for field, ref in refs if ref.startswith(RUN_REF)]
 
 
-def layer_pairs(feature_layers, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
-    """(student, teacher) hidden-state indices (0: embeddings, i: after layer i). `auto` maps each
-    student layer to the teacher layer at the same relative depth."""
-    if feature_layers == "auto":
-        return [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]
-    return [tuple(p) for p in feature_layers]
-
-
 def primary_metric(task: str) -> tuple[str, bool]:
     """(metric, higher is better) that stands for a task: a built-in task's own, else lm-eval's `acc`."""
     from harness.tasks import LOCAL_TASKS
@@ -167,7 +159,7 @@ class Distill(Objective):
         """The teacher exists (a model, or a run that finished `ok` with its weights), `keep_layers` and
         `feature_layers` fit the teacher's and the student's depths, and they share a vocabulary."""
         from harness.errors import ConfigError
-        from harness.objectives.parts.student import keep_layers
+        from harness.objectives.parts.student import keep_layers, layer_pairs
 
         o, where = self.options, "objective"
         if o.teachers is not None:

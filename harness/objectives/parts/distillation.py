@@ -15,7 +15,7 @@ from harness import models
 from harness.objectives.base import RUN_REF
 from harness.objectives.parts.distill_losses import (distill_weight, feature_mse, projection_layers, relation_loss,
                                                      response_kl, response_kl_topk)
-from harness.objectives.parts.student import decoder_layers, depth_pruned_copy, keep_layers
+from harness.objectives.parts.student import decoder_layers, depth_pruned_copy, keep_layers, layer_pairs
 
 
 def load_teacher(objective, model_cfg, device: str, refs=None):

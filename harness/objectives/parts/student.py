@@ -60,3 +60,11 @@ def depth_pruned_copy(teacher, keep: list[int]):
         config.layer_types = [config.layer_types[i] for i in keep]
     config.num_hidden_layers = len(keep)
     return student
+
+
+def layer_pairs(feature_layers, n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices (0: embeddings, i: after layer i). `auto` maps each
+    student layer to the teacher layer at the same relative depth."""
+    if feature_layers == "auto":
+        return [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]
+    return [tuple(p) for p in feature_layers]
