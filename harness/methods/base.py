@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from harness.context import RunContext
 from harness.registry import Registry
 from harness.schema import Section
 
@@ -59,7 +60,7 @@ class Method:
     def __init__(self, options: MethodOptions):
         self.options = options
 
-    def apply(self, model: "torch.nn.Module", ctx: Any) -> "torch.nn.Module":
+    def apply(self, model: "torch.nn.Module", ctx: RunContext) -> "torch.nn.Module":
         """Return the model to train (trainable parameters marked)."""
         raise NotImplementedError
 
@@ -68,7 +69,7 @@ class Method:
         """What may appear only once in a stack (also the peft adapter name there)."""
         return self.name
 
-    def inject(self, model: "torch.nn.Module", ctx: Any) -> "torch.nn.Module":
+    def inject(self, model: "torch.nn.Module", ctx: RunContext) -> "torch.nn.Module":
         """Apply as one component of a stack (see `stack_role`); the stack re-marks what trains."""
         return self.apply(model, ctx)
 
@@ -76,7 +77,7 @@ class Method:
         """A custom optimizer, or None to let the Trainer build its default."""
         return None
 
-    def callbacks(self, ctx: Any) -> list:
+    def callbacks(self, ctx: RunContext) -> list:
         """Extra transformers TrainerCallbacks this method needs."""
         return []
 
@@ -84,7 +85,7 @@ class Method:
         """Save the trained weights (safetensors) into `out_dir`."""
         model.save_pretrained(out_dir, safe_serialization=True)
 
-    def load(self, base_model: "torch.nn.Module", artifact_dir: Path, ctx: Any) -> "torch.nn.Module":
+    def load(self, base_model: "torch.nn.Module", artifact_dir: Path, ctx: RunContext) -> "torch.nn.Module":
         """Rebuild the trained model from an untouched base model and what `save` wrote.
 
         The default reads a peft adapter folder.

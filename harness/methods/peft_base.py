@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import field_validator
 
+from harness.context import RunContext
 from harness.methods.base import Method, MethodOptions
 
 # Module-name shorthands per architecture (model_type); other architectures use peft's "all-linear".
@@ -55,7 +56,7 @@ class PeftMethod(Method):
     #: TRL's DPOTrainer adds a frozen `ref` copy of the fresh adapter, which equals the base
     preference_reference = "adapter"
 
-    def peft_config(self, model, ctx: Any):
+    def peft_config(self, model, ctx: RunContext):
         """The peft config for this run (task type CAUSAL_LM)."""
         raise NotImplementedError
 
