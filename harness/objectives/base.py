@@ -8,15 +8,13 @@ own YAML options, `extra="forbid"`) and an `Objective` subclass, and ends with `
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
+from harness.context import RunContext
 from harness.registry import Registry
 from harness.schema import Section
-
-if TYPE_CHECKING:  # pragma: no cover
-    from harness.context import RunContext
 
 #: `teacher: run:<run id or slug>`, `start: run:<…>`: a finished run of the store (or of the grid)
 RUN_REF = "run:"
@@ -132,11 +130,11 @@ class Objective:
 
     # --- the run (in its own process) ---------------------------------------------------------------
 
-    def run(self, ctx: "RunContext", metrics: dict) -> None:
+    def run(self, ctx: RunContext, metrics: dict) -> None:
         """The whole run, when `fine_tunes` is False."""
         raise NotImplementedError
 
-    def load(self, ctx: "RunContext"):
+    def load(self, ctx: RunContext):
         """(model, tokenizer) to apply the method to: the run's `model`, or the merged weights of the
         run it starts from."""
         from harness import models
@@ -147,7 +145,7 @@ class Objective:
             return models.load(ctx.spec.model.model_copy(update={"name": str(folder)}), ctx.device)
         return models.load(ctx.spec.model, ctx.device)
 
-    def records(self, ctx: "RunContext", metrics: dict) -> tuple[list, list[dict]]:
+    def records(self, ctx: RunContext, metrics: dict) -> tuple[list, list[dict]]:
         """(training records, validation records) of the run's data."""
         from harness.data import DATASETS
         from harness.data.base import split, train_subset
@@ -156,7 +154,7 @@ class Objective:
         splits = split(DATASETS.get(spec.data.name)().records(spec.data), spec.data)
         return train_subset(splits.train_pool, spec.data.n_train, spec.seed), splits.val
 
-    def encode(self, ctx: "RunContext", tokenizer, train_records: list, val_records: list[dict]):
+    def encode(self, ctx: RunContext, tokenizer, train_records: list, val_records: list[dict]):
         """(train set, validation set) tokenized with response-only labels."""
         from harness.data.tokenize import encode_all
 
@@ -164,31 +162,31 @@ class Objective:
         return (encode_all(tokenizer, train_records, spec.data, spec.train.seq_len),
                 encode_all(tokenizer, val_records, spec.data, spec.train.seq_len))
 
-    def after_method(self, model, tokenizer, ctx: "RunContext"):
+    def after_method(self, model, tokenizer, ctx: RunContext):
         """Objective weights on the applied method (task adapters, a previous stage's adapter).
         Returns `activate(task)` when the model switches adapters per task, else None."""
         return None
 
-    def before_training(self, model, tokenizer, ctx: "RunContext", val_set: list[dict], collator,
+    def before_training(self, model, tokenizer, ctx: RunContext, val_set: list[dict], collator,
                         prompts: list[str], metrics: dict) -> None:
         """Figures taken before training (a teacher's, a stage's starting scores)."""
 
-    def trainer_parts(self, model, tokenizer, ctx: "RunContext", train_set: list[dict], train_records: list,
+    def trainer_parts(self, model, tokenizer, ctx: RunContext, train_set: list[dict], train_records: list,
                       collator, metrics: dict) -> dict:
         """What `_train` passes on: `trainer_cls` and its keyword arguments, and optionally
         `args_cls`/`args` (TrainingArguments class and extra arguments), `train_set` and `collator`
         replacing the recipe's, `packing` False for trainers that pad their own batches."""
         return {}
 
-    def after_training(self, trainer, model, tokenizer, ctx: "RunContext", train_records: list,
+    def after_training(self, trainer, model, tokenizer, ctx: RunContext, train_records: list,
                        val_records: list[dict], val_set: list[dict], collator, metrics: dict) -> None:
         """Figures of the trained model that only this objective measures (before the common evaluation)."""
 
-    def trained_sources(self, ctx: "RunContext") -> list[str]:
+    def trained_sources(self, ctx: RunContext) -> list[str]:
         """The sources whose validation splits are scored as trained-on (a mixture's tasks, a sequence)."""
         return self.options.sources()
 
-    def scored_sources(self, ctx: "RunContext") -> list[str]:
+    def scored_sources(self, ctx: RunContext) -> list[str]:
         """The sources whose validation splits the run scores: `eval.sources`, then what it trained on."""
         return list(dict.fromkeys([*ctx.spec.eval.sources, *self.trained_sources(ctx)]))
 
