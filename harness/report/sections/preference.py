@@ -83,7 +83,8 @@ def preference_section(df: pd.DataFrame) -> Section | None:
     section = Section("Preference", paragraphs=[(
         "Policies tuned on chosen/rejected pairs. Preference accuracy is the share of pairs whose chosen answer gets "
         "the higher implicit reward (held out, and on the training pairs); the reward margin is its mean lead; KL to "
-        "ref is the policy's per-token KL to its reference model.")])
+        "ref is the policy's per-token KL to its reference model. ORPO has no reference model: its accuracy and "
+        "margin compare the answers' log-odds, and its KL to ref is empty.")])
     section.bullets = preference_findings(runs, summary)
     section.figures.append(("preference.png", figures.preference(summary, summary["group"], ACCURACY, KL_REF),
                             ("held-out preference accuracy against KL to the reference, per objective and method "
