@@ -11,10 +11,10 @@ import importlib
 import pkgutil
 
 from harness.objectives.base import (DEFAULT, OBJECTIVES, RUN_REF, SPEC_COLUMN, Objective, ObjectiveOptions,
-                                     default_options, objective_of, register, sections_of)
+                                     default_options, register, sections_of)
 
 __all__ = ["DEFAULT", "OBJECTIVES", "RUN_REF", "SPEC_COLUMN", "Objective", "ObjectiveOptions", "default_options",
-           "objective_of", "register", "sections_of"]
+           "register", "sections_of"]
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base" and not _info.name.startswith("_") and not _info.ispkg:

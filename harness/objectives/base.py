@@ -209,11 +209,6 @@ def register(cls: type[Objective]) -> type[Objective]:
     return cls
 
 
-def objective_of(config) -> Objective:
-    """The objective of a RunConfig, ready to call."""
-    return config.objective.build()
-
-
 def default_options() -> ObjectiveOptions:
     """The options of a run that names no objective."""
     return OBJECTIVES.get(DEFAULT).Options()

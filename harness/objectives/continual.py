@@ -21,10 +21,6 @@ from harness.objectives.base import Objective, ObjectiveOptions, check_run_ref, 
 from harness.objectives.parts.domains import evaluate_sources, source_train
 from harness.objectives.parts.mixing import with_replay
 
-#: how earlier stages are protected
-STRATEGIES = ("naive", "replay", "ewc", "adapter_per_stage")
-
-
 class ContinualOptions(ObjectiveOptions):
     """Data sources trained one after another, one run per stage (the grid expands the stages)."""
 
