@@ -78,6 +78,8 @@ class EvalCfg(Section):
                                                "task_eval.<source>.eval_loss (a transfer matrix's columns)")
     in_domain_tasks: bool = Field(False, description="add to `tasks` the built-in lm-eval task of each source the "
                                                      "run trains on (its `eval_task`: polarity for sentiment, …)")
+    speed_warmup_steps: int = Field(1, ge=0, description="optimizer steps left out of train_tokens_per_s and the "
+                                                          "step times (the first steps warm caches and allocators)")
     latency: bool = True
     latency_prompts: int = Field(4, gt=0)
     latency_new_tokens: int = Field(16, ge=2)
@@ -88,6 +90,10 @@ class EvalCfg(Section):
         if any(not t.strip() for t in names) or len(set(names)) != len(names):
             raise ValueError(f"`{info.field_name}` must be distinct, non-empty names, but got {names}")
         return names
+
+
+#: eval options added after runs were stored, with the default that leaves a run id as it was
+_LATER_EVAL = {"sources": [], "in_domain_tasks": False, "speed_warmup_steps": 1}
 
 
 class TrackingCfg(Section):
@@ -127,8 +133,9 @@ class RunConfig(BaseModel):
             "data": self.data.model_dump(),
             "method": self.method.as_dict(),
             "train": self.train.model_dump(),
-            # `sources` came later: left out while empty, so earlier runs keep their ids
-            "eval": self.eval.model_dump(exclude={k for k in ("sources", "in_domain_tasks") if not getattr(self.eval, k)}),
+            # options that came later are left out at their defaults, so earlier runs keep their ids
+            "eval": self.eval.model_dump(exclude={k for k, default in _LATER_EVAL.items()
+                                                  if getattr(self.eval, k) == default}),
             "tracking": self.tracking.model_dump(),
             "seed": self.seed,
         }

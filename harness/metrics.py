@@ -30,9 +30,18 @@ _DEVICE_UNITS = {"MiB", "ms", "ms/token", "s", "tokens/s"}
 _PLACEHOLDER = re.compile(r"<(\w+)>")
 
 # what each device figure means (memory and time are only comparable within one device kind)
-PEAK_MEMORY = ("CUDA: torch.cuda.max_memory_allocated over the phase (reset at its start); CPU: growth of the "
-               "process RSS over its value at the phase start, sampled every 20 ms")
+PEAK_MEMORY = ("absolute peak of the phase, weights included: CUDA torch.cuda.max_memory_allocated (cache emptied "
+               "and peak reset at the phase start); CPU the run process's resident set size (RSS), sampled every "
+               "20 ms after returning freed heap to the OS; a periodic evaluation inside training is left out")
+RESERVED_MEMORY = ("CUDA torch.cuda.max_memory_reserved over the phase (what meets the OOM limit; cache emptied and "
+                   "peak reset at the phase start); null on CPU")
+ACCOUNTING = ("bytes of the tensors as stored, summed the same way on every device (no allocator or RSS reading): "
+              "4-bit weights packed with their scales, shared storage counted once")
 WALL_TIME = "wall-clock (time.perf_counter) on the run's device; CUDA synchronized at both ends"
+STEP_TIME = ("the optimizer steps after the first eval.speed_warmup_steps (default 1; all steps when there are no "
+             "more), each timed from the Trainer's on_step_begin to on_step_end: forward, backward and update of the "
+             "step's micro-batches; batch fetch, logging and periodic evaluation fall outside; CUDA synchronized at "
+             "both ends")
 LATENCY = ("greedy generation on the run's device, batch 1, median over the fixed latency prompts; CUDA synchronized "
            "around each call")
 
@@ -215,11 +224,13 @@ declare("train_loss", "nats/token", False, "mean training loss over the last 10%
 declare("eval_loss", "nats/token", False, "token-weighted NLL of the response tokens of the validation split", **_C)
 declare("eval_ppl", "", False, "exp(eval_loss)", **_C)
 declare("train_tokens", "tokens", None, "input tokens the trainer saw (a budget, not an outcome)", **_C)
-declare("train_tokens_per_s", "tokens/s", True, "train_tokens ÷ train_s", device=WALL_TIME, **_C)
-declare("step_ms_p50", "ms", False, "median optimizer-step time", device=WALL_TIME, **_C)
-declare("step_ms_p90", "ms", False, "90th-percentile optimizer-step time", device=WALL_TIME, **_C)
-declare("peak_mem_train_mb", "MiB", False, "peak memory of the training phase", device=PEAK_MEMORY, **_C)
-declare("peak_mem_eval_mb", "MiB", False, "peak memory of the validation-loss phase", device=PEAK_MEMORY, **_C)
+declare("train_tokens_per_s", "tokens/s", True, "steady-state training speed: tokens of the timed steps ÷ their "
+        "time (train_timed_s)", device=STEP_TIME, **_C)
+declare("step_ms_p50", "ms", False, "median time of the timed optimizer steps", device=STEP_TIME, **_C)
+declare("step_ms_p90", "ms", False, "90th-percentile time of the timed optimizer steps", device=STEP_TIME, **_C)
+declare("peak_mem_train_mb", "MiB", False, "peak memory of the training phase (trainer.train())", device=PEAK_MEMORY,
+        **_C)
+declare("peak_mem_eval_mb", "MiB", False, "peak memory of the final validation-loss pass", device=PEAK_MEMORY, **_C)
 declare("infer_prefill_ms", "ms", False, "time to the first generated token", device=LATENCY, **_C)
 declare("infer_decode_ms_per_token", "ms/token", False, "time per generated token after the first",
         device=LATENCY, **_C)
@@ -228,7 +239,8 @@ declare("total_params", "params", False, "all parameters of the trained model (4
 declare("trainable_pct", "%", False, "100 × trainable_params ÷ total_params", **_C)
 declare("adapter_bytes", "bytes", False, "bytes on disk of what the method saves (adapter or full weights)", **_C)
 declare("load_s", "s", False, "loading and preparing the model (method applied)", device=WALL_TIME, **_C)
-declare("train_s", "s", False, "the trainer's train() call", device=WALL_TIME, **_C)
+declare("train_s", "s", False, "the whole training phase, trainer.train(): set-up, warm-up, callbacks and periodic "
+        "evaluation included", device=WALL_TIME, **_C)
 declare("eval_s", "s", False, "the validation-loss pass", device=WALL_TIME, **_C)
 declare("wall_s", "s", False, "the whole run process, from spec read to result", device=WALL_TIME, **_C)
 
@@ -269,6 +281,26 @@ declare("reward_margin", "reward", True, "mean margin chosen − rejected on hel
 declare("kl_to_ref", "nats/token", False, "the policy's per-token KL to the reference on held-out chosen answers",
         **_P)
 declare("pref_accuracy_train", "fraction", True, "pref_accuracy on the training pairs", **_P)
+# issue 17's cost figures: added after every earlier key, so stored results keep their order
+declare("peak_mem_train_reserved_mb", "MiB", False, "reserved-memory peak of the training phase",
+        device=RESERVED_MEMORY, **_A)
+declare("peak_mem_eval_reserved_mb", "MiB", False, "reserved-memory peak of the final validation-loss pass",
+        device=RESERVED_MEMORY, **_A)
+declare("mem_weights_mb", "MiB", False, "the model's parameters and buffers as stored, after the method is applied",
+        device=ACCOUNTING, **_A)
+declare("mem_trainable_mb", "MiB", False, "the parameters the optimizer updates", device=ACCOUNTING, **_A)
+declare("mem_grads_mb", "MiB", False, "the gradients the parameters hold before the first optimizer update (null "
+        "without training)", device=ACCOUNTING, **_A)
+declare("mem_optimizer_mb", "MiB", False, "the optimizer's state after its first step (Adam: two moments per "
+        "trainable value; null without training)", device=ACCOUNTING, **_A)
+declare("train_timed_s", "s", False, "time of the timed optimizer steps (train_tokens_per_s's denominator)",
+        device=STEP_TIME, **_A)
+declare("train_timed_steps", "steps", None, "optimizer steps train_tokens_per_s and the step times are taken over",
+        **_A)
+declare("mfu", "fraction", True, "model FLOPs utilization: train_tokens_per_s × (4·N + 2·N_trainable) ÷ the device's "
+        "peak FLOP/s, N the parameters a token multiplies through (the input embedding left out unless tied to the "
+        "output head), attention scores left out; peak from a table of GPUs for bf16/fp16 runs or "
+        "$FTBENCH_PEAK_TFLOPS; null on CPU unless a peak is given", **_A)
 
 # -- written only where they apply ------------------------------------------------------------------------------------
 declare("task.<task>.<metric>", "", None, "an lm-eval task score", group="tasks", task_score=True)

@@ -177,8 +177,11 @@ def load(cfg, device: str):
 
     source = resolve(cfg.name)
     dtype = pick_dtype(cfg.dtype, device)
+    # read the weights into memory instead of mapping the file: a mapping that stays open keeps the
+    # file's touched pages in the process's RSS (a 4-bit load touches all of them), and weights that
+    # are views into it count only once read, so RSS would not measure the model
     kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-                  attn_implementation="sdpa")
+                  attn_implementation="sdpa", disable_mmap=device == "cpu")
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,

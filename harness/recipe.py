@@ -13,7 +13,8 @@ from harness import models
 from harness.context import RunContext
 from harness.data.tokenize import make_collator, prompt_text
 from harness.evaluate import perplexity, token_loss
-from harness.measure import LATENCY_PROMPTS, PeakMemory, count_params, dir_bytes, latency, percentile
+from harness.measure import (LATENCY_PROMPTS, PeakMemory, count_params, dir_bytes, latency, peak_tflops, percentile,
+                             train_flops_per_token, weight_bytes)
 from harness.objectives.parts.domains import evaluate_sources, pooled
 from harness.runrefs import RunRefs
 
@@ -57,6 +58,8 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     trainable, total = count_params(model)
     metrics.update(trainable_params=trainable, total_params=total, trainable_pct=100 * trainable / total,
                    trainable_params_peft=peft_trainable_params(model))
+    weights, trainable_bytes = weight_bytes(model)
+    metrics.update(mem_weights_mb=_mib(weights), mem_trainable_mb=_mib(trainable_bytes))
 
     # train
     collator = make_collator(tokenizer, spec.train.packing)
@@ -75,7 +78,7 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
         eval_loss, eval_tokens = token_loss(model, val_set, collator, spec.eval.batch_size, device)
         metrics["eval_s"] = round(time.perf_counter() - t0, 3)
     metrics.update(eval_loss=eval_loss, eval_ppl=perplexity(eval_loss), eval_tokens=eval_tokens,
-                   peak_mem_eval_mb=round(mem.peak_mb, 1))
+                   peak_mem_eval_mb=_round(mem.peak_mb), peak_mem_eval_reserved_mb=_round(mem.reserved_mb))
     sources = objective.scored_sources(ctx)
     if sources:
         metrics.update(evaluate_sources(model, tokenizer, spec, sources, device, activate=activate))
@@ -111,16 +114,21 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
     """The Trainer part of the recipe: train with the run's callbacks, record the training figures
     and return the Trainer. `parts` are the objective's (`Objective.trainer_parts`): its Trainer
     class and arguments, and the training set or collator it replaces."""
-    from harness.train import MetricsLog, PeriodicEval, TrainStats, build_trainer, training_args
+    from harness.train import MetricsLog, PeriodicEval, StepClock, TrainStats, build_trainer, training_args
 
     parts = dict(parts)
     device, run_dir = ctx.device, ctx.run_dir
     metrics_path = run_dir / "metrics.jsonl"
     stats = TrainStats()
-    callbacks = [MetricsLog(metrics_path, tracker, stats), *method.callbacks(ctx)]
+    mem = PeakMemory(device)
+    callbacks = [MetricsLog(metrics_path, tracker, stats), *method.callbacks(ctx), StepClock(stats, device)]
     if spec.eval.every_steps:
         eval_collator = collator  # the recipe's, even where the objective's Trainer batches its own way
-        evaluate = lambda m: token_loss(m, val_set, eval_collator, spec.eval.batch_size, device)[0]  # noqa: E731
+
+        def evaluate(m):
+            with mem.paused():  # a periodic evaluation is not training: out of the train peak
+                return token_loss(m, val_set, eval_collator, spec.eval.batch_size, device)[0]
+
         callbacks.append(PeriodicEval(spec.eval.every_steps, evaluate, metrics_path, tracker))
     train_set = parts.pop("train_set", train_set)
     collator = parts.pop("collator", collator)
@@ -132,19 +140,41 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
                              **args_extra)
         trainer = build_trainer(model, args, train_set, collator, callbacks=callbacks,
                                 optimizer=method.optimizer(model, spec.train), **parts)
-        with PeakMemory(device) as mem:
+        with mem:
             t0 = time.perf_counter()
             trainer.train()
             metrics["train_s"] = round(time.perf_counter() - t0, 3)
-    metrics["peak_mem_train_mb"] = round(mem.peak_mb, 1)
+    metrics.update(peak_mem_train_mb=_round(mem.peak_mb), peak_mem_train_reserved_mb=_round(mem.reserved_mb),
+                   mem_grads_mb=_mib(stats.grads_bytes), mem_optimizer_mb=_mib(stats.optimizer_bytes))
     metrics.update(getattr(trainer, "figures", {}))  # an objective trainer's own figures (EWC's penalty)
     tail = stats.losses[-max(1, len(stats.losses) // 10):]
     metrics["train_loss"] = sum(tail) / len(tail) if tail else None
     metrics["train_tokens"] = int(trainer.state.num_input_tokens_seen)
-    metrics["train_tokens_per_s"] = metrics["train_tokens"] / metrics["train_s"] if metrics["train_s"] else None
-    metrics["step_ms_p50"] = percentile(stats.step_ms, 50)
-    metrics["step_ms_p90"] = percentile(stats.step_ms, 90)
+    seconds, tokens, step_ms = stats.steady(spec.eval.speed_warmup_steps)
+    metrics.update(train_timed_s=round(seconds, 3), train_timed_steps=len(step_ms),
+                   train_tokens_per_s=tokens / seconds if seconds > 0 else None,
+                   step_ms_p50=percentile(step_ms, 50), step_ms_p90=percentile(step_ms, 90))
+    peak = peak_tflops(device, _dtype_name(model))
+    if peak and metrics["train_tokens_per_s"]:
+        flops = train_flops_per_token(model, metrics["trainable_params"]) * metrics["train_tokens_per_s"]
+        metrics["mfu"] = flops / (peak * 1e12)
     return trainer
+
+
+def _round(mib: float | None) -> float | None:
+    return None if mib is None else round(mib, 1)
+
+
+def _mib(n_bytes: int | None) -> float | None:
+    """Bytes in MiB, to 0.1 (None stays None)."""
+    return _round(None if n_bytes is None else n_bytes / 2**20)
+
+
+def _dtype_name(model) -> str | None:
+    """The dtype the model computes in ("bfloat16", ...): its config's, else its first floating parameter's."""
+    dtype = getattr(getattr(model, "config", None), "torch_dtype", None) or next(
+        (p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
 
 
 def _score_tasks(spec, model, tokenizer, metrics: dict, reference: Path | None) -> None:

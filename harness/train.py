@@ -19,7 +19,17 @@ class Diverged(RuntimeError):
 @dataclass
 class TrainStats:
     step_ms: list[float] = field(default_factory=list)
+    step_tokens: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    grads_bytes: int | None = None
+    optimizer_bytes: int | None = None
+
+    def steady(self, warmup: int) -> tuple[float, int, list[float]]:
+        """(seconds, tokens, step ms) of the steps after the first `warmup` (all steps when there are
+        no more than `warmup`)."""
+        skip = warmup if len(self.step_ms) > warmup else 0
+        ms, tokens = self.step_ms[skip:], self.step_tokens[skip:]
+        return sum(ms) / 1000, sum(tokens), ms
 
 
 class MetricsLog(TrainerCallback):
@@ -30,12 +40,6 @@ class MetricsLog(TrainerCallback):
         self.tracker = tracker
         self.stats = stats
         self._last = (time.perf_counter(), 0)
-
-    def on_step_begin(self, args, state, control, **kw):
-        self._t0 = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.stats.step_ms.append((time.perf_counter() - self._t0) * 1000)
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = dict(logs or {})
@@ -54,6 +58,42 @@ class MetricsLog(TrainerCallback):
         if loss is None or not math.isfinite(loss):
             raise Diverged(f"training loss became {loss} at step {state.global_step}")
         self.stats.losses.append(loss)
+
+
+class StepClock(TrainerCallback):
+    """Times each optimizer step and counts its tokens: forward, backward and update of the step's
+    micro-batches, from `on_step_begin` to `on_step_end` (fetching the batch, logging and periodic
+    evaluation fall outside; on CUDA synchronized at both ends). On the first step it also reads the
+    gradients' bytes before the update and the optimizer state's bytes after it.
+
+    Goes after the method's callbacks (their per-step work is training) and before PeriodicEval."""
+
+    def __init__(self, stats: TrainStats, device: str):
+        self.stats, self.device = stats, device
+
+    def _now(self) -> float:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._t0, self._tokens0 = self._now(), state.num_input_tokens_seen
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        if self.stats.grads_bytes is None and model is not None:
+            from harness.measure import grad_bytes
+
+            self.stats.grads_bytes = grad_bytes(model)
+
+    def on_step_end(self, args, state, control, optimizer=None, **kw):
+        self.stats.step_ms.append((self._now() - self._t0) * 1000)
+        self.stats.step_tokens.append(state.num_input_tokens_seen - self._tokens0)
+        if self.stats.optimizer_bytes is None and optimizer is not None:
+            from harness.measure import optimizer_bytes
+
+            self.stats.optimizer_bytes = optimizer_bytes(optimizer)
 
 
 class PeriodicEval(TrainerCallback):

@@ -56,6 +56,8 @@ QUALITY = [
 COSTS = [
     Metric("peak_mem_train_mb", "peak train MiB", "{:.0f}", noun="peak training memory"),
     Metric("peak_mem_eval_mb", "peak eval MiB", "{:.0f}"),
+    Metric("mem_weights_mb", "weights MiB", "{:.0f}", noun="weight memory"),
+    Metric("mem_optimizer_mb", "optimizer MiB", "{:.1f}", noun="optimizer state"),
     Metric("train_tokens_per_s", "train tokens/s", "{:.0f}"),
     Metric("step_ms_p50", "step ms p50", "{:.0f}"),
     Metric("infer_decode_ms_per_token", "decode ms/token", "{:.1f}"),

@@ -20,7 +20,7 @@ def fisher_diagonal(model, batches: Iterable[dict]) -> dict[str, torch.Tensor]:
     n = 0
     for batch in batches:
         model.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
+        model(**batch, use_cache=False).loss.backward()  # a cache disables packed-sequence masks
         for name, p in params.items():
             if p.grad is not None:
                 fisher[name] += p.grad.detach().float().pow(2)

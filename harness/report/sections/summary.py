@@ -8,6 +8,7 @@ from harness.report.columns import missing
 from harness.report.context import ReportContext
 from harness.report.document import Cell, Section, Table, metric_cell, sortable
 from harness.report.frame import Metric, best_rows
+from harness.report.semantics import measurement_note
 from harness.report.sections.base import register
 
 __all__ = ["metrics_table", "superseded_note"]
@@ -49,6 +50,9 @@ def summary_section(ctx: ReportContext) -> list[Section]:
         f"Student-t interval (no interval with one seed); the best value of each column is in bold."])
     if df.attrs.get("superseded"):
         intro.paragraphs.append(superseded_note(df.attrs["superseded"]))
+    note = measurement_note(df[df["status"] == "ok"])
+    if note:
+        intro.paragraphs.append(note)
     if not summary.empty:
         intro.tables.append(metrics_table(summary, ctx.metrics, "One row per configuration (grid point minus seed)",
                                           ctx.axes))
