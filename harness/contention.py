@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import psutil
 
-__all__ = ["EXCLUSIVE_ENV", "GPU_SAMPLE_S", "GpuBusy", "OTHERS_CPU_CORES_MAX", "SWEEP_CORES_ENV", "SWEEP_ENV", "Watch",
+__all__ = ["EVIDENCE_KEYS", "EXCLUSIVE_ENV", "GPU_SAMPLE_S", "GpuBusy", "OTHERS_CPU_CORES_MAX", "SWEEP_CORES_ENV", "SWEEP_ENV", "Watch",
            "busy_gpu_reason", "check_exclusive", "gpu_processes", "sweep_token", "verdict", "visible_gpu"]
 
 #: the sweep's token in a run's environment: processes that carry the same one are the sweep's own
@@ -37,6 +37,9 @@ EXCLUSIVE_ENV = "FTBENCH_EXCLUSIVE"
 #: what a quiet machine's daemons use (≈0.05 cores measured on the 2-core development box) and below
 #: one busy process (1 core), the smallest competitor that matters.
 OTHERS_CPU_CORES_MAX = 0.5
+#: the `env` keys a watch writes (docs/results.md defines each): per-run evidence, not the environment
+EVIDENCE_KEYS = ("cpu_time_s", "watched_s", "load_avg_start", "load_avg_end", "others_cpu_cores", "sweep_cpu_cores",
+                 "spare_cores", "gpu_other_processes", "contended", "contention")
 #: seconds between two listings of the GPU's processes (nvidia-smi costs ~0.1 s of CPU a call)
 GPU_SAMPLE_S = 10.0
 
