@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 import psutil
 
-__all__ = ["EVIDENCE_KEYS", "EXCLUSIVE_ENV", "GPU_SAMPLE_S", "GpuBusy", "OTHERS_CPU_CORES_MAX", "SWEEP_CORES_ENV", "SWEEP_ENV", "Watch",
-           "busy_gpu_reason", "check_exclusive", "gpu_processes", "sweep_token", "verdict", "visible_gpu"]
+__all__ = ["EVIDENCE_KEYS", "EXCLUSIVE_ENV", "GPU_SAMPLE_S", "GpuBusy", "OTHERS_CPU_CORES_MAX", "SWEEP_CORES_ENV",
+           "SWEEP_ENV", "Watch", "busy_gpu_reason", "check_exclusive", "gpu_processes", "sweep_token", "verdict",
+           "visible_gpu"]
 
 #: the sweep's token in a run's environment: processes that carry the same one are the sweep's own
 SWEEP_ENV = "FTBENCH_SWEEP"

@@ -213,3 +213,19 @@ def test_the_executor_tells_its_runs_their_sweep():
     assert sweep_token().startswith(f"{os.getpid()}-")
     assert contention._token_pid(sweep_token()) == os.getpid()
     assert contention._token_pid(f"{os.getpid()}-1") is None  # the pid, but not the process that made it
+
+
+def test_exclusive_is_on_by_default_with_gpus_only(tmp_path, monkeypatch):
+    from harness import executor
+    from harness.cli import build_parser
+
+    assert build_parser().parse_args(["run", "x"]).exclusive is None
+    assert build_parser().parse_args(["run", "x", "--no-exclusive"]).exclusive is False
+    assert build_parser().parse_args(["search", "x", "--exclusive"]).exclusive is True
+    monkeypatch.setattr(executor, "gpu_count", lambda: 0)
+    cpu = executor.LocalExecutor(root=tmp_path)
+    assert cpu.exclusive is False and cpu.sweep_cores is None  # a CPU sweep fills every core
+    monkeypatch.setattr(executor, "gpu_count", lambda: 2)
+    gpus = executor.LocalExecutor(root=tmp_path)
+    assert gpus.exclusive is True and gpus.sweep_cores == min(os.cpu_count(), 2)
+    assert executor.LocalExecutor(root=tmp_path, exclusive=False).exclusive is False
