@@ -36,7 +36,9 @@ EXCLUSIVE_ENV = "FTBENCH_EXCLUSIVE"
 #: one of the run's threads, and an OpenMP step waits for its slowest thread: half a core, kept busy
 #: on average over the whole run, already stretches steps by a measurable amount. It is well above
 #: what a quiet machine's daemons use (≈0.05 cores measured on the 2-core development box) and below
-#: one busy process (1 core), the smallest competitor that matters.
+#: one busy process (1 core), the smallest competitor that matters. The run's own CPU time against
+#: threads × wall is recorded (`cpu_time_s`) but is not the rule: loading, evaluation and a GPU run's
+#: waits lower it with no competitor at all.
 OTHERS_CPU_CORES_MAX = 0.5
 #: the `env` keys a watch writes (docs/results.md defines each): per-run evidence, not the environment
 EVIDENCE_KEYS = ("cpu_time_s", "watched_s", "load_avg_start", "load_avg_end", "others_cpu_cores", "sweep_cpu_cores",

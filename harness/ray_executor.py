@@ -103,7 +103,7 @@ class RunWorker:
         (self.directory / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         self.artifacts_uri = payload.get("artifacts_uri")
         env = child_env(threads=payload.get("threads"), sweep=payload.get("sweep"),
-                        exclusive=payload.get("exclusive", False))
+                        sweep_cores=payload.get("sweep_cores"), exclusive=payload.get("exclusive", False))
         env.setdefault("WANDB_DIR", str(self.directory))  # offline W&B runs travel back with the record
         self.proc = start_run_process(self.directory, env)
         self.node = ray.util.get_node_ip_address()
@@ -221,6 +221,10 @@ class RayExecutor(Executor):
         self.exclusive = self.gpus > 0 if exclusive is None else exclusive
         # runs of this sweep on one node know each other by it (`harness.contention`)
         self.sweep = sweep_token()
+        # on GPU nodes the sweep keeps the CPUs its runs ask for busy, at most a node's GPUs' worth of runs
+        per_node = max((math.floor(n.get("Resources", {}).get("GPU", 0) / self.gpus + 1e-9) for n in nodes
+                        if n.get("Alive")), default=1) if self.gpus > 0 else 0
+        self.sweep_cores = per_node * self.cpus if self.gpus > 0 else None
         self._actor_class = self.ray.remote(RunWorker)
         self._slots_at, self._slots = 0.0, 0
 
@@ -284,7 +288,7 @@ class RayExecutor(Executor):
         return {"experiment": spec.experiment, "run_id": spec.run_id, "plugin_files": plugin_files,
                 "spec": {**spec.as_dict(), "plugins": list(plugins), "experiment_dir": experiment_dir},
                 "reference_result": reference, "artifacts_uri": self.artifacts_uri, "threads": threads,
-                "sweep": self.sweep, "exclusive": self.exclusive}
+                "sweep": self.sweep, "sweep_cores": self.sweep_cores, "exclusive": self.exclusive}
 
     def _handle(self, flight: Flight, ref, monitor) -> dict | None:
         """One poll answer: mirror metrics, ask the monitor; at the end write the record. Returns the
