@@ -35,7 +35,7 @@ EXCLUSIVE_ENV = "FTBENCH_EXCLUSIVE"
 #: gives each of N workers cpu_count // N threads), so any core another process holds is taken from
 #: one of the run's threads, and an OpenMP step waits for its slowest thread: half a core, kept busy
 #: on average over the whole run, already stretches steps by a measurable amount. It is well above
-#: what a quiet machine's daemons use (≈0.05 cores measured on the 2-core development box) and below
+#: what a quiet machine's daemons and kernel threads keep busy (a small fraction of a core) and below
 #: one busy process (1 core), the smallest competitor that matters. The run's own CPU time against
 #: threads × wall is recorded (`cpu_time_s`) but is not the rule: loading, evaluation and a GPU run's
 #: waits lower it with no competitor at all.
