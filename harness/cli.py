@@ -74,14 +74,16 @@ def _executor(args, experiment, root: Path, **ray_options):
         return RayExecutor(address=args.address, resources=experiment.resources.model_dump(exclude_none=True),
                            artifacts_uri=args.artifacts_uri or experiment.artifacts_uri, root=root,
                            force=getattr(args, "force", False), retry_failed=getattr(args, "retry_failed", False),
-                           console=_console(stderr=True), file=experiment.file, **ray_options)
+                           console=_console(stderr=True), file=experiment.file, exclusive=args.exclusive,
+                           **ray_options)
     if args.address or args.artifacts_uri:
         flag = "--address" if args.address else "--artifacts-uri"
         raise ConfigError.one("", flag, "applies to `--executor ray` only")
     from harness.executor import LocalExecutor
 
     return LocalExecutor(workers=getattr(args, "workers", None), force=getattr(args, "force", False),
-                         retry_failed=getattr(args, "retry_failed", False), root=root, console=_console(stderr=True))
+                         retry_failed=getattr(args, "retry_failed", False), root=root, console=_console(stderr=True),
+                         exclusive=args.exclusive)
 
 
 def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +94,9 @@ def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts-uri", default=None,
                         help="ray: put adapters here (any fsspec URI) instead of sending them back (default: the "
                              "experiment's artifacts_uri)")
+    parser.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=None,
+                        help="refuse to start a run on a GPU another process uses (recorded failed; rerun with "
+                             "--retry-failed); default: on with GPUs, off on CPU")
 
 
 def _grid_table(specs, statuses: list[str]) -> Table:
@@ -274,9 +279,13 @@ def cmd_search(args) -> int:
         # several trials at once, each run's view off (the trial lines say what finished)
         executor = _executor(args, search.experiment, root, poll_s=0.2, progress=False)
         parallel = executor.capacity()
+    elif args.exclusive is not None:  # one trial at a time here, as the search's own executor runs them
+        from harness.executor import LocalExecutor
+
+        executor = LocalExecutor(workers=1, root=root, poll_s=0.2, exclusive=args.exclusive)
     console.print(f"search `{sweep.name}`: study `{search.study.study_name}` in {public_url(storage)}; "
                   f"{args.trials or sweep.n_trials} trials in all, {', '.join(o.metric + ' (' + o.direction + ')' for o in sweep.objectives)}"
-                  + (f"; {parallel} at once on Ray" if executor else ""))
+                  + (f"; {parallel} at once on Ray" if args.executor == "ray" else ""))
     outcomes = search.run(n_trials=args.trials, timeout=args.timeout, executor=executor, parallel=parallel,
                           log=lambda line: console.print(line, highlight=False))
     best = search.best_trials()

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from harness import store
+from harness.contention import EXCLUSIVE_ENV, SWEEP_CORES_ENV, SWEEP_ENV, sweep_token
 from harness.executor_loop import (FINISHED, Executor, Job, Monitor, claim_run, last_progress, note_waiting,
                                    record_without_result, status_line)
 from harness.grid import RunSpec
@@ -53,15 +54,23 @@ class LocalExecutor(Executor):
         force: rerun finished runs (the old directory is archived, never deleted).
         retry_failed: rerun runs whose status is failed/oom/diverged (archived first).
         root: results root (default $FTBENCH_RESULTS or ./results).
+        exclusive: refuse to start a run on a GPU another process uses (recorded failed, with the
+            reason); default on when there are GPUs.
     """
 
     def __init__(self, *, workers: int | None = None, force: bool = False, retry_failed: bool = False,
-                 root: Path | None = None, console: Console | None = None, poll_s: float = 0.5):
+                 root: Path | None = None, console: Console | None = None, poll_s: float = 0.5,
+                 exclusive: bool | None = None):
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, but got workers={workers}")
         super().__init__(force=force, retry_failed=retry_failed, root=root, console=console, poll_s=poll_s)
         self.gpus = gpu_count()
         self.workers = workers or max(1, self.gpus)
+        self.exclusive = self.gpus > 0 if exclusive is None else exclusive
+        # the runs of this sweep know each other by it: their CPU is the sweep's own, not contention
+        self.sweep = sweep_token()
+        # a CPU sweep fills every core; a GPU run keeps about one host thread busy
+        self.sweep_cores = None if self.gpus == 0 else min(os.cpu_count() or 1, self.workers)
         # one job per GPU, shared by every `run` call on this executor
         self._free_gpus, self._gpu_lock = list(range(self.gpus)), threading.Lock()
 
@@ -76,7 +85,9 @@ class LocalExecutor(Executor):
         threads = max(1, (os.cpu_count() or 1) // self.workers) if gpu is None and self.gpus == 0 and self.workers > 1 else None
         try:
             # the child holds the claim as long as it lives
-            proc = start_run_process(directory, child_env(gpu=gpu, threads=threads), pass_fds=(claim.fd,))
+            env = child_env(gpu=gpu, threads=threads, sweep=self.sweep, sweep_cores=self.sweep_cores,
+                            exclusive=self.exclusive)
+            proc = start_run_process(directory, env, pass_fds=(claim.fd,))
         except BaseException:
             self._free(gpu)
             raise
@@ -159,8 +170,11 @@ class _LocalView:
                                      description=f"  {job.spec.slug} loss {last.get('loss') or float('nan'):.3f}")
 
 
-def child_env(*, gpu: int | None = None, threads: int | None = None, project_root: Path = PROJECT_ROOT) -> dict:
-    """The environment of a run process: this one's, quiet, pinned to `gpu` and/or `threads` CPU threads."""
+def child_env(*, gpu: int | None = None, threads: int | None = None, sweep: str | None = None,
+              sweep_cores: float | None = None, exclusive: bool = False, project_root: Path = PROJECT_ROOT) -> dict:
+    """The environment of a run process: this one's, quiet, pinned to `gpu` and/or `threads` CPU threads;
+    `sweep` (the sweep's token), `sweep_cores` (cores it means to use) and `exclusive` (refuse a busy
+    GPU) tell the run what is contention (`harness.contention`)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root), env.get("PYTHONPATH")]))
     env.setdefault("TRANSFORMERS_VERBOSITY", "warning")
@@ -170,6 +184,13 @@ def child_env(*, gpu: int | None = None, threads: int | None = None, project_roo
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    if sweep is not None:
+        env[SWEEP_ENV] = sweep
+    if sweep_cores is not None:
+        env[SWEEP_CORES_ENV] = f"{sweep_cores:g}"
+    else:
+        env.pop(SWEEP_CORES_ENV, None)
+    env[EXCLUSIVE_ENV] = "1" if exclusive else "0"
     return env
 
 

@@ -331,4 +331,4 @@ declare("route.<kind>.eval_loss", "nats/token", False, "token-weighted eval_loss
         "by `kind` (routed, oracle, shared)", group="route")
 # derived by the report, never stored
 declare("cost_usd", "USD", False, "train_s × the report's price per hour (`--price-per-hour`)", group="report",
-        stored=False)
+        stored=False, device=WALL_TIME)  # train_s's timing: contention inflates it too

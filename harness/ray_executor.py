@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness import store
+from harness.contention import sweep_token
 from harness.errors import ConfigError
 from harness.executor import child_env, start_run_process
 from harness.executor_loop import Executor, Job, Monitor, last_progress, record_without_result
@@ -101,7 +102,8 @@ class RunWorker:
             (experiment / spec["reference"] / "result.json").write_text(payload["reference_result"])
         (self.directory / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         self.artifacts_uri = payload.get("artifacts_uri")
-        env = child_env(threads=payload.get("threads"))
+        env = child_env(threads=payload.get("threads"), sweep=payload.get("sweep"),
+                        sweep_cores=payload.get("sweep_cores"), exclusive=payload.get("exclusive", False))
         env.setdefault("WANDB_DIR", str(self.directory))  # offline W&B runs travel back with the record
         self.proc = start_run_process(self.directory, env)
         self.node = ray.util.get_node_ip_address()
@@ -193,12 +195,13 @@ class RayExecutor(Executor):
         artifacts_uri: where adapters and other artifacts go instead of back to the driver.
         attempts: tries per run when its worker is lost (the default 2: one retry).
         progress: show the live view (off when several threads share one executor, as searches do).
+        exclusive: refuse to start a run on a GPU another process uses; default on when runs ask for GPUs.
     """
 
     def __init__(self, *, address: str | None = None, resources: dict | None = None, artifacts_uri: str | None = None,
                  force: bool = False, retry_failed: bool = False, root: Path | None = None,
                  console: Console | None = None, poll_s: float = 0.5, attempts: int = 2, progress: bool = True,
-                 file: str = "--executor ray"):
+                 file: str = "--executor ray", exclusive: bool | None = None):
         self.ray = connect(address)
         resources = dict(resources or {})
         nodes = self.ray.nodes()
@@ -215,6 +218,13 @@ class RayExecutor(Executor):
         super().__init__(force=force, retry_failed=retry_failed, root=root, console=console, poll_s=poll_s)
         self.artifacts_uri = artifacts_uri
         self.attempts, self.show_progress = attempts, progress
+        self.exclusive = self.gpus > 0 if exclusive is None else exclusive
+        # runs of this sweep on one node know each other by it (`harness.contention`)
+        self.sweep = sweep_token()
+        # on GPU nodes the sweep keeps the CPUs its runs ask for busy, at most a node's GPUs' worth of runs
+        per_node = max((math.floor(n.get("Resources", {}).get("GPU", 0) / self.gpus + 1e-9) for n in nodes
+                        if n.get("Alive")), default=1) if self.gpus > 0 else 0
+        self.sweep_cores = per_node * self.cpus if self.gpus > 0 else None
         self._actor_class = self.ray.remote(RunWorker)
         self._slots_at, self._slots = 0.0, 0
 
@@ -277,7 +287,8 @@ class RayExecutor(Executor):
         threads = max(1, int(self.cpus)) if self.gpus == 0 else None
         return {"experiment": spec.experiment, "run_id": spec.run_id, "plugin_files": plugin_files,
                 "spec": {**spec.as_dict(), "plugins": list(plugins), "experiment_dir": experiment_dir},
-                "reference_result": reference, "artifacts_uri": self.artifacts_uri, "threads": threads}
+                "reference_result": reference, "artifacts_uri": self.artifacts_uri, "threads": threads,
+                "sweep": self.sweep, "sweep_cores": self.sweep_cores, "exclusive": self.exclusive}
 
     def _handle(self, flight: Flight, ref, monitor) -> dict | None:
         """One poll answer: mirror metrics, ask the monitor; at the end write the record. Returns the

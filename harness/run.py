@@ -18,6 +18,7 @@ import yaml
 
 from harness import store
 from harness.config import RUN_KEYS, build_run_config
+from harness.contention import Watch, check_exclusive
 from harness.plugins import import_plugins
 
 
@@ -57,11 +58,13 @@ def execute(run_dir: Path) -> dict:
     """
     run_dir = Path(run_dir)
     raw = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    watch = Watch().start()  # before the run touches its GPU: what is on it then is someone else's
     wall0 = time.perf_counter()
     started = now()
     metrics: dict = {key: None for key in store.METRIC_KEYS}
     status, error, device, tracker = "ok", None, None, None
     try:
+        check_exclusive(watch.members())  # --exclusive: a busy GPU fails the run here, before the model loads
         import_plugins(raw.get("plugins") or [], base=raw.get("experiment_dir"))
         spec = build_run_config({k: raw[k] for k in RUN_KEYS if k in raw},
                                 file=str(run_dir / "spec.yaml"))
@@ -77,13 +80,14 @@ def execute(run_dir: Path) -> dict:
         status, error = classify(exc), error_record(exc)
         logging.getLogger("ftbench").error("run %s: %s", status, error["traceback_tail"])
     metrics["wall_s"] = round(time.perf_counter() - wall0, 3)
+    contention = watch.stop(device)
     task_meta = {}
     if status == "ok":
         from harness.tasks.base import task_key
 
         task_meta = {t: task_key(t, spec.eval.limit, spec.eval.num_fewshot) for t in spec.eval.tasks
                      if any(k.startswith(f"task.{t}.") for k in metrics)}
-    result = store.make_result(raw, status=status, error=error, metrics=metrics, env=_env(device),
+    result = store.make_result(raw, status=status, error=error, metrics=metrics, env={**_env(device), **contention},
                                started_at=started, finished_at=now(), task_meta=task_meta)
     if tracker is not None:
         try:

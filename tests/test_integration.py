@@ -9,6 +9,7 @@ import yaml
 
 from conftest import PROJECT_ROOT, expand_file, metric_lines, read_result, run_cli, run_dirs, tiny_base, write_experiment
 from harness import store
+from harness.contention import EVIDENCE_KEYS
 
 RESULT_KEYS = ["run_id", "experiment", "slug", "status", "error", "spec", "metrics", "env", "started_at",
                "finished_at", "task_meta"]
@@ -46,6 +47,11 @@ def test_result_contract(tiny_sweep, method):
     assert env["git_sha"] and isinstance(env["git_dirty"], bool)
     assert "hostname" not in env and "host" not in env
     assert socket.gethostname() not in [str(v) for v in env.values()]
+    # the contention evidence (harness.contention): a CPU run lists no GPU processes
+    assert all(key in env for key in EVIDENCE_KEYS)
+    assert isinstance(env["contended"], bool) and (env["contention"] is None) == (not env["contended"])
+    assert env["cpu_time_s"] > 0 and env["watched_s"] == pytest.approx(metrics["wall_s"], abs=1.0)
+    assert env["sweep_cpu_cores"] > 0 and env["others_cpu_cores"] >= 0 and env["gpu_other_processes"] is None
 
     # the resolved spec is in spec.yaml and in the result
     on_disk = yaml.safe_load((directory / "spec.yaml").read_text())

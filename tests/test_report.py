@@ -398,3 +398,49 @@ def test_new_metrics_know_their_direction():
     assert loss_mix({"ce": 1, "kl": 1, "feature": 0.5, "relation": 0.1}) == "kl+feat+rel"
     assert loss_mix({"ce": 1, "kl": 0, "feature": 0, "relation": 0}) == "ce"
     assert loss_mix({}) == "kl"  # the LossWeights defaults, as the run itself had them
+
+
+def test_a_contended_run_keeps_its_quality_but_not_its_say_on_speed_and_memory(tmp_path):
+    """qlora's memory and time were taken while another job held the CPU: its cells are marked, the
+    note says why, it is never a column's best there, and the memory and time findings leave it out."""
+    from report_store import ENV
+
+    quiet = {**ENV, "contended": False, "contention": None, "others_cpu_cores": 0.04, "load_avg_start": 1.1}
+    busy = {**ENV, "contended": True, "others_cpu_cores": 1.8, "load_avg_start": 3.1,
+            "contention": "other processes used 1.8 CPU cores on average (load 3.1 → 2.9)"}
+    write_run(tmp_path, "busy", method="full", eval_loss=1.8, mem=3000, train_s=50.0, params=1_000_000, env=quiet)
+    write_run(tmp_path, "busy", method="lora", eval_loss=2.0, mem=1000, train_s=60.0, env=quiet)
+    write_run(tmp_path, "busy", method="qlora", eval_loss=2.2, mem=300, train_s=40.0, env=busy)
+    report = build("busy", tmp_path)
+    table = _section(report, "Summary").tables[0]
+    by_name = {row[0].text: row for row in table.rows}
+    qlora = by_name["qlora-n100"]
+    for label in ("peak train MiB", "train tokens/s", "train s", "$ per run"):
+        assert qlora[table.columns.index(label)].text.endswith(" †"), label
+        assert not by_name["lora-n100"][table.columns.index(label)].text.endswith("†")
+    for label in ("eval ppl", "eval loss", "trainable params", "artifact MB"):  # quality and sizes are not timed
+        assert "†" not in qlora[table.columns.index(label)].text, label
+    mem = table.columns.index("peak train MiB")
+    assert by_name["lora-n100"][mem].best and not qlora[mem].best  # qlora's 300 MiB is not a clean best
+    assert table.notes and table.notes[0].startswith("† memory or time taken while processes outside the sweep")
+    assert "1 of 3 runs" in table.notes[0]
+    cost = _section(report, "Cost").tables[0]
+    cost_rows = {row[0].text: row for row in cost.rows}
+    assert cost_rows["qlora-n100"][cost.columns.index("train s")].text == "40.0 †"
+    assert "†" not in cost_rows["lora-n100"][cost.columns.index("train s")].text and cost.notes
+    bullets = _section(report, "Findings").bullets
+    assert bullets[0].startswith("Best eval ppl: full-n100")
+    memory_front = next(b for b in bullets if b.startswith("Pareto front of eval ppl against peak train MiB"))
+    assert "qlora" not in memory_front and memory_front.endswith("lora-n100, full-n100.")
+    assert not any(b.startswith("qlora-n100 used") for b in bullets)
+    assert any(b.startswith("1 contended run (qlora-n100-s0) left out of the memory and time comparisons")
+               for b in bullets)
+    assert _row(report, "qlora-n100")["eval_ppl_mean"] == pytest.approx(math.exp(2.2))  # its quality stays
+    assert _row(report, "qlora-n100")["n_contended"] == 1 and _row(report, "lora-n100")["n_contended"] == 0
+    env = {row[0].text: row[1].text for row in _section(report, "Environment").tables[0].rows}
+    assert env["contended runs"] == "1 of 3 (qlora-n100-s0)"
+    assert env["CPU cores used outside the sweep"] == "median 0.04, max 1.80 over 3 runs"
+    assert "contention" not in env and "others_cpu_cores" not in env
+    paths = write(report, tmp_path / "reports" / "busy")
+    assert "† memory or time taken" in paths["markdown"].read_text()
+    assert '<p class="note">† memory or time taken' in paths["html"].read_text()

@@ -12,8 +12,11 @@ from harness.report.columns import missing
 from harness.report.frame import Metric
 from harness.report.stats import PowerLawFit
 
-__all__ = ["Cell", "Table", "Section", "Report", "metric_cell", "number_cell", "sortable", "mean_of",
-           "best_positions", "frame_table", "number_table"]
+__all__ = ["BUSY_MARK", "Cell", "Table", "Section", "Report", "busy_note", "metric_cell", "number_cell", "sortable",
+           "mean_of", "best_positions", "frame_table", "number_table"]
+
+#: after a memory or time figure taken while something outside the sweep competed for the hardware
+BUSY_MARK = "†"
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Table:
     caption: str
     columns: list[str]
     rows: list[list[Cell]]
+    notes: list[str] = field(default_factory=list)  # footnotes, shown under the table
 
 
 @dataclass
@@ -49,8 +53,9 @@ class Report:
     fits: dict[str, PowerLawFit | None] = field(default_factory=dict)
 
 
-def metric_cell(summary_row, metric: Metric, best: bool) -> Cell:
-    """`mean ± CI half-width` of `metric` in a `summarize` row; "–" when not measured."""
+def metric_cell(summary_row, metric: Metric, best: bool, busy: bool = False) -> Cell:
+    """`mean ± CI half-width` of `metric` in a `summarize` row; "–" when not measured; `busy` adds
+    BUSY_MARK (a seed of it was measured under contention)."""
     mean = summary_row[f"{metric.key}_mean"]
     if mean is None or not np.isfinite(mean):
         return Cell("–")
@@ -58,7 +63,15 @@ def metric_cell(summary_row, metric: Metric, best: bool) -> Cell:
     half = (summary_row[f"{metric.key}_ci_high"] - summary_row[f"{metric.key}_ci_low"]) / 2
     if np.isfinite(half) and half > 0:
         out += f" ± {Metric(metric.key, '', metric.fmt, metric.scale).format(half).lstrip('+')}"
-    return Cell(out, float(mean), best)
+    return Cell(out + (f" {BUSY_MARK}" if busy else ""), float(mean), best)
+
+
+def busy_note(n_contended: int, n_runs: int) -> str:
+    """The footnote under a table with BUSY_MARK cells."""
+    return (f"{BUSY_MARK} memory or time taken while processes outside the sweep competed for the run's CPU or GPU "
+            f"(env.contended: {n_contended} of {n_runs} runs; `ftbench show RUN` gives the evidence), so it may be "
+            f"distorted and is never a column's best. Quality figures are unaffected; these runs are left out of the "
+            f"speed and memory findings.")
 
 
 def number_cell(value, fmt: str = "{:.3f}", best: bool = False) -> Cell:

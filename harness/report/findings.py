@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from harness.report.frame import FORGETTING, Metric, ok_runs, reference_value
+from harness.contention import EVIDENCE_KEYS
+from harness.report.frame import FORGETTING, Metric, contended, device_figure, ok_runs, reference_value, summarize
 from harness.report.stats import pareto_mask, welch_p
 
 ALPHA = 0.05
@@ -79,8 +80,14 @@ def pareto_members(summary: pd.DataFrame, quality: Metric, cost: Metric) -> list
 
 def findings(df: pd.DataFrame, summary: pd.DataFrame, quality: Metric, costs: list[Metric],
              tasks: list[Metric]) -> list[str]:
-    """Short sentences a reader can act on: the best, the fronts, each front member against the best."""
+    """Short sentences a reader can act on: the best, the fronts, each front member against the best.
+
+    Memory and time (`device_figure`) are compared over the runs nobody competed with only: a
+    contended run (`env.contended`) keeps its quality, not its say in what is faster or smaller."""
     runs = ok_runs(df)
+    busy = contended(runs)
+    clean_runs = runs[~busy]
+    clean_summary = summarize(clean_runs, [quality, *costs], []) if busy.any() else summary
     rows = summary[~summary["reference"]].dropna(subset=[f"{quality.key}_mean"]) if not summary.empty else summary
     if rows.empty:
         return ["No finished run to compare."]
@@ -91,14 +98,23 @@ def findings(df: pd.DataFrame, summary: pd.DataFrame, quality: Metric, costs: li
            + (f", 95% CI {quality.format(best_row[f'{quality.key}_ci_low'])}–"
               f"{quality.format(best_row[f'{quality.key}_ci_high'])} over {n} seeds)" if n > 1 else ", single seed)")]
     for cost in costs:
-        front = pareto_members(summary, quality, cost)
+        timed = device_figure(cost.key)
+        cost_summary, cost_runs = (clean_summary, clean_runs) if timed else (summary, runs)
+        front = pareto_members(cost_summary, quality, cost) if not cost_summary.empty else []
         if len(front) > 1:
             out.append(f"Pareto front of {quality.label} against {cost.label} (cheapest first): {', '.join(front)}.")
         for member in front:
             if member != best:
-                sentence = compare(runs, member, best, quality, cost)
+                sentence = compare(cost_runs, member, best, quality, cost)
                 if sentence and sentence not in out:
                     out.append(sentence)
+    if busy.any() and any(device_figure(c.key) for c in costs):
+        slugs = runs.loc[busy, "slug"].tolist()
+        its = "their" if len(slugs) != 1 else "its"
+        out.append(f"{len(slugs)} contended run{'s' * (len(slugs) != 1)} ({', '.join(slugs[:8])}"
+                   f"{' …' if len(slugs) > 8 else ''}) left out of the memory and time comparisons: processes outside "
+                   f"the sweep competed for {its} hardware ({its} quality figures stay; `ftbench show RUN` gives the "
+                   f"evidence).")
     for task in tasks:
         col = f"{task.key}_mean"
         if col in rows and rows[col].notna().any() and task.lower_is_better is not None:
@@ -152,14 +168,34 @@ def caveats(df: pd.DataFrame) -> list[str]:
     return out
 
 
+def contention_summary(df: pd.DataFrame) -> dict[str, str]:
+    """How many of the watched runs were contended (which), and others' CPU cores and the load
+    average over them (median, max); empty when no run was watched."""
+    watched = df[df["env.contended"].notna()] if "env.contended" in df else df.iloc[0:0]
+    if watched.empty:
+        return {}
+    busy = watched.loc[contended(watched), "slug"].tolist()
+    out = {"contended runs": f"{len(busy)} of {len(watched)}"
+                             + (f" ({', '.join(busy[:8])}{' …' if len(busy) > 8 else ''})" if busy else "")}
+    for col, name in (("env.others_cpu_cores", "CPU cores used outside the sweep"),
+                      ("env.load_avg_start", "load average at run start")):
+        values = pd.to_numeric(watched[col], errors="coerce").dropna() if col in watched else pd.Series(dtype=float)
+        if len(values):
+            out[name] = f"median {values.median():.2f}, max {values.max():.2f} over {len(values)} runs"
+    return out
+
+
 def environment(df: pd.DataFrame) -> dict[str, str]:
-    """Hardware, versions, git sha and dates, as the most common value over the runs."""
+    """Hardware, versions, git sha and dates, as the most common value over the runs; how many runs
+    were contended, and the spread of the evidence."""
     out = {}
-    for col in sorted(c for c in df.columns if c.startswith("env.")):
+    evidence = {f"env.{key}" for key in EVIDENCE_KEYS}
+    for col in sorted(c for c in df.columns if c.startswith("env.") and c not in evidence):
         values = df[col].dropna().astype(str)
         if len(values):
             extra = f" (+{values.nunique() - 1} other)" if values.nunique() > 1 else ""
             out[col.removeprefix("env.")] = values.mode().iloc[0] + extra
+    out.update(contention_summary(df))
     for col, name in (("started_at", "first run started"), ("finished_at", "last run finished")):
         if col in df and df[col].notna().any():
             out[name] = str(df[col].dropna().min() if col == "started_at" else df[col].dropna().max())

@@ -90,6 +90,8 @@ ROUTE = [
     Metric("router_acc", "router accuracy %", "{:.1f}", 100, noun="router accuracy"),
     Metric("router_acc_train", "router accuracy % (train)", "{:.1f}", 100),
 ]
+#: a run's flag that something outside its sweep competed for its hardware (`harness.contention`)
+CONTENDED = "env.contended"
 #: spec columns that never define a configuration
 NOT_AXES = re.compile(r"^(seed|experiment_dir|plugins|tracking\..*|env\..*|trial\..*)$")
 REFERENCE_METHOD = "none"
@@ -99,6 +101,21 @@ def lower_is_better(key: str) -> bool | None:
     """Whether a result metric is better when lower, as declared (None: undeclared, or no direction)."""
     higher = METRICS.higher_is_better(key)
     return None if higher is None else not higher
+
+
+def device_figure(key: str) -> bool:
+    """Whether a metric is memory or time measured on the run's hardware (its declaration states the
+    device semantics): a figure another process on that hardware can distort."""
+    declared = METRICS.lookup(key)
+    return bool(declared and declared.device)
+
+
+def contended(df: pd.DataFrame) -> pd.Series:
+    """Per run: True when something outside its sweep competed for its hardware (`env.contended`);
+    False for runs recorded before it was measured."""
+    if CONTENDED not in df:
+        return pd.Series(False, index=df.index)
+    return df[CONTENDED].map(lambda v: v is True or v == 1 or str(v).lower() == "true")
 
 
 def task_metrics(df: pd.DataFrame) -> list[Metric]:
@@ -196,13 +213,15 @@ def ok_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(df: pd.DataFrame, metrics: list[Metric], axes: list[str]) -> pd.DataFrame:
-    """One row per configuration of the `ok` runs: axis values, n seeds, mean/ci_low/ci_high per metric.
+    """One row per configuration of the `ok` runs: axis values, n seeds, n contended (`contended`),
+    mean/ci_low/ci_high per metric.
 
     Sorted by mean eval ppl (references last among equals); configurations keep their first-seen order otherwise.
     """
     rows = []
     for config, group in ok_runs(df).groupby("config", sort=False):
         row = {"config": config, "reference": bool(group["reference"].iloc[0]), "n_seeds": len(group),
+               "n_contended": int(contended(group).sum()),
                "reference_config": group["reference_config"].iloc[0] if "reference_config" in group else None}
         for axis in axes:
             row[axis] = group[axis].iloc[0] if axis in group else None

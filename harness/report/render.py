@@ -16,7 +16,7 @@ th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
 th{background:#f4f4f4;cursor:pointer;user-select:none}th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
 td:first-child,th:first-child{text-align:left}td.best{font-weight:700;background:#e8f5e9}
 img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}figcaption{color:#666;font-size:12px}
-.wrap{overflow-x:auto}
+.wrap{overflow-x:auto}p.note{color:#666;font-size:12px;margin-top:-.8em}
 """
 
 # sorts a table by the clicked column: numbers by their data-v value, text alphabetically, missing last
@@ -61,8 +61,9 @@ def _html_table(table: Table) -> str:
             cls = ' class="best"' if cell.best else ""
             cells.append(f"<td{cls}{attrs}>{html.escape(cell.text)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in table.notes)
     return (f'<div class="wrap"><table class="sortable"><caption>{html.escape(table.caption)}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{notes}")
 
 
 def _md_escape(text: str) -> str:
@@ -74,6 +75,7 @@ def _md_table(table: Table) -> str:
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.columns))) + "|"]
     for row in table.rows:
         lines.append("| " + " | ".join(f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text) for c in row) + " |")
+    lines += [line for note in table.notes for line in ("", note)]
     return "\n".join(lines)
 
 

@@ -8,11 +8,14 @@ import numpy as np
 import pandas as pd
 
 from harness.report.context import ReportContext
-from harness.report.document import Section, frame_table
-from harness.report.frame import reference_value
+from harness.report.document import BUSY_MARK, Section, Table, busy_note, frame_table
+from harness.report.frame import device_figure, reference_value
 from harness.report.sections.base import register
 
 __all__ = ["cost_table"]
+
+#: the metric each column of the cost table is made from
+SOURCES = {"train s": "train_s", "$ per run": "cost_usd", "$ per ppl point": "cost_usd"}
 
 
 def cost_table(summary: pd.DataFrame, price: float) -> pd.DataFrame:
@@ -34,7 +37,23 @@ def cost_section(ctx: ReportContext) -> list[Section]:
     cost = Section("Cost", paragraphs=[
         f"At ${ctx.price_per_hour:.2f} per GPU-hour (change with --price-per-hour), train time becomes money. "
         f"'$ per ppl point' divides it by the perplexity the run gained over the untouched base."])
-    cost.tables.append(frame_table(cost_table(ctx.summary, ctx.price_per_hour), "Cost per configuration",
-                                   {"train s": "{:.1f}", "$ per run": "{:.5f}", "ppl gained vs base": "{:.2f}",
-                                    "$ per ppl point": "{:.6f}"}))
+    table = frame_table(cost_table(ctx.summary, ctx.price_per_hour), "Cost per configuration",
+                        {"train s": "{:.1f}", "$ per run": "{:.5f}", "ppl gained vs base": "{:.2f}",
+                         "$ per ppl point": "{:.6f}"})
+    cost.tables.append(_mark_busy(table, ctx.summary))
     return [cost]
+
+
+def _mark_busy(table: Table, summary: pd.DataFrame) -> Table:
+    """Mark the time-based cells of configurations with a contended seed, and say so under the table."""
+    if "n_contended" not in summary or not (summary["n_contended"] > 0).any():
+        return table
+    busy = set(summary.loc[summary["n_contended"] > 0, "config"])
+    marked = [i for i, col in enumerate(table.columns) if col in SOURCES and device_figure(SOURCES[col])]
+    for row in table.rows:
+        if row[0].text in busy:
+            for i in marked:
+                if row[i].text != "–":
+                    row[i].text += f" {BUSY_MARK}"
+    table.notes.append(busy_note(int(summary["n_contended"].sum()), int(summary["n_seeds"].sum())))
+    return table

@@ -6,8 +6,8 @@ import pandas as pd
 
 from harness.report.columns import missing
 from harness.report.context import ReportContext
-from harness.report.document import Cell, Section, Table, metric_cell, sortable
-from harness.report.frame import Metric, best_rows
+from harness.report.document import Cell, Section, Table, busy_note, metric_cell, sortable
+from harness.report.frame import Metric, best_rows, device_figure
 from harness.report.semantics import measurement_note
 from harness.report.sections.base import register
 
@@ -15,8 +15,12 @@ __all__ = ["metrics_table", "superseded_note"]
 
 
 def metrics_table(summary: pd.DataFrame, metrics: list[Metric], caption: str, axes: list[str]) -> Table:
-    """Configuration, its axis values and seeds, then `mean ± CI half-width` per metric, best marked."""
-    best = {m.key: best_rows(summary, m) for m in metrics}
+    """Configuration, its axis values and seeds, then `mean ± CI half-width` per metric, best marked.
+
+    A memory or time figure of a configuration with a contended seed is marked (`busy_note` says
+    what that means under the table) and is never the column's best."""
+    busy = summary["n_contended"] > 0 if "n_contended" in summary else pd.Series(False, index=summary.index)
+    best = {m.key: best_rows(summary[~busy] if device_figure(m.key) else summary, m) for m in metrics}
     axis_cols = [a for a in axes if a != "method.name"][:4]
     columns = ["configuration", *axis_cols, "n"] + [m.label for m in metrics]
     rows = []
@@ -24,8 +28,11 @@ def metrics_table(summary: pd.DataFrame, metrics: list[Metric], caption: str, ax
         name = row["config"] + (" (reference)" if row["reference"] else "")
         axis_cells = [Cell("–" if missing(row.get(a)) else str(row.get(a)), sortable(row.get(a))) for a in axis_cols]
         rows.append([Cell(name, row["config"]), *axis_cells, Cell(str(row["n_seeds"]), row["n_seeds"])]
-                    + [metric_cell(row, m, i in best[m.key]) for m in metrics])
-    return Table(caption, columns, rows)
+                    + [metric_cell(row, m, i in best[m.key], busy[i] and device_figure(m.key)) for m in metrics])
+    table = Table(caption, columns, rows)
+    if busy.any():
+        table.notes.append(busy_note(int(summary["n_contended"].sum()), int(summary["n_seeds"].sum())))
+    return table
 
 
 def superseded_note(superseded: dict) -> str:
