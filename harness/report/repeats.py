@@ -71,7 +71,8 @@ def pool_repeats(df: pd.DataFrame) -> pd.DataFrame:
     for col in numeric.columns:
         pooled[col] = means.loc[first, col]
         pooled[SPREAD + col] = spreads.loc[first, col]
-    out = pd.concat([pooled, df[df["status"] != "ok"]])
+    others = df[df["status"] != "ok"]
+    out = pd.concat([pooled, others]) if len(others) else pooled
     out = out.loc[[i for i in df.index if i in out.index]]  # the store's order
     out.attrs = df.attrs
     return out
