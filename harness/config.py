@@ -110,7 +110,7 @@ SECTIONS: dict[str, type[Section]] = {
     "eval": EvalCfg,
     "tracking": TrackingCfg,
 }
-if RUN_KEYS != [*SECTIONS, "objective", "method", "seed"]:  # schema's list is what the store reads
+if RUN_KEYS != [*SECTIONS, "objective", "method", "seed", "repeat"]:  # schema's list is what the store reads
     raise RuntimeError(f"harness.schema.RUN_KEYS {RUN_KEYS} does not match the config sections {list(SECTIONS)}")
 
 
@@ -126,6 +126,8 @@ class RunConfig(BaseModel):
     tracking: TrackingCfg
     objective: SerializeAsAny[ObjectiveOptions] = Field(default_factory=default_options)
     seed: int = 0
+    #: which run of the same spec and seed this is (grid `repeats: N` gives 0..N-1): the noise floor
+    repeat: int = 0
 
     def as_dict(self) -> dict:
         out = {
@@ -141,6 +143,8 @@ class RunConfig(BaseModel):
         }
         if not self.objective.is_default:  # sft runs keep the spec (and run id) they had before objectives
             out["objective"] = self.objective.as_dict()
+        if self.repeat:  # repeat 0 is the run as it always was: same spec, same run id
+            out["repeat"] = self.repeat
         return out
 
 
@@ -161,7 +165,7 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
     """Validate a raw run dict (sections as plain dicts) into a RunConfig.
 
     Args:
-        raw: mapping with keys among model, data, method, train, eval, tracking, seed.
+        raw: mapping with keys among model, data, method, train, eval, tracking, objective, seed, repeat.
         file: the experiment file, for messages.
         where: a prefix naming the grid point, for messages.
 
@@ -196,6 +200,9 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         problems.append((file, f"{where}seed", f"must be a non-negative integer, but got {seed!r}"))
+    repeat = raw.get("repeat", 0)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 0:
+        problems.append((file, f"{where}repeat", f"must be a non-negative integer, but got {repeat!r}"))
     if problems:
         raise ConfigError(problems)
     if sections["eval"].in_domain_tasks:
@@ -212,7 +219,7 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
             file, f"{where}model.load_in_4bit",
             f"method `{method.name}` trains the base weights, which cannot be 4-bit; use qlora or set it false",
         )
-    return RunConfig(model=model, method=method, seed=seed, **{k: v for k, v in sections.items() if k != "model"})
+    return RunConfig(model=model, method=method, seed=seed, repeat=repeat, **{k: v for k, v in sections.items() if k != "model"})
 
 
 def _with_in_domain_tasks(eval_cfg: EvalCfg, data: DataCfg, objective: ObjectiveOptions) -> EvalCfg:

@@ -17,6 +17,8 @@ from harness.errors import ConfigError, allowed, did_you_mean
 from harness.methods import METHODS
 
 SEED_KEYS = ("seed", "seeds")
+#: grid key `repeats: N`: every grid point N times with the same seed (run field `repeat` 0..N-1), for the noise floor
+REPEATS_KEY = "repeats"
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,16 @@ def parse_axes(grid: dict, *, file: str) -> list[Axis]:
     for label, spec in grid.items():
         label = str(label)
         where = f"grid.{label}"
+        if label == "repeat":
+            problems.append((file, where, f"the runs of one grid point are numbered by `{REPEATS_KEY}: N` "
+                             f"(e.g. `{REPEATS_KEY}: 2`), not set one by one"))
+            continue
+        if label == REPEATS_KEY:
+            try:
+                axes.append(repeats_axis(spec, file=file, field=where))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+            continue
         when = None
         values = spec
         if isinstance(spec, dict) and "values" in spec:
@@ -152,7 +164,7 @@ def parse_axes(grid: dict, *, file: str) -> list[Axis]:
             axes.append(Axis(label=label, values=[[(label, v)] for v in values], when=when))
             continue
         if not all(isinstance(v, dict) and v for v in values):
-            names = sorted({*RUN_KEYS, "seeds"})
+            names = sorted({*RUN_KEYS, "seeds", REPEATS_KEY} - {"repeat"})
             problems.append((file, where, f"unknown grid axis `{label}`.{did_you_mean(label, names)} "
                              "A plain axis is a config key (" + ", ".join(names) + ", or a dotted key inside one); "
                              "any other name is a paired axis whose values are mappings of config keys."))
@@ -167,6 +179,18 @@ def parse_axes(grid: dict, *, file: str) -> list[Axis]:
     if problems:
         raise ConfigError(problems)
     return axes
+
+
+def repeats_axis(value: Any, *, file: str, field: str) -> Axis:
+    """The axis of `repeats: N`: run field `repeat` = 0..N-1, every other key the same (the seed too).
+
+    Raises:
+        ConfigError: `value` is not a positive integer.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError.one(file, field, "must be a positive integer (how many times to run each grid point with "
+                              f"the same seed; 1: once), but got {value!r}")
+    return Axis(label=REPEATS_KEY, values=[[("repeat", k)] for k in range(value)])
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
@@ -198,7 +222,11 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
 def _check_key(key: str) -> str | None:
     parts = _canonical(key).split(".")
     top, rest = parts[0], parts[1:]
-    keys = sorted({*RUN_KEYS, "seeds"})
+    keys = sorted({*RUN_KEYS, "seeds", REPEATS_KEY} - {"repeat"})
+    if key == REPEATS_KEY:
+        return None
+    if key == "repeat":
+        return f"set `{REPEATS_KEY}=N` (runs of each grid point with the same seed), not one repeat"
     if top not in RUN_KEYS:
         return f"no such key `{top}`.{did_you_mean(top, keys)} {allowed(keys)}"
     if not rest:
@@ -223,17 +251,25 @@ def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[R
         ConfigError: every problem of every grid point, all at once.
     """
     file = experiment.file
+    for key in (REPEATS_KEY, "repeat"):
+        if key in experiment.base:
+            raise ConfigError.one(file, f"base.{key}", f"belongs in `grid:` as `{REPEATS_KEY}: N` (e.g. "
+                                  f"`grid: {{{REPEATS_KEY}: 2}}`): it multiplies the grid's points, one run per repeat")
     axes = parse_axes(experiment.grid, file=file)
     base = {k: normalize(k, v) for k, v in copy.deepcopy(experiment.base).items()}
     for key, value in parse_overrides(overrides or []):
         axis_labels = {a.label: i for i, a in enumerate(axes)}
-        if key in axis_labels:
+        if key == REPEATS_KEY:
+            axes = [a for a in axes if a.label != REPEATS_KEY] + [repeats_axis(value, file="SET", field=key)]
+        elif key in axis_labels:
             ax = axes[axis_labels[key]]
             vals = value if isinstance(value, list) else [value]
             axes[axis_labels[key]] = Axis(label=key, values=[[(key, v)] for v in vals], when=ax.when)
         else:
             axes = [_drop_key(a, key) for a in axes]
             set_dotted(base, key, value)
+    # repeats vary slowest: the whole grid once, then again (a repeat is timed apart from its twin)
+    axes = sorted(axes, key=lambda a: a.label != REPEATS_KEY)
     points: list[tuple[dict, list[tuple[str, Any]]]] = []
     seen = set()
     for combo in itertools.product(*[a.values for a in axes]):
@@ -260,7 +296,10 @@ def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[R
         except ConfigError as exc:
             problems.extend(p for p in exc.problems if p not in problems)
             continue
-        for spec in continual_stages(make_spec(experiment.name, config, dict(applied))):
+        varied = dict(applied)
+        if "repeat" in varied:  # the repeats axis runs first but reads last
+            varied["repeat"] = varied.pop("repeat")
+        for spec in continual_stages(make_spec(experiment.name, config, varied)):
             if spec.run_id not in ids:
                 ids.add(spec.run_id)
                 specs.append(spec)
@@ -307,11 +346,13 @@ def spec_hash(config: RunConfig, reads: dict[str, str] | None = None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-_COVERED = {"method", "method.name", "method.r", "method.alpha", "data.n_train", "seed", "seeds", "objective"}
+_COVERED = {"method", "method.name", "method.r", "method.alpha", "data.n_train", "seed", "seeds", "objective",
+            "repeat"}
 
 
 def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
-    """A readable name such as `lora-r8-a16-n256-s0`."""
+    """A readable name such as `lora-r8-a16-n256-s0`; a repeat past the first ends in `-rep<k>`
+    (`lora-r8-a16-n256-s0-rep1`), so repeat 0 keeps the slug a run without repeats has."""
     parts = [config.method.build().slug()]
     objective = config.objective.build()
     prefix = objective.slug_prefix()
@@ -330,6 +371,8 @@ def make_slug(config: RunConfig, varied: dict[str, Any]) -> str:
             text = str(value).rstrip("/").split("/")[-1]
             parts.append(f"{last}{text}")
     parts.append(f"s{config.seed}")
+    if config.repeat:
+        parts.append(f"rep{config.repeat}")
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts))
 
 
@@ -366,7 +409,7 @@ def budget_confounds(specs: list[RunSpec]) -> list[str]:
 
 def reference_config(config: RunConfig) -> RunConfig:
     """The untouched-base twin of a run: same model, data (whole pool), eval and tracking;
-    method `none`, default training (it does not train), seed 0."""
+    method `none`, default training (it does not train), seed 0, repeat 0 (one base row for every repeat)."""
     from harness.config import TrainCfg
     from harness.methods.base import MethodCfg
     from harness.objectives import default_options
@@ -377,8 +420,8 @@ def reference_config(config: RunConfig) -> RunConfig:
         data["name"] = config.eval.sources[0]
     if config.method.name == "none":  # prompt design (a system prompt, no training) is compared with the bare base
         data["system_prompt"] = None
-    return config.model_copy(update={"method": none, "seed": 0, "train": TrainCfg(), "objective": default_options(),
-                                     "data": config.data.model_copy(update=data)})
+    return config.model_copy(update={"method": none, "seed": 0, "repeat": 0, "train": TrainCfg(),
+                                     "objective": default_options(), "data": config.data.model_copy(update=data)})
 
 
 def run_in_grid(spec: RunSpec, specs: list[RunSpec], ref: str, field: str, file: str = "") -> RunSpec | None:

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from harness.errors import ConfigError, allowed, did_you_mean
 
 #: the keys of a run spec that decide what it computes (the store reads them without the config models)
-RUN_KEYS = ["model", "data", "train", "eval", "tracking", "objective", "method", "seed"]
+#: (`repeat` numbers the runs of one spec with the same seed, for the noise floor: grid `repeats: N`)
+RUN_KEYS = ["model", "data", "train", "eval", "tracking", "objective", "method", "seed", "repeat"]
 from harness.expr import ExprError, evaluate
 
 

@@ -207,9 +207,9 @@ def load(experiment: str, root: Path | None = None):
 
 
 def settings_key(spec: dict) -> str:
-    """A short hash of what a run's spec sets apart from its seed (and tracking): runs of one slug
+    """A short hash of what a run's spec sets apart from its seed, repeat (and tracking): runs of one slug
     with different keys were run under different settings, not as seeds of one configuration."""
-    kept = {k: spec[k] for k in RUN_KEYS if k in spec and k not in ("seed", "tracking")}
+    kept = {k: spec[k] for k in RUN_KEYS if k in spec and k not in ("seed", "repeat", "tracking")}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -46,6 +46,12 @@ def assert_config_error(res, path, *needles):
     ("unknown resource", None, None, {"resources": {"gpu": 1}}, ["`resources.gpu`", "Did you mean `gpus`?"]),
     ("negative gpus", None, None, {"resources": {"gpus": -1}}, ["`resources.gpus`", "greater than or equal to 0"]),
     ("artifacts_uri not a string", None, None, {"artifacts_uri": 3}, ["`artifacts_uri`", "path or URI"]),
+    ("zero repeats", None, {"repeats": 0}, {}, ["`grid.repeats`", "must be a positive integer", "but got 0"]),
+    ("negative repeats", None, {"repeats": -2}, {}, ["`grid.repeats`", "but got -2"]),
+    ("repeats not a number", None, {"repeats": "x"}, {}, ["`grid.repeats`", "but got 'x'"]),
+    ("repeats as a list", None, {"repeats": [0, 1]}, {}, ["`grid.repeats`", "but got [0, 1]"]),
+    ("repeats in base", {"repeats": 2}, None, {}, ["`base.repeats`", "belongs in `grid:`"]),
+    ("one repeat as an axis", None, {"repeat": [1]}, {}, ["`grid.repeat`", "`repeats: N`"]),
 ])
 def test_validation_errors(tmp_path, case, base, grid, extra, needles):
     full_base = tiny_base(**(base or {}))
@@ -116,6 +122,20 @@ def test_dry_run_lists_the_grid_and_starts_nothing(tmp_path):
         assert slug in res.out
     assert "4 runs: 4 new" in res.out
     assert run_dirs(results, "dry") == []
+
+
+def test_dry_run_shows_the_repeats(tmp_path):
+    results = tmp_path / "results"
+    path = write_experiment(tmp_path, "dry", base=tiny_base(), grid={"method": ["full", "lora"], "repeats": 2})
+    res = dry_run(path, results)
+    assert res.code == 0, res.err
+    for slug in ("full-n16-s0", "lora-r4-a8-n16-s0", "full-n16-s0-rep1", "lora-r4-a8-n16-s0-rep1"):
+        assert slug in res.out
+    assert "repeat" in res.out and "4 runs: 4 new" in res.out
+    res = dry_run(path, results, "--set", "repeats=3")  # any experiment gets a noise floor without an edit
+    assert res.code == 0, res.err
+    assert "lora-r4-a8-n16-s0-rep2" in res.out and "6 runs: 6 new" in res.out
+    assert_config_error(dry_run(path, results, "--set", "repeats=0"), None, "`repeats`", "positive integer")
 
 
 def test_dry_run_counts_finished_runs(tiny_sweep):

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 
+import pandas as pd
 import pytest
 
 from conftest import (PROJECT_ROOT, PYTHON, WIDE, expand_file, metric_lines, read_result, run_cli, run_dirs, tiny_base,
@@ -163,6 +164,28 @@ def test_second_sweep_runs_nothing(tiny_sweep):
     assert {d: snapshot(d) for d in dirs} == before
     assert run_dirs(tiny_sweep.results, "tiny") == sorted(dirs)
     assert not (tiny_sweep.results / "tiny" / ".archive").exists()
+
+
+def test_repeats_add_only_the_twins_and_the_report_gives_the_noise_floor(tiny_sweep, tmp_path):
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(tiny_sweep.results, results)  # the shared sweep stays as it is
+    dirs = [results / "tiny" / s.run_id for s in tiny_sweep.specs]
+    before = {d: snapshot(d) for d in dirs}
+    res = run_cli("run", str(tiny_sweep.path), "--results", str(results), "--set", "repeats=2")
+    assert res.code == 0, res.out + res.err
+    assert {d: snapshot(d) for d in dirs} == before  # repeat 0 is the finished run: skipped, same id
+    twins = [d for d in run_dirs(results, "tiny") if d not in dirs]
+    assert sorted(read_result(d)["slug"] for d in twins) == ["full-n16-s0-rep1", "lora-r4-a8-n16-s0-rep1"]
+    assert all(read_result(d)["status"] == "ok" and read_result(d)["spec"]["repeat"] == 1 for d in twins)
+    out = tmp_path / "report"
+    assert run_cli("report", "tiny", "--results", str(results), "--out", str(out)).code == 0
+    text = (out / "tiny" / "report.md").read_text()
+    assert "## Noise floor" in text and "2 configuration/seed pair(s) ran 2 times" in text
+    assert "| train s |" in text.split("## Noise floor")[1]
+    summary = pd.read_csv(out / "tiny" / "summary.csv")
+    assert sorted(summary["config"]) == ["full-n16", "lora-r4-a8-n16"] and set(summary["n_seeds"]) == {1}
 
 
 def test_force_archives_and_unfinished_is_cleaned(tmp_path):

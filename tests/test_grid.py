@@ -51,6 +51,46 @@ def test_seeds_axis(tmp_path):
     assert [s.slug for s in specs] == ["lora-r4-a8-n16-s0", "lora-r4-a8-n16-s1", "lora-r4-a8-n16-s2"]
 
 
+def test_repeats_run_every_point_again_with_the_same_seed(tmp_path):
+    plain = specs_for(tmp_path, {"method": ["full", "lora"], "seeds": [0, 1]})
+    specs = specs_for(tmp_path, {"method": ["full", "lora"], "seeds": [0, 1], "repeats": 2})
+    assert len(specs) == 8 and len({s.run_id for s in specs}) == 8
+    # repeat 0 is the run without repeats, byte for byte: same slug, same id (finished runs are skipped)
+    assert [(s.slug, s.run_id) for s in specs[:4]] == [(s.slug, s.run_id) for s in plain]
+    assert [s.config.repeat for s in specs] == [0] * 4 + [1] * 4  # the whole grid once, then again
+    assert "repeat" not in specs[0].config.as_dict() and specs[4].config.as_dict()["repeat"] == 1
+    assert [s.slug for s in specs[4:]] == [s.slug + "-rep1" for s in plain]
+    assert [s.config.seed for s in specs[4:]] == [s.config.seed for s in plain]
+    assert [s.config.model_copy(update={"repeat": 0}) for s in specs[4:]] == [s.config for s in plain]
+    assert specs[5].varied == {"method": "full", "seeds": 1, "repeat": 1}
+
+
+def test_repeats_one_and_the_set_override(tmp_path):
+    [plain] = specs_for(tmp_path, None)
+    [once] = specs_for(tmp_path, {"repeats": 1})
+    assert (once.slug, once.run_id) == (plain.slug, plain.run_id)
+    specs = specs_for(tmp_path, {"repeats": 3}, overrides=["repeats=2"])
+    assert [s.slug for s in specs] == ["lora-r4-a8-n16-s0", "lora-r4-a8-n16-s0-rep1"]
+    assert [s.run_id for s in specs_for(tmp_path, None, overrides=["repeats=2"])] == [s.run_id for s in specs]
+
+
+@pytest.mark.parametrize("value", [0, -1, "x", 1.5, True, [2], None])
+def test_bad_repeats(tmp_path, value):
+    with pytest.raises(ConfigError) as info:
+        specs_for(tmp_path, {"repeats": value})
+    [(file, field, message)] = info.value.problems
+    assert (file.endswith("g.yaml"), field) == (True, "grid.repeats")
+    assert "must be a positive integer" in message and repr(value) in message
+
+
+def test_reference_row_is_shared_by_the_repeats(tmp_path):
+    from harness.grid import with_references
+
+    specs = with_references(specs_for(tmp_path, {"repeats": 2}, base=tiny_base(eval={"tasks": ["general_ppl"]})))
+    assert [s.slug for s in specs] == ["base-tiny-smollm2", "lora-r4-a8-n16-s0", "lora-r4-a8-n16-s0-rep1"]
+    assert specs[1].reference == specs[2].reference == specs[0].run_id
+
+
 def test_method_axis_keeps_base_options_the_method_accepts(tmp_path):
     specs = specs_for(tmp_path, {"method": ["full", "lora", "qlora"]})
     by = {s.config.method.name: s.config for s in specs}

@@ -444,3 +444,56 @@ def test_a_contended_run_keeps_its_quality_but_not_its_say_on_speed_and_memory(t
     paths = write(report, tmp_path / "reports" / "busy")
     assert "† memory or time taken" in paths["markdown"].read_text()
     assert '<p class="note">† memory or time taken' in paths["html"].read_text()
+
+
+# -- repeats: the noise floor ----------------------------------------------------------------------------------------
+
+def _repeat(tmp_path, exp, method, seed, repeat, train_s, mem, loss=2.0):
+    slug = f"{method}-n100-s{seed}" + (f"-rep{repeat}" if repeat else "")
+    write_run(tmp_path, exp, method=method, seed=seed, slug=slug, train_s=train_s, mem=mem, eval_loss=loss,
+              overrides={"repeat": repeat} if repeat else None)
+
+
+def test_repeats_are_pooled_per_seed_and_give_the_noise_floor(tmp_path):
+    # lora: seeds 0 and 1, each run twice; full: seed 0 run three times; ia3: once (no group)
+    for repeat, (train_s, mem) in enumerate([(10.0, 1000.0), (12.0, 1010.0)]):
+        _repeat(tmp_path, "noise", "lora", 0, repeat, train_s, mem)
+        _repeat(tmp_path, "noise", "lora", 1, repeat, train_s * 2, mem, loss=2.2)
+    for repeat, train_s in enumerate([20.0, 21.0, 25.0]):
+        _repeat(tmp_path, "noise", "full", 0, repeat, train_s, 3000.0, loss=1.8)
+    _repeat(tmp_path, "noise", "ia3", 0, 0, 5.0, 500.0)
+    report = build("noise", tmp_path)
+    # elsewhere a repeat is no seed: one summary row per configuration, seeds counted, repeats averaged
+    assert sorted(report.summary["config"]) == ["full-n100", "ia3-n100", "lora-n100"]
+    lora, full = _row(report, "lora-n100"), _row(report, "full-n100")
+    assert (lora["n_seeds"], full["n_seeds"]) == (2, 1)
+    assert lora["train_s_mean"] == pytest.approx((11.0 + 22.0) / 2)
+    assert lora["eval_loss_mean"] == pytest.approx(2.1) and full["train_s_mean"] == pytest.approx(22.0)
+    section = _section(report, "Noise floor")
+    assert "3 configuration/seed pair(s) ran 2 or 3 times" in section.paragraphs[0]
+    table = section.tables[0]
+    assert table.columns == ["cost figure", "median run-to-run spread %", "largest %", "groups"]
+    rows = {row[0].sort: row for row in table.rows}
+    # train_s: lora s0 2/11, lora s1 4/22 (both 18.2%), full 5/22 (22.7%)
+    assert rows["train_s"][1].text == "18.2" and rows["train_s"][2].text == "22.7" and rows["train_s"][3].text == "3"
+    # memory: lora 10/1005 in both seeds, full not at all; the median is lora's
+    assert [c.sort for c in rows["peak_mem_train_mb"][1:3]] == pytest.approx([1000 / 1005, 1000 / 1005])
+    assert "trainable_params" not in rows  # a count that never moved is named once, not a row of zeros
+    assert any(p.startswith("Identical in every repeat: trainable params") for p in section.paragraphs)
+    assert "Eval loss was identical in every repeat of a seed: the quality figures are reproducible here." in (
+        section.paragraphs)
+    # without repeats there is no such section (docs/reports.md says how to get one)
+    write_run(tmp_path, "plain", method="lora")
+    assert "Noise floor" not in [s.title for s in build("plain", tmp_path).sections]
+
+
+def test_noise_floor_lists_every_device_figure_of_the_vocabulary():
+    from harness.metrics import METRICS
+    from harness.report.sections.noise_floor import cost_figures
+
+    figures = cost_figures()
+    assert figures[:3] == ["peak_mem_train_mb", "peak_mem_eval_mb", "train_tokens_per_s"]
+    assert {"wall_s", "infer_prefill_ms", "infer_decode_ms_per_token_merged"} <= set(figures)
+    assert all(METRICS.get(k).device for k in figures if k not in ("trainable_params", "trainable_pct",
+                                                                   "adapter_bytes", "cost_usd"))
+    assert "eval_loss" not in figures

@@ -1,4 +1,5 @@
-"""From the results store to report tables: runs, configurations (grid point minus seed), seed statistics."""
+"""From the results store to report tables: runs, configurations (grid point minus seed), seed statistics.
+The repeats of one spec and seed (grid `repeats: N`) are pooled into one row (`harness.report.repeats`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from harness import store
 from harness.objectives import SPEC_COLUMN
 from harness import tasks as _tasks  # noqa: F401  (built-in tasks declare their primary scores' directions)
 from harness.metrics import METRICS
+from harness.report.repeats import REPEAT, pool_repeats
 from harness.report.stats import Interval, mean_ci
 
 
@@ -129,8 +131,8 @@ def task_metrics(df: pd.DataFrame) -> list[Metric]:
 
 
 def config_label(slug: str) -> str:
-    """A run's slug without its seed: the configuration's name."""
-    return re.sub(r"-s\d+$", "", slug)
+    """A run's slug without its seed (and repeat, `-rep<k>`): the configuration's name."""
+    return re.sub(r"-s\d+(-rep\d+)?$", "", slug)
 
 
 def load_runs(experiment: str, root: Path | None = None, price_per_hour: float = 2.0) -> pd.DataFrame:
@@ -146,7 +148,7 @@ def load_runs(experiment: str, root: Path | None = None, price_per_hour: float =
     plain = (df[SPEC_COLUMN].isna() if SPEC_COLUMN in df else True) & (
         df["data.system_prompt"].isna() if "data.system_prompt" in df else True)
     df["reference"] = (df.get("method.name", pd.Series(index=df.index, dtype=object)) == REFERENCE_METHOD) & plain
-    df = latest_settings(df)
+    df = pool_repeats(latest_settings(df))  # the repeats of one spec and seed: one row, their mean
     df["cost_usd"] = pd.to_numeric(df["train_s"], errors="coerce") / 3600 * price_per_hour
     for col in df.columns:  # json-like spec values (lists of tasks, target modules) compare as text
         if df[col].map(lambda v: isinstance(v, (list, dict))).any():
@@ -169,7 +171,8 @@ def latest_settings(df: pd.DataFrame) -> pd.DataFrame:
         newest = group.groupby("settings")["finished_at"].max().sort_values().index[-1]
         current = group[group["settings"] == newest].sort_values("finished_at", kind="stable")
         # one spec, one seed, two runs: the data's version or a run it read changed (not in the spec)
-        current = current.drop_duplicates("seed", keep="last") if "seed" in current else current
+        twins = [c for c in ("seed", REPEAT) if c in current]  # a repeat is not a rerun
+        current = current.drop_duplicates(twins, keep="last") if twins else current
         old = group.drop(current.index)
         if old.empty:
             continue
@@ -180,7 +183,7 @@ def latest_settings(df: pd.DataFrame) -> pd.DataFrame:
     # an experiment may need several untouched-base rows (one per data set); the same one twice is a rerun
     refs = df[df["reference"]].sort_values("finished_at", kind="stable")
     for config, group in refs.groupby("config", sort=False):
-        old = group[group.duplicated("settings", keep="last")]
+        old = group[group.duplicated([c for c in ("settings", REPEAT) if c in group], keep="last")]
         if not old.empty:
             keep[old.index] = False
             superseded[config] = (len(old), [])
