@@ -81,6 +81,7 @@ class EvalCfg(Section):
     latency: bool = True
     latency_prompts: int = Field(4, gt=0)
     latency_new_tokens: int = Field(16, ge=2)
+    latency_repeats: int = Field(5, gt=0, description="timed generates per latency prompt, after one warm-up")
 
     @field_validator("tasks", "sources")
     @classmethod
@@ -127,8 +128,10 @@ class RunConfig(BaseModel):
             "data": self.data.model_dump(),
             "method": self.method.as_dict(),
             "train": self.train.model_dump(),
-            # `sources` came later: left out while empty, so earlier runs keep their ids
-            "eval": self.eval.model_dump(exclude={k for k in ("sources", "in_domain_tasks") if not getattr(self.eval, k)}),
+            # `sources` and `latency_repeats` came later: left out while at their defaults, so earlier runs
+            # keep their ids
+            "eval": self.eval.model_dump(exclude={k for k in ("sources", "in_domain_tasks", "latency_repeats")
+                                                  if getattr(self.eval, k) == EvalCfg.model_fields[k].default}),
             "tracking": self.tracking.model_dump(),
             "seed": self.seed,
         }

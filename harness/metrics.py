@@ -33,8 +33,10 @@ _PLACEHOLDER = re.compile(r"<(\w+)>")
 PEAK_MEMORY = ("CUDA: torch.cuda.max_memory_allocated over the phase (reset at its start); CPU: growth of the "
                "process RSS over its value at the phase start, sampled every 20 ms")
 WALL_TIME = "wall-clock (time.perf_counter) on the run's device; CUDA synchronized at both ends"
-LATENCY = ("greedy generation on the run's device, batch 1, median over the fixed latency prompts; CUDA synchronized "
-           "around each call")
+LATENCY = ("greedy generation on the run's device, batch 1, after one warm-up generate: median over the fixed latency "
+           "prompts × eval.latency_repeats generates, each timed inside one generate call by a logits processor that "
+           "stamps time.perf_counter() after each token's forward (prefill: call start → first stamp; decode: "
+           "(last − first stamp) ÷ (new tokens − 1)); CUDA synchronized before every stamp")
 
 
 class UndeclaredMetric(UnknownName):
@@ -269,6 +271,17 @@ declare("reward_margin", "reward", True, "mean margin chosen − rejected on hel
 declare("kl_to_ref", "nats/token", False, "the policy's per-token KL to the reference on held-out chosen answers",
         **_P)
 declare("pref_accuracy_train", "fraction", True, "pref_accuracy on the training pairs", **_P)
+# repeated latency (after the keys above, so results keep their key order): the spread of each latency
+# median's samples says how far to trust it; it is not an outcome (no direction)
+declare("infer_prefill_ms_iqr", "ms", None, "interquartile range (p75 − p25) of the infer_prefill_ms samples",
+        device=LATENCY, **_A)
+declare("infer_decode_ms_per_token_iqr", "ms/token", None, "interquartile range (p75 − p25) of the "
+        "infer_decode_ms_per_token samples", device=LATENCY, **_A)
+declare("infer_prefill_ms_merged_iqr", "ms", None, "infer_prefill_ms_iqr after merging", device=LATENCY, **_A)
+declare("infer_decode_ms_per_token_merged_iqr", "ms/token", None, "infer_decode_ms_per_token_iqr after merging",
+        device=LATENCY, **_A)
+declare("latency_samples", "generates", None, "timed generates behind each latency median: latency prompts × "
+        "eval.latency_repeats (the warm-up not counted)", **_A)
 
 # -- written only where they apply ------------------------------------------------------------------------------------
 declare("task.<task>.<metric>", "", None, "an lm-eval task score", group="tasks", task_score=True)

@@ -19,7 +19,9 @@ LATER = ["eval_tokens", "trainable_params_peft", "merge_s", "infer_prefill_ms_me
          "task_eval_s", "forgetting_ppl_delta", "forgetting_ppl_pct", "teacher_params", "student_params",
          "compression_ratio", "teacher_eval_loss", "teacher_eval_ppl", "teacher_decode_ms_per_token",
          "quality_retention_pct", "infer_speedup", "distill_kl_before", "distill_kl", "teacher_cache_s",
-         "quality_retention_task_pct", "pref_accuracy", "reward_margin", "kl_to_ref", "pref_accuracy_train"]
+         "quality_retention_task_pct", "pref_accuracy", "reward_margin", "kl_to_ref", "pref_accuracy_train",
+         "infer_prefill_ms_iqr", "infer_decode_ms_per_token_iqr", "infer_prefill_ms_merged_iqr",
+         "infer_decode_ms_per_token_merged_iqr", "latency_samples"]
 
 
 def test_the_store_keys_are_the_contract_in_its_order():
