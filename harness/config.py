@@ -83,6 +83,7 @@ class EvalCfg(Section):
     latency: bool = True
     latency_prompts: int = Field(4, gt=0)
     latency_new_tokens: int = Field(16, ge=2)
+    latency_repeats: int = Field(5, gt=0, description="timed generates per latency prompt, after one warm-up")
 
     @field_validator("tasks", "sources")
     @classmethod
@@ -93,7 +94,7 @@ class EvalCfg(Section):
 
 
 #: eval options added after runs were stored, with the default that leaves a run id as it was
-_LATER_EVAL = {"sources": [], "in_domain_tasks": False, "speed_warmup_steps": 1}
+_LATER_EVAL = {"sources": [], "in_domain_tasks": False, "speed_warmup_steps": 1, "latency_repeats": 5}
 
 
 class TrackingCfg(Section):

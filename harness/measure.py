@@ -231,36 +231,61 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q))
 
 
-def latency(model, tokenizer, prompts: list[str], new_tokens: int, device: str) -> tuple[float, float]:
-    """Greedy-generation latency: (prefill ms, decode ms per token), median over `prompts`.
+class TokenStamps:
+    """A logits processor that stamps `time.perf_counter()` each time generation calls it: once per
+    new token, after that step's forward (CUDA synchronized first). It returns the scores untouched."""
 
-    Prefill is the time to the first new token; decode is the rest divided by the tokens after it.
+    def __init__(self, device: str):
+        self.device = device
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def latency(model, tokenizer, prompts: list[str], new_tokens: int, device: str, repeats: int = 5,
+            suffix: str = "") -> dict:
+    """Greedy-generation latency, batch 1: after one warm-up generate, `repeats` timed generates of
+    `new_tokens` per prompt, each timed inside the one call by per-token stamps (`TokenStamps`).
+
+    Prefill is start → first stamp; decode ms/token is (last stamp − first stamp) / (new_tokens − 1).
+    Returns the medians and IQRs (p75 − p25) over all prompt × repeat samples as result keys
+    (`infer_prefill_ms<suffix>`, `..._iqr`, `infer_decode_ms_per_token<suffix>`, `..._iqr`) and
+    `latency_samples`.
     """
     import torch
+    from transformers import LogitsProcessorList
 
-    def timed(ids, n):
+    def timed(ids) -> tuple[float, float]:
+        stamps = TokenStamps(device)
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                       do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1000
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                       logits_processor=LogitsProcessorList([stamps]))
+        first, last = stamps.stamps[0], stamps.stamps[-1]
+        return (first - start) * 1000, (last - first) * 1000 / (new_tokens - 1)
 
     was_training = model.training
     model.eval()
-    prefill, decode = [], []
     with torch.inference_mode():
         encoded = [tokenizer(p, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device) for p in prompts]
-        timed(encoded[0], 2)  # warm-up
-        for ids in encoded:
-            first = timed(ids, 1)
-            full = timed(ids, new_tokens)
-            prefill.append(first)
-            decode.append(max(full - first, 0.0) / (new_tokens - 1))
+        timed(encoded[0])  # warm-up
+        prefill, decode = zip(*(timed(ids) for ids in encoded for _ in range(repeats)))
     model.train(was_training)
-    return percentile(prefill, 50), percentile(decode, 50)
+
+    def iqr(values):
+        return percentile(values, 75) - percentile(values, 25)
+
+    return {f"infer_prefill_ms{suffix}": percentile(prefill, 50), f"infer_prefill_ms{suffix}_iqr": iqr(prefill),
+            f"infer_decode_ms_per_token{suffix}": percentile(decode, 50),
+            f"infer_decode_ms_per_token{suffix}_iqr": iqr(decode), "latency_samples": len(prefill)}
 
 
 def _git(*args: str) -> str | None:

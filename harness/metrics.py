@@ -42,8 +42,10 @@ STEP_TIME = ("the optimizer steps after the first eval.speed_warmup_steps (defau
              "more), each timed from the Trainer's on_step_begin to on_step_end: forward, backward and update of the "
              "step's micro-batches; batch fetch, logging and periodic evaluation fall outside; CUDA synchronized at "
              "both ends")
-LATENCY = ("greedy generation on the run's device, batch 1, median over the fixed latency prompts; CUDA synchronized "
-           "around each call")
+LATENCY = ("greedy generation on the run's device, batch 1, after one warm-up generate: median over the fixed latency "
+           "prompts × eval.latency_repeats generates, each timed inside one generate call by a logits processor that "
+           "stamps time.perf_counter() after each token's forward (prefill: call start → first stamp; decode: "
+           "(last − first stamp) ÷ (new tokens − 1)); CUDA synchronized before every stamp")
 
 
 class UndeclaredMetric(UnknownName):
@@ -301,6 +303,17 @@ declare("mfu", "fraction", True, "model FLOPs utilization: train_tokens_per_s ×
         "peak FLOP/s, N the parameters a token multiplies through (the input embedding left out unless tied to the "
         "output head), attention scores left out; peak from a table of GPUs for bf16/fp16 runs or "
         "$FTBENCH_PEAK_TFLOPS; null on CPU unless a peak is given", **_A)
+# repeated latency (after the keys above, so results keep their key order): the spread of each latency
+# median's samples says how far to trust it; it is not an outcome (no direction)
+declare("infer_prefill_ms_iqr", "ms", None, "interquartile range (p75 − p25) of the infer_prefill_ms samples",
+        device=LATENCY, **_A)
+declare("infer_decode_ms_per_token_iqr", "ms/token", None, "interquartile range (p75 − p25) of the "
+        "infer_decode_ms_per_token samples", device=LATENCY, **_A)
+declare("infer_prefill_ms_merged_iqr", "ms", None, "infer_prefill_ms_iqr after merging", device=LATENCY, **_A)
+declare("infer_decode_ms_per_token_merged_iqr", "ms/token", None, "infer_decode_ms_per_token_iqr after merging",
+        device=LATENCY, **_A)
+declare("latency_samples", "generates", None, "timed generates behind each latency median: latency prompts × "
+        "eval.latency_repeats (the warm-up not counted)", **_A)
 
 # -- written only where they apply ------------------------------------------------------------------------------------
 declare("task.<task>.<metric>", "", None, "an lm-eval task score", group="tasks", task_score=True)

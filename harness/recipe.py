@@ -88,8 +88,8 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     if spec.eval.tasks:
         _score_tasks(spec, model, tokenizer, metrics, reference)
     if spec.eval.latency:
-        prefill, decode = latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device)
-        metrics.update(infer_prefill_ms=prefill, infer_decode_ms_per_token=decode)
+        metrics.update(latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device,
+                               spec.eval.latency_repeats))
     objective.finish(metrics)
 
     # save, then merge and time the merged model
@@ -104,8 +104,8 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
             return device
         metrics["merge_s"] = round(time.perf_counter() - t0, 3)
         if spec.eval.latency:
-            prefill, decode = latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device)
-            metrics.update(infer_prefill_ms_merged=prefill, infer_decode_ms_per_token_merged=decode)
+            metrics.update(latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device,
+                                   spec.eval.latency_repeats, suffix="_merged"))
     return device
 
 

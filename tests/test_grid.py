@@ -250,6 +250,16 @@ def test_changing_a_value_changes_the_id_but_tracking_does_not(tmp_path):
     assert expand_file(write_experiment(tmp_path, "e", base=tiny_base()), ["train.lr=0.002"])[0].run_id == lr_id
 
 
+def test_latency_repeats_at_its_default_keeps_earlier_run_ids(tmp_path):
+    """`eval.latency_repeats` came later: at its default it is left out of the spec (and the id hash)."""
+    [plain] = expand_file(write_experiment(tmp_path, "a", base=tiny_base()))
+    [spelt] = expand_file(write_experiment(tmp_path, "b", base=tiny_base(eval={"latency_repeats": 5})))
+    [three] = expand_file(write_experiment(tmp_path, "c", base=tiny_base(eval={"latency_repeats": 3})))
+    assert "latency_repeats" not in plain.config.as_dict()["eval"] and plain.config.eval.latency_repeats == 5
+    assert spelt.run_id == plain.run_id
+    assert three.run_id != plain.run_id and three.config.as_dict()["eval"]["latency_repeats"] == 3
+
+
 def test_budget_confounds_flags_budget_paired_with_method(tmp_path):
     from harness.grid import budget_confounds
 

@@ -35,11 +35,20 @@ def test_result_contract(tiny_sweep, method):
     assert metrics["total_params"] > metrics["trainable_params"] > 0 if method == "lora" else \
         metrics["total_params"] == metrics["trainable_params"]
     assert metrics["trainable_pct"] == pytest.approx(100 * metrics["trainable_params"] / metrics["total_params"])
+    # latency: medians and IQRs over latency_prompts × latency_repeats timed generates (values not asserted)
+    assert metrics["latency_samples"] == spec.config.eval.latency_prompts * spec.config.eval.latency_repeats == 5
+    for key in ("infer_prefill_ms", "infer_decode_ms_per_token"):
+        assert metrics[key] > 0 and math.isfinite(metrics[f"{key}_iqr"]) and metrics[f"{key}_iqr"] >= 0, key
     if method == "lora":  # peft's own count agrees with ours; LoRA merges, and its merged latency is measured
         assert metrics["trainable_params_peft"] == metrics["trainable_params"]
         assert metrics["merge_s"] >= 0 and metrics["infer_decode_ms_per_token_merged"] > 0
+        assert math.isfinite(metrics["infer_decode_ms_per_token_merged_iqr"]) and metrics["infer_prefill_ms_merged"] > 0
+        assert metrics["infer_decode_ms_per_token_merged_iqr"] >= 0 and metrics["infer_prefill_ms_merged_iqr"] >= 0
     else:
         assert metrics["trainable_params_peft"] is None and metrics["merge_s"] is None
+        assert {k: metrics[k] for k in metrics if "_merged" in k} == dict.fromkeys(
+            ["infer_prefill_ms_merged", "infer_decode_ms_per_token_merged", "infer_prefill_ms_merged_iqr",
+             "infer_decode_ms_per_token_merged_iqr"])  # present, null: nothing merged
 
     env = result["env"]
     for key in ("git_sha", "git_dirty", "torch", "transformers", "peft", "python"):

@@ -1,5 +1,9 @@
 """harness.measure and the recipe's cost figures: one memory definition (absolute phase peaks, a
-periodic evaluation left out of training's), a deterministic memory accounting, steady-state speed."""
+periodic evaluation left out of training's), a deterministic memory accounting, steady-state speed,
+and latency repeated and timed per token inside one generate. Timing values are never asserted (the
+machine is shared): only counts, finiteness and relations."""
+
+import math
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from conftest import expand_file, read_result, run_cli, tiny_base, write_experim
 from harness import models
 from harness.config import build_run_config
 from harness.context import RunContext
-from harness.measure import PeakMemory, optimizer_bytes, train_flops_per_token, weight_bytes
+from harness.measure import (LATENCY_PROMPTS, PeakMemory, TokenStamps, latency, optimizer_bytes, train_flops_per_token,
+                             weight_bytes)
 from harness.train import TrainStats
 
 
@@ -115,3 +120,46 @@ def test_periodic_evaluation_does_not_raise_the_train_peak(tmp_path):
         assert metrics["mem_optimizer_mb"] == pytest.approx(2 * metrics["mem_trainable_mb"], abs=0.2)
         assert metrics["mfu"] is None  # no peak FLOP/s known for a CPU
     assert abs(peaks[1] - peaks[None]) < 150, peaks
+
+
+# -- latency -----------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny():
+    spec = build_run_config({"model": "tiny-smollm2", "tracking": "none"}, file="test")
+    model, tok = models.load(spec.model, "cpu")
+    model.eval()
+    return model, tok
+
+
+def test_latency_repeats_give_medians_and_finite_iqrs(tiny):
+    model, tok = tiny
+    model.train()  # latency switches to eval mode and back
+    out = latency(model, tok, LATENCY_PROMPTS[:3], 4, "cpu", repeats=2)
+    assert model.training
+    assert out["latency_samples"] == 3 * 2
+    assert set(out) == {"infer_prefill_ms", "infer_prefill_ms_iqr", "infer_decode_ms_per_token",
+                        "infer_decode_ms_per_token_iqr", "latency_samples"}
+    for key in ("infer_prefill_ms", "infer_decode_ms_per_token"):
+        assert math.isfinite(out[key]) and out[key] > 0, key
+        assert math.isfinite(out[f"{key}_iqr"]) and out[f"{key}_iqr"] >= 0, key
+    merged = latency(model, tok, LATENCY_PROMPTS[:1], 2, "cpu", repeats=1, suffix="_merged")
+    assert set(merged) == {"infer_prefill_ms_merged", "infer_prefill_ms_merged_iqr", "infer_decode_ms_per_token_merged",
+                           "infer_decode_ms_per_token_merged_iqr", "latency_samples"}
+    assert merged["latency_samples"] == 1 and merged["infer_decode_ms_per_token_merged_iqr"] == 0
+
+
+def test_the_stamping_processor_stamps_once_per_token_and_leaves_greedy_output_unchanged(tiny):
+    import torch
+    from transformers import LogitsProcessorList
+
+    model, tok = tiny
+    ids = tok(LATENCY_PROMPTS[0], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                  pad_token_id=tok.pad_token_id)
+    stamps = TokenStamps("cpu")
+    with torch.inference_mode():
+        plain = model.generate(ids, **kwargs)
+        stamped = model.generate(ids, logits_processor=LogitsProcessorList([stamps]), **kwargs)
+    assert torch.equal(plain, stamped) and stamped.shape[-1] == ids.shape[-1] + 6
+    assert len(stamps.stamps) == 6 and stamps.stamps == sorted(stamps.stamps)

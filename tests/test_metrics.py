@@ -21,7 +21,9 @@ LATER = ["eval_tokens", "trainable_params_peft", "merge_s", "infer_prefill_ms_me
          "quality_retention_pct", "infer_speedup", "distill_kl_before", "distill_kl", "teacher_cache_s",
          "quality_retention_task_pct", "pref_accuracy", "reward_margin", "kl_to_ref", "pref_accuracy_train",
          "peak_mem_train_reserved_mb", "peak_mem_eval_reserved_mb", "mem_weights_mb", "mem_trainable_mb",
-         "mem_grads_mb", "mem_optimizer_mb", "train_timed_s", "train_timed_steps", "mfu"]
+         "mem_grads_mb", "mem_optimizer_mb", "train_timed_s", "train_timed_steps", "mfu",
+         "infer_prefill_ms_iqr", "infer_decode_ms_per_token_iqr", "infer_prefill_ms_merged_iqr",
+         "infer_decode_ms_per_token_merged_iqr", "latency_samples"]
 
 
 def test_the_store_keys_are_the_contract_in_its_order():

@@ -125,6 +125,24 @@ def test_single_seed_says_so(tmp_path):
     assert all("±" not in cell.text for row in table.rows for cell in row)
 
 
+def test_decode_latency_unmerged_and_merged_with_their_iqrs(tmp_path):
+    write_run(tmp_path, "lat", method="lora", extra={
+        "infer_decode_ms_per_token": 31.5, "infer_decode_ms_per_token_iqr": 2.1, "latency_samples": 20,
+        "infer_decode_ms_per_token_merged": 30.0, "infer_decode_ms_per_token_merged_iqr": 0.5})
+    write_run(tmp_path, "lat", method="prompt_tuning", extra={  # does not merge
+        "infer_decode_ms_per_token": 35.0, "infer_decode_ms_per_token_iqr": 9.0, "latency_samples": 20})
+    report = build("lat", tmp_path)
+    section = _section(report, "Summary")
+    table = section.tables[0]
+    cols = [table.columns.index(c) for c in ("decode ms/token", "decode IQR", "merged decode ms/token",
+                                             "merged decode IQR")]
+    by_name = {row[0].text: [row[c] for c in cols] for row in table.rows}
+    assert [c.text for c in by_name["lora-n100"]] == ["31.5", "2.1", "30.0", "0.5"]
+    assert [c.text for c in by_name["prompt_tuning-n100"]] == ["35.0", "9.0", "–", "–"]
+    assert by_name["lora-n100"][0].best and not any(c.best for row in by_name.values() for c in row[1::2])  # IQR: no best
+    assert "median over its latency prompts × repeats" in " ".join(section.paragraphs)
+
+
 def test_a_slug_rerun_under_other_settings_is_not_averaged_with_the_old_runs_as_seeds(tmp_path):
     old_lr = {"train": {"lr": 1e-3}}
     for seed in (0, 1):  # the same grid point, first at lr 1e-3 ...

@@ -264,7 +264,8 @@ class Distill(Objective):
         if spec.eval.latency:  # an ensemble decodes with every member
             members = getattr(teacher, "members", [teacher])
             metrics["teacher_decode_ms_per_token"] = sum(
-                latency(m, tokenizer, prompts, spec.eval.latency_new_tokens, device)[1] for m in members)
+                latency(m, tokenizer, prompts, spec.eval.latency_new_tokens, device,
+                        spec.eval.latency_repeats)["infer_decode_ms_per_token"] for m in members)
 
     def trainer_parts(self, model, tokenizer, ctx, train_set, train_records, collator, metrics) -> dict:
         from harness.objectives.parts.distillation import DistillTrainer

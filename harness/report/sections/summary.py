@@ -55,6 +55,10 @@ def summary_section(ctx: ReportContext) -> list[Section]:
         f"{len(df)} runs ({(df['status'] == 'ok').sum()} ok) in {df['config'].nunique()} configurations. "
         f"Varied: {', '.join(ctx.axes) or 'nothing'}. Each cell is the mean over seeds ± the half-width of its 95% "
         f"Student-t interval (no interval with one seed); the best value of each column is in bold."])
+    if summary.get("infer_decode_ms_per_token_mean", pd.Series(dtype=float)).notna().any():
+        intro.paragraphs[0] += (" A run's decode latency is the median over its latency prompts × repeats, the IQR "
+                                "column the spread of those samples (p75 − p25); 'merged' is the same after merging "
+                                "the adapter into the weights (– where the method does not merge).")
     if df.attrs.get("superseded"):
         intro.paragraphs.append(superseded_note(df.attrs["superseded"]))
     note = measurement_note(df[df["status"] == "ok"])
