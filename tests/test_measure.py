@@ -3,9 +3,9 @@ periodic evaluation left out of training's), a deterministic memory accounting, 
 and latency repeated and timed per token inside one generate. Timing values are never asserted (the
 machine is shared): only counts, finiteness and relations."""
 
-import math
-
 from __future__ import annotations
+
+import math
 
 import pytest
 

@@ -510,8 +510,8 @@ def test_noise_floor_lists_every_device_figure_of_the_vocabulary():
     from harness.report.sections.noise_floor import cost_figures
 
     figures = cost_figures()
-    assert figures[:3] == ["peak_mem_train_mb", "peak_mem_eval_mb", "train_tokens_per_s"]
-    assert {"wall_s", "infer_prefill_ms", "infer_decode_ms_per_token_merged"} <= set(figures)
+    assert figures[:4] == ["peak_mem_train_mb", "peak_mem_eval_mb", "mem_weights_mb", "mem_optimizer_mb"]
+    assert {"train_tokens_per_s", "wall_s", "infer_prefill_ms", "infer_decode_ms_per_token_merged"} <= set(figures)
     assert all(METRICS.get(k).device for k in figures if k not in ("trainable_params", "trainable_pct",
                                                                    "adapter_bytes", "cost_usd"))
     assert "eval_loss" not in figures
