@@ -13,6 +13,11 @@ from pathlib import Path
 
 import psutil
 
+#: version of the cost figures' definitions (memory, speed, latency); results without it were measured
+#: before version 2: CPU memory as RSS growth over the phase start, speed over all of train(), latency
+#: from one timing per prompt
+COST_SEMANTICS = 2
+
 # Fixed prompts so latency figures compare across runs, methods and experiments.
 LATENCY_PROMPTS = [
     "What is the capital of France?",
@@ -310,6 +315,7 @@ def env_info(device: str | None = None) -> dict:
     info["torch_threads"] = None
     info["gpu_count"] = 0
     info["device"] = device
+    info["cost_semantics"] = COST_SEMANTICS
     info["device_name"] = platform.processor() or platform.machine()
     try:
         import torch

@@ -10,7 +10,8 @@ from harness import store
 from harness.report.objectives import loss_mix
 
 ENV = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0", "peft": "0.21.2", "cpu_count": 2,
-       "gpu_count": 0, "device": "cpu", "device_name": "x86_64", "git_sha": "abc123", "git_dirty": False}
+       "gpu_count": 0, "device": "cpu", "device_name": "x86_64", "git_sha": "abc123", "git_dirty": False,
+       "cost_semantics": 2}
 
 
 def write_run(root: Path, experiment: str, *, method: str = "lora", seed: int = 0, r: int | None = None,

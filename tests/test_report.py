@@ -515,3 +515,18 @@ def test_noise_floor_lists_every_device_figure_of_the_vocabulary():
     assert all(METRICS.get(k).device for k in figures if k not in ("trainable_params", "trainable_pct",
                                                                    "adapter_bytes", "cost_usd"))
     assert "eval_loss" not in figures
+
+
+def test_the_summary_names_its_memory_semantics_and_runs_made_under_older_ones(tmp_path):
+    """What the memory and speed columns measured, on which device; a run stored before the cost
+    figures were redefined (no `env.cost_semantics`) is named, not silently compared."""
+    from report_store import ENV
+
+    write_run(tmp_path, "sem", method="lora")
+    write_run(tmp_path, "sem", method="full", env={k: v for k, v in ENV.items() if k != "cost_semantics"})
+    text = " ".join(_section(build("sem", tmp_path), "Summary").paragraphs)
+    assert "absolute peak of each phase with the weights included — on cpu (2 runs) the run process's resident " \
+           "set size (RSS)" in text
+    assert "steady-state" in text and "1 run was measured under the earlier definitions" in text
+    write_run(tmp_path, "sem2", method="lora")
+    assert "earlier definitions" not in " ".join(_section(build("sem2", tmp_path), "Summary").paragraphs)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from harness.measure import COST_SEMANTICS
+
 __all__ = ["measurement_note"]
 
 _MEMORY = {
@@ -22,6 +24,12 @@ def measurement_note(df: pd.DataFrame) -> str:
     where = "; ".join(f"on {device} ({n} run{'s' * (n != 1)}) {_MEMORY.get(device, 'the device allocator')}"
                       for device, n in counts.items())
     mixed = " Runs on different devices are not comparable on these columns." if len(counts) > 1 else ""
+    version = pd.to_numeric(df.get("env.cost_semantics", pd.Series(index=df.index, dtype=float)), errors="coerce")
+    older = int((version.fillna(1) < COST_SEMANTICS).sum())
+    if older:
+        mixed += (f" {older} run{'s were' if older != 1 else ' was'} measured under the earlier definitions (CPU memory "
+                  "as RSS growth, speed over all of train(), one latency timing per prompt): rerun with --force to "
+                  "compare like for like.")
     return (f"Memory columns are the absolute peak of each phase with the weights included — {where}; a periodic "
             "evaluation inside training is left out of the training peak. 'weights MiB' and 'optimizer MiB' count "
             "tensor bytes as stored (4-bit weights packed; Adam state read after the first step), the same on every "
