@@ -95,8 +95,27 @@ class _Tiny(torch.nn.Module):
         super().__init__()
         self.linear = torch.nn.Linear(3, 2)
 
-    def forward(self, x, labels):
+    def forward(self, x, labels, use_cache=None):
         return type("Out", (), {"loss": torch.nn.functional.cross_entropy(self.linear(x), labels)})()
+
+
+def test_the_fisher_of_a_packed_batch_is_that_of_its_examples_padded():
+    """Packed examples must not attend to each other in the Fisher pass (a cache on made them: logits
+    off by ~1 against the same examples alone)."""
+    from harness import models
+    from harness.config import build_run_config
+
+    model, _ = models.load(build_run_config({"model": "tiny-smollm2"}, file="t").model, "cpu")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.lm_head.weight.requires_grad_(True)  # tied to the embeddings: every position's gradient lands here
+    packed = {"input_ids": torch.tensor([[5, 6, 7, 8, 9, 10, 11]]), "position_ids": torch.tensor([[0, 1, 2, 3, 0, 1, 2]]),
+              "labels": torch.tensor([[-100, 6, 7, 8, -100, 10, 11]])}
+    padded = {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]]),
+              "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+              "labels": torch.tensor([[-100, 6, 7, 8], [-100, 10, 11, -100]])}
+    a, b = fisher_diagonal(model, [packed]), fisher_diagonal(model, [padded])
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-9) for k in a)
 
 
 def test_ewc_penalty_is_zero_at_the_previous_optimum_and_grows_away_from_it():

@@ -15,7 +15,7 @@ import pandas as pd
 from harness import store
 from harness.objectives import SPEC_COLUMN
 from harness import tasks as _tasks  # noqa: F401  (built-in tasks declare their primary scores' directions)
-from harness.metrics import METRICS
+from harness.metrics import ACCOUNTING, METRICS
 from harness.report.repeats import REPEAT, pool_repeats
 from harness.report.stats import Interval, mean_ci
 
@@ -110,9 +110,10 @@ def lower_is_better(key: str) -> bool | None:
 
 def device_figure(key: str) -> bool:
     """Whether a metric is memory or time measured on the run's hardware (its declaration states the
-    device semantics): a figure another process on that hardware can distort."""
+    device semantics): a figure another process on that hardware can distort. The memory accounting
+    (tensor bytes as stored) is the same whatever else runs, so it is not one."""
     declared = METRICS.lookup(key)
-    return bool(declared and declared.device)
+    return bool(declared and declared.device and declared.device != ACCOUNTING)
 
 
 def contended(df: pd.DataFrame) -> pd.Series:
