@@ -236,6 +236,15 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q))
 
 
+def clock(device: str) -> float:
+    """`time.perf_counter()`, after waiting for the GPU's queued work on CUDA (so a stamp is when it finished)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class TokenStamps:
     """A logits processor that stamps `time.perf_counter()` each time generation calls it: once per
     new token, after that step's forward (CUDA synchronized first). It returns the scores untouched."""
@@ -245,11 +254,7 @@ class TokenStamps:
         self.stamps: list[float] = []
 
     def __call__(self, input_ids, scores):
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-        self.stamps.append(time.perf_counter())
+        self.stamps.append(clock(self.device))
         return scores
 
 
@@ -268,9 +273,7 @@ def latency(model, tokenizer, prompts: list[str], new_tokens: int, device: str, 
 
     def timed(ids) -> tuple[float, float]:
         stamps = TokenStamps(device)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = clock(device)
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                        min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                        logits_processor=LogitsProcessorList([stamps]))

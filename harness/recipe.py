@@ -154,7 +154,7 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
     metrics.update(train_timed_s=round(seconds, 3), train_timed_steps=len(step_ms),
                    train_tokens_per_s=tokens / seconds if seconds > 0 else None,
                    step_ms_p50=percentile(step_ms, 50), step_ms_p90=percentile(step_ms, 90))
-    peak = peak_tflops(device, _dtype_name(model))
+    peak = peak_tflops(device, str(models.pick_dtype(spec.model.dtype, device)).removeprefix("torch."))
     if peak and metrics["train_tokens_per_s"]:
         flops = train_flops_per_token(model, metrics["trainable_params"]) * metrics["train_tokens_per_s"]
         metrics["mfu"] = flops / (peak * 1e12)
@@ -168,13 +168,6 @@ def _round(mib: float | None) -> float | None:
 def _mib(n_bytes: int | None) -> float | None:
     """Bytes in MiB, to 0.1 (None stays None)."""
     return _round(None if n_bytes is None else n_bytes / 2**20)
-
-
-def _dtype_name(model) -> str | None:
-    """The dtype the model computes in ("bfloat16", ...): its config's, else its first floating parameter's."""
-    dtype = getattr(getattr(model, "config", None), "torch_dtype", None) or next(
-        (p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    return str(dtype).removeprefix("torch.") if dtype is not None else None
 
 
 def _score_tasks(spec, model, tokenizer, metrics: dict, reference: Path | None) -> None:

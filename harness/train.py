@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from harness.measure import clock, grad_bytes, optimizer_bytes
+
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
@@ -71,28 +73,17 @@ class StepClock(TrainerCallback):
     def __init__(self, stats: TrainStats, device: str):
         self.stats, self.device = stats, device
 
-    def _now(self) -> float:
-        if self.device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
     def on_step_begin(self, args, state, control, **kw):
-        self._t0, self._tokens0 = self._now(), state.num_input_tokens_seen
+        self._t0, self._tokens0 = clock(self.device), state.num_input_tokens_seen
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
         if self.stats.grads_bytes is None and model is not None:
-            from harness.measure import grad_bytes
-
             self.stats.grads_bytes = grad_bytes(model)
 
     def on_step_end(self, args, state, control, optimizer=None, **kw):
-        self.stats.step_ms.append((self._now() - self._t0) * 1000)
+        self.stats.step_ms.append((clock(self.device) - self._t0) * 1000)
         self.stats.step_tokens.append(state.num_input_tokens_seen - self._tokens0)
         if self.stats.optimizer_bytes is None and optimizer is not None:
-            from harness.measure import optimizer_bytes
-
             self.stats.optimizer_bytes = optimizer_bytes(optimizer)
 
 
