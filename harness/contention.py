@@ -4,8 +4,9 @@ A run process starts a `Watch` first thing and stops it last; the watch samples,
 thread, the busy CPU time of the cores the run may use and the CPU time of the sweep's own
 processes, so "others' CPU" is what the rest of the machine took from those cores. The sweep's
 own processes are found by a token the executor puts in each run's environment (`FTBENCH_SWEEP`):
-other runs of the same sweep (and their children) are the sweep's own load, not contention. On
-CUDA it also lists the other compute processes on the run's GPU (pynvml, else `nvidia-smi`).
+other runs of the same sweep (and their children), and the sweep process's descendants (its fork
+server and the runs forked from it, whose /proc environ is the server's), are the sweep's own load,
+not contention. On CUDA it also lists the other compute processes on the run's GPU (pynvml, else `nvidia-smi`).
 `check_exclusive` refuses to start a run on a GPU another process uses (`--exclusive`).
 """
 
@@ -212,8 +213,9 @@ class Watch:
 
     Args:
         interval: seconds between CPU samples (each costs well under a millisecond).
-        sweep: the sweep's token (default $FTBENCH_SWEEP); processes carrying it, and the process
-            that made it, are the sweep's own, as are this process and its descendants.
+        sweep: the sweep's token (default $FTBENCH_SWEEP); processes carrying it, the process
+            that made it and that one's descendants are the sweep's own, as are this process and
+            its descendants.
         sweep_cores: cores the sweep means to use (default $FTBENCH_SWEEP_CORES, else all usable).
         gpu: list the run's GPU's processes (default: when a GPU is visible to this process).
     """
@@ -268,6 +270,10 @@ class Watch:
             own |= {pid for pid in pids if self._carries_token(pid)}
             if self._driver is not None:
                 own.add(self._driver)
+                try:  # its fork server and the runs forked from it, whose /proc environ is the server's
+                    own |= {p.pid for p in psutil.Process(self._driver).children(recursive=True)}
+                except psutil.Error:
+                    pass
         return own
 
     # -- sampling

@@ -14,16 +14,35 @@ def token_loss(model, examples: list[dict], collator, batch_size: int, device: s
     import torch
 
     total, count = 0.0, 0
+    at_labels = keeps_logits(model)
     for batch, labels in eval_batches(model, examples, collator, batch_size, device):
-        logits = model(**batch, use_cache=False).logits  # a cache disables packed-sequence masks
-        # prompt-tuning methods return logits for their virtual tokens too: keep the real positions
-        logits = logits[:, -labels.size(1):][:, :-1].float()
         target = labels[:, 1:]
+        if at_labels:  # the vocabulary projection only where a label is predicted (same sum, less work)
+            keep = target.ne(-100).any(dim=0).nonzero().flatten()
+            logits = model(**batch, use_cache=False, logits_to_keep=keep).logits.float()
+            target = target[:, keep]
+        else:
+            logits = model(**batch, use_cache=False).logits  # a cache disables packed-sequence masks
+            # prompt-tuning methods return logits for their virtual tokens too: keep the real positions
+            logits = logits[:, -labels.size(1):][:, :-1].float()
         total += torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
         ).item()
         count += int((target != -100).sum())
     return (total / count if count else float("nan")), count
+
+
+def keeps_logits(model) -> bool:
+    """Whether `model` (a peft model or a plain one) can compute logits at chosen positions of its
+    own input (`logits_to_keep`): not with a prompt-learning peft config, whose virtual tokens
+    shift the positions."""
+    import inspect
+
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and config.is_prompt_learning:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def eval_batches(model, examples: list[dict], collator, batch_size: int, device: str):

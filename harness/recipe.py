@@ -114,9 +114,12 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
     """The Trainer part of the recipe: train with the run's callbacks, record the training figures
     and return the Trainer. `parts` are the objective's (`Objective.trainer_parts`): its Trainer
     class and arguments, and the training set or collator it replaces."""
-    from harness.train import MetricsLog, PeriodicEval, StepClock, TrainStats, build_trainer, training_args
+    from harness.train import (LabelLogitsTrainer, MetricsLog, PeriodicEval, StepClock, TrainStats, build_trainer,
+                               training_args)
 
     parts = dict(parts)
+    if method.logits_at_labels:  # an objective's own Trainer computes its own loss
+        parts.setdefault("trainer_cls", LabelLogitsTrainer)
     device, run_dir = ctx.device, ctx.run_dir
     metrics_path = run_dir / "metrics.jsonl"
     stats = TrainStats()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import sys
 import time
@@ -103,6 +104,31 @@ def _env(device):
     from harness.measure import env_info
 
     return env_info(device)
+
+
+def forked_main(directory: str, env: dict, inherited: list[int]) -> None:
+    """`main` in a child of the launcher's fork server (`harness.launch`): take this run's
+    environment and thread count, write to DIRECTORY/run.log like a fresh process, then run.
+    `inherited` are the descriptors it holds while it lives (the run's claim)."""
+    import gc
+
+    gc.freeze()  # the server's imported objects: never collected, so each collection skips them
+    os.environ.clear()
+    os.environ.update(env)
+    with open(Path(directory) / "run.log", "ab") as log, open(os.devnull, "rb") as null:
+        os.dup2(null.fileno(), 0)
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    threads = env.get("OMP_NUM_THREADS")
+    if threads:  # the server's OpenMP read its environment at import; this run's count is set here
+        import torch
+
+        torch.set_num_threads(int(threads))
+    import transformers
+
+    level = logging.getLevelName(env.get("TRANSFORMERS_VERBOSITY", "warning").upper())
+    transformers.logging.set_verbosity(level if isinstance(level, int) else logging.WARNING)
+    sys.exit(main([directory]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from harness.evaluate import keeps_logits
 from harness.measure import clock, grad_bytes, optimizer_bytes
 
 
@@ -138,6 +139,42 @@ def training_args(cfg, *, out_dir: Path, seed: int, device: str, packing: bool,
         include_num_input_tokens_seen="all" if packing else "non_padding",
         **extra,
     )
+
+
+class LabelLogitsTrainer(Trainer):
+    """The Trainer, with the vocabulary projection and cross-entropy computed only at the positions
+    whose next token is a label (`logits_to_keep`), not at every position of the batch.
+
+    The loss is the same sum over label tokens divided by the same `num_items_in_batch` as
+    transformers' `ForCausalLMLoss`; what is skipped is the `hidden × vocab` matmul (49,152 wide
+    for SmolLM2) and its logits at prompt tokens — the chat template's system prompt and the user
+    turn, most of a chatterbot example. The recipe uses it where the method allows
+    (`Method.logits_at_labels`); a prompt-learning peft config (virtual tokens shift the positions)
+    or a model without `logits_to_keep` still gets the plain Trainer's loss.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        import torch.nn.functional as F
+
+        labels = inputs.get("labels")
+        if labels is None or not keeps_logits(model):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        targets = inputs.get("shift_labels")
+        if targets is None:
+            targets = F.pad(labels, (0, 1), value=-100)[..., 1:]
+        keep = targets.ne(-100).any(dim=0).nonzero().flatten()  # positions predicting a label in some row
+        outputs = model(**{k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")},
+                        logits_to_keep=keep)
+        logits = outputs.logits.float()
+        targets = targets[:, keep].to(logits.device)
+        if num_items_in_batch is None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        else:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
+                                   reduction="sum")
+            loss = loss / (num_items_in_batch.to(loss.device) if hasattr(num_items_in_batch, "to")
+                           else num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
 
 
 def build_trainer(model, args: TrainingArguments, train_set, collator, *,

@@ -229,3 +229,31 @@ def test_exclusive_is_on_by_default_with_gpus_only(tmp_path, monkeypatch):
     gpus = executor.LocalExecutor(root=tmp_path)
     assert gpus.exclusive is True and gpus.sweep_cores == min(os.cpu_count(), 2)
     assert executor.LocalExecutor(root=tmp_path, exclusive=False).exclusive is False
+
+
+def test_the_sweep_drivers_descendants_are_its_own_without_the_token(tmp_path):
+    """A run forked from the launcher's fork server shows the server's /proc environ (no token):
+    it is still the sweep's, as a descendant of the process that made the token. Here the driver
+    is not a descendant of the watching process (it is detached), so only that rule can find it."""
+    import psutil
+
+    script = ("import subprocess, sys, time; child = subprocess.Popen(['sleep', '60']); "
+              "print(child.pid, flush=True); time.sleep(60)")
+    out = tmp_path / "pids"
+    detached = subprocess.run(["sh", "-c", f"{sys.executable} -c \"{script}\" > {out} 2>/dev/null < /dev/null & echo $!"],
+                              capture_output=True, text=True, check=True)
+    driver, grandchild = int(detached.stdout.strip()), None
+    try:
+        deadline = time.monotonic() + 30
+        while not out.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        grandchild = int(out.read_text().strip())
+        assert grandchild not in Watch(sweep=None).members()
+        assert {driver, grandchild} <= Watch(sweep=sweep_token(driver)).members()
+        assert grandchild not in Watch(sweep=sweep_token()).members()  # another sweep's
+    finally:
+        for pid in (driver, grandchild):
+            try:
+                psutil.Process(pid).kill()
+            except (psutil.Error, TypeError):
+                pass

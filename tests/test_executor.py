@@ -304,12 +304,18 @@ def test_ctrl_c_stops_the_children_and_lets_go_of_the_claims(tmp_path):
 
 
 def _run_children():
+    """This process's run processes: `python -m harness.run`, or a child of the launcher's fork server
+    (whose own command line names the modules it preloads, harness.run among them: not a run)."""
     import psutil
 
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if "harness.run" in " ".join(proc.cmdline()):
+            command = " ".join(proc.cmdline())
+            if "multiprocessing.forkserver" in command:
+                if "multiprocessing.forkserver" in " ".join(proc.parent().cmdline()):
+                    found.append(proc)
+            elif "harness.run" in command:
                 found.append(proc)
         except psutil.Error:  # gone already
             pass

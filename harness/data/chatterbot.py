@@ -16,6 +16,10 @@ import yaml
 from harness.data.base import Dataset, DataError, register
 
 
+#: safe_load's loader, in libyaml's C build where there is one (the corpus parses in ~0.1 s instead of ~1 s)
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def corpus_dir(language: str = "english") -> Path:
     spec = importlib.util.find_spec("chatterbot_corpus")
     if spec is None or not spec.submodule_search_locations:
@@ -38,7 +42,7 @@ def all_pairs() -> list[dict]:
     """Every Q→A pair of the English corpus, held-out ones included, with its `topic`."""
     out = []
     for path in sorted(corpus_dir().glob("*.yml")):
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.load(path.read_text(), Loader=_SAFE_LOADER) or {}
         for conv in doc.get("conversations") or []:
             # a conversation is a list of turns; consecutive turns form Q→A pairs
             turns = [str(t) for t in conv if isinstance(t, (str, int, float)) and str(t).strip()]

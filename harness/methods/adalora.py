@@ -33,6 +33,7 @@ class AdaLora(PeftMethod):
     Options = AdaLoraOptions
     slug_fields = (("init_r", "r"), ("target_r", "t"))
     merges = True
+    logits_at_labels = False  # peft adds its orthogonality regulariser to the loss the model computes from labels
     stack_role = None
     stack_note = "its rank allocator runs on peft's own wrapper at every optimizer step"
 

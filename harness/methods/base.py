@@ -44,6 +44,10 @@ class Method:
     merges: ClassVar[bool] = False
     #: works with padding-free packed batches (prompt-prepending methods do not)
     supports_packing: ClassVar[bool] = True
+    #: the training loss is plain cross-entropy at the input's own positions, so logits are computed
+    #: at label positions only (`train.LabelLogitsTrainer`); False where virtual tokens shift the
+    #: positions or the model adds a term of its own to the labels' loss (AdaLoRA's regulariser)
+    logits_at_labels: ClassVar[bool] = True
     #: False for `none`: the run only evaluates the model as loaded (a reference row)
     trains: ClassVar[bool] = True
     #: (option, slug prefix) pairs that name a run, e.g. (("r", "r"), ("alpha", "a"))

@@ -34,6 +34,7 @@ class PromptTuning(PeftMethod):
     Options = PromptTuningOptions
     slug_fields = (("num_virtual_tokens", "v"), ("init", ""))
     supports_packing = False
+    logits_at_labels = False
     stack_role = "wrapper"
 
     def peft_config(self, model, ctx):
@@ -61,6 +62,7 @@ class PrefixTuning(PeftMethod):
     Options = PrefixTuningOptions
     slug_fields = (("num_virtual_tokens", "v"),)
     supports_packing = False
+    logits_at_labels = False
     stack_role = "wrapper"
 
     def peft_config(self, model, ctx):
@@ -86,6 +88,7 @@ class PTuning(PeftMethod):
     Options = PTuningOptions
     slug_fields = (("num_virtual_tokens", "v"), ("encoder", ""))
     supports_packing = False
+    logits_at_labels = False
     stack_role = "wrapper"
 
     def peft_config(self, model, ctx):

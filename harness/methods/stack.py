@@ -58,6 +58,7 @@ class Stack(Method):
         self.requires_4bit = any(m.requires_4bit for m in built)
         self.forbids_4bit = any(m.forbids_4bit for m in built)
         self.supports_packing = all(m.supports_packing for m in built)
+        self.logits_at_labels = all(m.logits_at_labels for m in built)
 
     def apply(self, model, ctx):
         from peft import prepare_model_for_kbit_training
