@@ -157,7 +157,8 @@ class LabelLogitsTrainer(Trainer):
         import torch.nn.functional as F
 
         labels = inputs.get("labels")
-        if labels is None or not keeps_logits(model):
+        own_loss = self.compute_loss_func is not None or self.label_smoother is not None  # an objective's (ORPO)
+        if labels is None or own_loss or not keeps_logits(model):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         targets = inputs.get("shift_labels")
         if targets is None:
