@@ -4,7 +4,15 @@
 2. padding-free packing vs padding: real tokens per second of LoRA training steps on the model
    given by --model (default smollm2-135m) with chatterbot batches;
 3. AdapterDrop: forward (inference) and forward+backward (training) time of Houlsby adapters
-   with the lowest k layers' adapters dropped, against the base model and k = 0.
+   with the lowest k layers' adapters dropped, against the base model and k = 0;
+4. head to head: a plain Trainer + peft script (`benchmarks/plain_trainer.py`, no ftbench code)
+   against ftbench on the same job and the same tokens — LoRA, full fine-tuning and QLoRA on
+   SmolLM2-135M, chatterbot, micro-batch 4, seq_len 256, 20 steps — printing the ratio of real
+   tokens/s, both eval losses, the share of this machine's measured fp32 matmul peak, ftbench's
+   per-run fixed cost by phase and its start-up to the first step; with `--sweep RESULTS_DIR`
+   (a finished peft_comparison), that sweep's time split into training and everything else.
+
+Timing figures need an idle machine: run nothing else beside `make bench`.
 """
 
 from __future__ import annotations
@@ -131,6 +139,122 @@ def bench_adapterdrop(model_name: str, drops: list[int], repeats: int) -> None:
         print(f"  {label:26s} forward {fwd:7.1f} ms" + (f"   train step {step:7.1f} ms" if step else "") + speedup)
 
 
+H2H_METHODS = {"lora": {"name": "lora", "r": 8, "alpha": 16}, "full": {"name": "full"},
+               "qlora": {"name": "qlora", "r": 8, "alpha": 16}}
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """This machine's fp32 matmul rate with torch (the best of `repeats` square products)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[str], sweep: Path | None) -> None:
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from harness import models
+    from harness.config import load_experiment
+    from harness.context import RunContext
+    from harness.executor import LocalExecutor
+    from harness.grid import expand
+
+    peak = matmul_gflops()
+    print(f"head to head on {model_name}: chatterbot, micro-batch {batch}, seq_len 256, {steps} steps, lr 2e-4; "
+          f"fp32 matmul peak measured here {peak:.0f} GFLOP/s")
+    with tempfile.TemporaryDirectory(prefix="ftbench-h2h-") as tmp:
+        tmp = Path(tmp)
+        doc = {"base": {"model": model_name, "tracking": "none",
+                        "data": {"name": "chatterbot", "n_train": steps * batch, "n_val": 32, "n_test": 0},
+                        "train": {"max_steps": steps, "micro_batch": batch, "seq_len": 256, "lr": 2.0e-4},
+                        "eval": {"latency": False}},
+               "grid": {"method": [H2H_METHODS[m] for m in methods]}}
+        (tmp / "h2h.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        specs = expand(load_experiment(tmp / "h2h.yaml"))
+        quiet = __import__("rich.console", fromlist=["Console"]).Console(stderr=True, quiet=True)
+        results = LocalExecutor(workers=1, root=tmp / "results", console=quiet).run(specs)
+        for spec, result in zip(specs, results):
+            method, m = spec.config.method.name, result["metrics"]
+            if result["status"] != "ok":
+                print(f"  {method}: ftbench run {result['status']}: {(result.get('error') or {}).get('message')}")
+                continue
+            data = tmp / f"data-{method}"
+            data.mkdir()
+            objective, config = spec.config.objective.build(), spec.config
+            tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(models.resolve(config.model.name))
+            ctx = RunContext(spec=config, run_dir=tmp, device="cpu", total_steps=steps)
+            train_records, val_records = objective.records(ctx, {})
+            train_set, val_set = objective.encode(ctx, tokenizer, train_records, val_records)
+            for name, rows in (("train", train_set), ("val", val_set)):
+                (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            out = tmp / f"plain-{method}.json"
+            launched = time.perf_counter()
+            subprocess.run([sys.executable, str(Path(__file__).with_name("plain_trainer.py")),
+                            str(models.resolve(config.model.name)), str(data), str(out), "--steps", str(steps),
+                            "--micro-batch", str(batch), "--lr", "2e-4", "--method", method],
+                           check=True, capture_output=True)
+            plain = json.loads(out.read_text())
+            plain["process_s"] = time.perf_counter() - launched
+            ours, theirs = m["train_tokens_per_s"], plain["train_tokens_per_s"]
+            flops = train_flops_per_token_of(config, m)
+            print(f"  {method:5s}: ftbench {ours:6.1f} real tokens/s, plain Trainer+peft {theirs:6.1f} → "
+                  f"{ours / theirs:.2f}x; eval loss {m['eval_loss']:.4f} vs {plain['eval_loss']:.4f}; "
+                  f"{100 * flops * ours / (peak * 1e9):.0f}% of the matmul peak (plain "
+                  f"{100 * flops * theirs / (peak * 1e9):.0f}%)")
+            phases = {k: m.get(k) or 0.0 for k in ("load_s", "train_s", "eval_s", "task_eval_s", "merge_s",
+                                                   "latency_s")}
+            fixed = m["wall_s"] - sum(phases.values())
+            print(f"         ftbench per run: wall {m['wall_s']:.1f} s = " + " + ".join(
+                f"{k.removesuffix('_s')} {v:.1f}" for k, v in phases.items() if v) + f" + fixed {fixed:.1f} s; "
+                f"start-up to first step {_fmt(m.get('startup_s'))} s (plain script: "
+                f"{plain['startup_to_first_step_s']:.1f} s, of which imports {plain['import_s']:.1f} s)")
+    if sweep is not None:
+        bench_sweep_split(sweep)
+
+
+def train_flops_per_token_of(config, metrics: dict) -> float:
+    """Model FLOPs per trained token, as `harness.measure.train_flops_per_token` counts them: 2N
+    forward + 2N backward through the activations + 2 per trainable parameter for its gradient
+    (N = all parameters, the tied head once), whatever share a run skips (logits at prompt positions)."""
+    total, trainable = metrics["total_params"], metrics["trainable_params"]
+    return 4 * total + 2 * trainable
+
+
+def bench_sweep_split(root: Path) -> None:
+    """A finished sweep's run time: training (train_s) against everything else in each run's wall_s."""
+    import json
+
+    results = [json.loads(p.read_text()) for p in sorted(Path(root).glob("*/result.json"))]
+    results = [r for r in results if r.get("status") == "ok"]
+    if not results:
+        print(f"sweep split: no finished runs under {root}")
+        return
+    wall = sum(r["metrics"]["wall_s"] for r in results)
+    parts = {k: sum(r["metrics"].get(k) or 0.0 for r in results)
+             for k in ("train_s", "load_s", "eval_s", "task_eval_s", "latency_s", "merge_s")}
+    other = wall - sum(parts.values())
+    print(f"sweep {Path(root).name}: {len(results)} runs, {wall / 60:.1f} min of run wall time; training "
+          f"{parts['train_s'] / 60:.1f} min ({100 * parts['train_s'] / wall:.0f}%), everything else "
+          f"{(wall - parts['train_s']) / 60:.1f} min: " + ", ".join(
+              f"{k.removesuffix('_s')} {v / 60:.1f}" for k, v in parts.items() if k != "train_s")
+          + f", fixed {other / 60:.1f} min ({other / len(results):.1f} s per run)")
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="smollm2-135m")
@@ -138,7 +262,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--drops", default="0,10,20", help="AdapterDrop k values (comma-separated)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", choices=["grid", "packing", "adapterdrop"], help="run one benchmark")
+    parser.add_argument("--only", choices=["grid", "packing", "adapterdrop", "h2h"], help="run one benchmark")
+    parser.add_argument("--h2h-methods", default="lora,full,qlora", help="head-to-head methods (comma-separated)")
+    parser.add_argument("--h2h-steps", type=int, default=20)
+    parser.add_argument("--sweep", type=Path, default=None,
+                        help="a finished sweep's results folder (e.g. results/peft_comparison): its time split")
     args = parser.parse_args()
     if args.only in (None, "grid"):
         bench_grid()
@@ -146,6 +274,8 @@ def main() -> None:
         bench_packing(args.model, args.steps, args.batch)
     if args.only in (None, "adapterdrop"):
         bench_adapterdrop(args.model, [int(k) for k in args.drops.split(",")], args.repeats)
+    if args.only in (None, "h2h"):
+        bench_head_to_head(args.model, args.h2h_steps, 4, args.h2h_methods.split(","), args.sweep)
 
 
 if __name__ == "__main__":

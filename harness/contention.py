@@ -21,12 +21,15 @@ from collections.abc import Callable, Iterable, Mapping
 
 import psutil
 
-__all__ = ["EVIDENCE_KEYS", "EXCLUSIVE_ENV", "GPU_SAMPLE_S", "GpuBusy", "OTHERS_CPU_CORES_MAX", "SWEEP_CORES_ENV",
+__all__ = ["EVIDENCE_KEYS", "EXCLUSIVE_ENV", "GPU_SAMPLE_S", "GpuBusy", "LAUNCHED_ENV", "OTHERS_CPU_CORES_MAX",
+           "SWEEP_CORES_ENV",
            "SWEEP_ENV", "Watch", "busy_gpu_reason", "check_exclusive", "gpu_processes", "sweep_token", "verdict",
            "visible_gpu"]
 
 #: the sweep's token in a run's environment: processes that carry the same one are the sweep's own
 SWEEP_ENV = "FTBENCH_SWEEP"
+#: time.time() when the executor started the run's process (the run's `startup_s` counts from it)
+LAUNCHED_ENV = "FTBENCH_LAUNCHED_AT"
 #: cores the sweep means to keep busy (default: every core the run may use); the rest are spare
 SWEEP_CORES_ENV = "FTBENCH_SWEEP_CORES"
 #: "1": refuse to start a run on a GPU another process uses (`ftbench run --exclusive`)

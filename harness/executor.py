@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from harness import store
-from harness.contention import EXCLUSIVE_ENV, SWEEP_CORES_ENV, SWEEP_ENV, sweep_token
+from harness.contention import EXCLUSIVE_ENV, LAUNCHED_ENV, SWEEP_CORES_ENV, SWEEP_ENV, sweep_token
 from harness.executor_loop import (FINISHED, Executor, Job, Monitor, claim_run, last_progress, note_waiting,
                                    record_without_result, status_line)
 from harness.grid import RunSpec
@@ -199,6 +200,7 @@ def child_env(*, gpu: int | None = None, threads: int | None = None, sweep: str 
     else:
         env.pop(SWEEP_CORES_ENV, None)
     env[EXCLUSIVE_ENV] = "1" if exclusive else "0"
+    env[LAUNCHED_ENV] = f"{time.time():.3f}"  # built right before the process starts: its start-up counts from here
     return env
 
 

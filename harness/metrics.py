@@ -314,6 +314,13 @@ declare("infer_decode_ms_per_token_merged_iqr", "ms/token", None, "infer_decode_
         device=LATENCY, **_A)
 declare("latency_samples", "generates", None, "timed generates behind each latency median: latency prompts × "
         "eval.latency_repeats (the warm-up not counted)", **_A)
+# issue 21's per-run overheads: where a run's time goes besides its measured phases
+declare("latency_s", "s", False, "timing generation latency, before and after merging (warm-ups included)",
+        device=WALL_TIME, **_A)
+declare("overhead_s", "s", False, "the run's fixed cost: wall_s less load_s, train_s, eval_s, task_eval_s, merge_s "
+        "and latency_s (tracker, data, saving, measurement set-up)", device=WALL_TIME, **_A)
+declare("startup_s", "s", False, "from the executor starting the run's process to the first training step's start "
+        "(null without training, or when the executor gives no start time)", device=WALL_TIME, **_A)
 
 # -- written only where they apply ------------------------------------------------------------------------------------
 declare("task.<task>.<metric>", "", None, "an lm-eval task score", group="tasks", task_score=True)

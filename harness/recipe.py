@@ -88,8 +88,10 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     if spec.eval.tasks:
         _score_tasks(spec, model, tokenizer, metrics, reference)
     if spec.eval.latency:
+        t0 = time.perf_counter()
         metrics.update(latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device,
                                spec.eval.latency_repeats))
+        metrics["latency_s"] = round(time.perf_counter() - t0, 3)
     objective.finish(metrics)
 
     # save, then merge and time the merged model
@@ -104,8 +106,10 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
             return device
         metrics["merge_s"] = round(time.perf_counter() - t0, 3)
         if spec.eval.latency:
+            t0 = time.perf_counter()
             metrics.update(latency(model, tokenizer, prompts, spec.eval.latency_new_tokens, device,
                                    spec.eval.latency_repeats, suffix="_merged"))
+            metrics["latency_s"] = round((metrics["latency_s"] or 0) + time.perf_counter() - t0, 3)
     return device
 
 
@@ -147,6 +151,9 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
             t0 = time.perf_counter()
             trainer.train()
             metrics["train_s"] = round(time.perf_counter() - t0, 3)
+    launched = _launched_at()
+    if launched is not None and stats.first_step_at is not None:
+        metrics["startup_s"] = round(stats.first_step_at - launched, 3)
     metrics.update(peak_mem_train_mb=_round(mem.peak_mb), peak_mem_train_reserved_mb=_round(mem.reserved_mb),
                    mem_grads_mb=_mib(stats.grads_bytes), mem_optimizer_mb=_mib(stats.optimizer_bytes))
     metrics.update(getattr(trainer, "figures", {}))  # an objective trainer's own figures (EWC's penalty)
@@ -162,6 +169,18 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
         flops = train_flops_per_token(model, metrics["trainable_params"]) * metrics["train_tokens_per_s"]
         metrics["mfu"] = flops / (peak * 1e12)
     return trainer
+
+
+def _launched_at() -> float | None:
+    """When the executor started this run's process (time.time(), from $FTBENCH_LAUNCHED_AT)."""
+    import os
+
+    from harness.contention import LAUNCHED_ENV
+
+    try:
+        return float(os.environ[LAUNCHED_ENV])
+    except (KeyError, ValueError):
+        return None
 
 
 def _round(mib: float | None) -> float | None:

@@ -23,6 +23,10 @@ from harness.contention import Watch, check_exclusive
 from harness.plugins import import_plugins
 
 
+#: the timed phases of a run; what its wall time holds besides them is `overhead_s`
+PHASES = ("load_s", "train_s", "eval_s", "task_eval_s", "merge_s", "latency_s")
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -81,6 +85,8 @@ def execute(run_dir: Path) -> dict:
         status, error = classify(exc), error_record(exc)
         logging.getLogger("ftbench").error("run %s: %s", status, error["traceback_tail"])
     metrics["wall_s"] = round(time.perf_counter() - wall0, 3)
+    if status == "ok":
+        metrics["overhead_s"] = round(metrics["wall_s"] - sum(metrics.get(k) or 0.0 for k in PHASES), 3)
     contention = watch.stop(device)
     task_meta = {}
     if status == "ok":

@@ -26,6 +26,8 @@ class TrainStats:
     losses: list[float] = field(default_factory=list)
     grads_bytes: int | None = None
     optimizer_bytes: int | None = None
+    #: time.time() at the first step's start (start-up is measured from the process's launch)
+    first_step_at: float | None = None
 
     def steady(self, warmup: int) -> tuple[float, int, list[float]]:
         """(seconds, tokens, step ms) of the steps after the first `warmup` (all steps when there are
@@ -75,6 +77,8 @@ class StepClock(TrainerCallback):
         self.stats, self.device = stats, device
 
     def on_step_begin(self, args, state, control, **kw):
+        if self.stats.first_step_at is None:
+            self.stats.first_step_at = time.time()
         self._t0, self._tokens0 = clock(self.device), state.num_input_tokens_seen
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
