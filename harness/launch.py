@@ -21,6 +21,7 @@ import subprocess
 import sys
 from multiprocessing import reduction
 from pathlib import Path
+from unittest.mock import patch
 
 from harness.errors import ConfigError
 
@@ -120,16 +121,9 @@ def _server_context(env: dict) -> multiprocessing.context.BaseContext:
 
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(PRELOAD)
-        saved = {key: os.environ.get(key) for key in _IMPORT_TIME_ENV}
-        try:
-            os.environ.update({key: env[key] for key in _IMPORT_TIME_ENV if key in env})
+        # the server inherits this process's environment when it starts: these keys only for that moment
+        with patch.dict(os.environ, {key: env[key] for key in _IMPORT_TIME_ENV if key in env}):
             forkserver.ensure_running()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
         _context = context
     return _context
 

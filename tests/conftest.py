@@ -95,6 +95,21 @@ def run_cli(*argv: str) -> CliResult:
     return CliResult(code=code, out=out.getvalue(), err=err.getvalue())
 
 
+def is_run_process(proc) -> bool:
+    """A psutil process running a run: `python -m harness.run`, or a child of the launcher's fork
+    server (the server's own command line names the modules it preloads, harness.run among them:
+    it is not a run)."""
+    import psutil
+
+    try:
+        command = " ".join(proc.cmdline())
+        if "multiprocessing.forkserver" in command:
+            return "multiprocessing.forkserver" in " ".join(proc.parent().cmdline())
+        return "harness.run" in command
+    except (psutil.Error, AttributeError):  # gone already
+        return False
+
+
 def run_dirs(results: Path, experiment: str) -> list[Path]:
     """Run directories of an experiment (not .locks/.archive)."""
     base = Path(results) / experiment

@@ -9,8 +9,8 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import (PROJECT_ROOT, PYTHON, WIDE, expand_file, metric_lines, read_result, run_cli, run_dirs, tiny_base,
-                      write_experiment)
+from conftest import (PROJECT_ROOT, PYTHON, WIDE, expand_file, is_run_process, metric_lines, read_result, run_cli,
+                      run_dirs, tiny_base, write_experiment)
 from harness import store
 
 PLUGIN = '''
@@ -304,22 +304,9 @@ def test_ctrl_c_stops_the_children_and_lets_go_of_the_claims(tmp_path):
 
 
 def _run_children():
-    """This process's run processes: `python -m harness.run`, or a child of the launcher's fork server
-    (whose own command line names the modules it preloads, harness.run among them: not a run)."""
     import psutil
 
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            command = " ".join(proc.cmdline())
-            if "multiprocessing.forkserver" in command:
-                if "multiprocessing.forkserver" in " ".join(proc.parent().cmdline()):
-                    found.append(proc)
-            elif "harness.run" in command:
-                found.append(proc)
-        except psutil.Error:  # gone already
-            pass
-    return found
+    return [proc for proc in psutil.Process().children(recursive=True) if is_run_process(proc)]
 
 
 # --- two sweeps at once ---------------------------------------------------------------------------

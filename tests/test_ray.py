@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import expand_file, metric_lines, read_result, run_cli, run_dirs, tiny_base, write_experiment
+from conftest import expand_file, is_run_process, metric_lines, read_result, run_cli, run_dirs, tiny_base, write_experiment
 
 from harness import store
 
@@ -84,8 +84,7 @@ def worker_pids() -> list[int]:
 def run_processes() -> list[int]:
     import psutil
 
-    return [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-            if "harness.run" in " ".join(p.info["cmdline"] or [])]
+    return [p.pid for p in psutil.process_iter() if is_run_process(p)]
 
 
 def training(directory: Path) -> bool:

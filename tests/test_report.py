@@ -252,7 +252,8 @@ def test_reference_row_and_cost(tmp_path):
     assert cost["lora-n100"][2].sort == pytest.approx(3.0)   # one hour at $3
     gain = math.exp(3.0) - math.exp(2.0)
     assert cost["lora-n100"][3].sort == pytest.approx(gain)
-    assert cost["lora-n100"][4].sort == pytest.approx(3.0 / gain)
+    assert cost["lora-n100"][4].text == "–"  # not a 4-bit run
+    assert cost["lora-n100"][5].sort == pytest.approx(3.0 / gain)
     bullets = _section(report, "Findings").bullets
     assert "Best chatterbot_mc.acc: lora-n100 (0.500)." in bullets
     assert any(b.startswith("Forgetting") and "most lora-n100 (+4.0%), least ia3-n100 (+1.0%)" in b for b in bullets)
@@ -262,16 +263,20 @@ def test_reference_row_and_cost(tmp_path):
 def test_each_run_is_measured_against_its_own_untouched_base(tmp_path):
     fp = write_run(tmp_path, "own", method="none", slug="base-tiny", eval_loss=3.0, train_s=0.0, params=0,
                    extra={"task.chatterbot_mc.acc": 0.25})
+    four_bit = {"model": {"load_in_4bit": True}}
     q4 = write_run(tmp_path, "own", method="none", slug="base-tiny-4bit", eval_loss=3.5, train_s=0.0, params=0,
-                   extra={"task.chatterbot_mc.acc": 0.4})
+                   extra={"task.chatterbot_mc.acc": 0.4}, overrides=four_bit)
     write_run(tmp_path, "own", method="lora", eval_loss=2.0, train_s=3600.0, reference=fp,
               extra={"task.chatterbot_mc.acc": 0.3})
     write_run(tmp_path, "own", method="qlora", eval_loss=2.5, train_s=3600.0, reference=q4,
-              extra={"task.chatterbot_mc.acc": 0.45})
+              extra={"task.chatterbot_mc.acc": 0.45}, overrides=four_bit)
     report = build("own", tmp_path, price_per_hour=1.0)
     cost = {row[0].text: row for row in _section(report, "Cost").tables[0].rows}
     assert cost["lora-n100"][3].sort == pytest.approx(math.exp(3.0) - math.exp(2.0))
-    assert cost["qlora-n100"][3].sort == pytest.approx(math.exp(3.5) - math.exp(2.5))  # its 4-bit base, not the fp one
+    # the gain from the full-precision base (not its own 4-bit base's 3.5), the 4-bit base's loss beside it
+    assert cost["qlora-n100"][3].sort == pytest.approx(math.exp(3.0) - math.exp(2.5))
+    assert cost["qlora-n100"][4].sort == pytest.approx(math.exp(3.5) - math.exp(3.0))
+    assert cost["lora-n100"][4].text == "–"
     bullets = _section(report, "Findings").bullets
     assert "Best chatterbot_mc.acc: qlora-n100 (0.450); its untouched base scored 0.400." in bullets
 

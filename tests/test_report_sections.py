@@ -46,3 +46,31 @@ def test_runs_for_selects_by_objective_and_sft_is_the_default():
     with pytest.raises(KeyError):
         runs_for(df, "no_such_section")
     assert {s for n in OBJECTIVES for s in OBJECTIVES.get(n).report_sections} == {"single_task", "distillation", "preference", "multitask", "continual", "routing"}
+
+
+def test_a_4bit_runs_gain_is_measured_from_the_full_precision_base():
+    """QLoRA does not earn credit for recovering its own quantization loss (issue 18's example:
+    4-bit base 19.98, fp32 base 15.00, LoRA 9.88, QLoRA 13.63)."""
+    import pandas as pd
+
+    from harness.report.sections.cost import cost_table
+
+    summary = pd.DataFrame([
+        {"config": "base", "reference": True, "quantized": False, "reference_config": None,
+         "eval_ppl_mean": 15.00, "train_s_mean": None, "cost_usd_mean": None},
+        {"config": "base-4bit", "reference": True, "quantized": True, "reference_config": None,
+         "eval_ppl_mean": 19.98, "train_s_mean": None, "cost_usd_mean": None},
+        {"config": "lora", "reference": False, "quantized": False, "reference_config": "base",
+         "eval_ppl_mean": 9.88, "train_s_mean": 10.0, "cost_usd_mean": 0.01},
+        {"config": "qlora", "reference": False, "quantized": True, "reference_config": "base-4bit",
+         "eval_ppl_mean": 13.63, "train_s_mean": 12.0, "cost_usd_mean": 0.012},
+        {"config": "worse", "reference": False, "quantized": True, "reference_config": "base-4bit",
+         "eval_ppl_mean": 16.0, "train_s_mean": 12.0, "cost_usd_mean": 0.012},
+    ])
+    table = cost_table(summary, 2.0).set_index("configuration")
+    assert table.loc["lora", "ppl gained vs base"] == pytest.approx(5.12)
+    assert table.loc["qlora", "ppl gained vs base"] == pytest.approx(1.37)  # not 6.35 from its own 4-bit base
+    assert table.loc["qlora", "4-bit base ppl loss"] == pytest.approx(4.98)
+    assert pd.isna(table.loc["lora", "4-bit base ppl loss"])
+    assert table.loc["qlora", "$ per ppl point"] == pytest.approx(0.012 / 1.37)
+    assert pd.isna(table.loc["worse", "$ per ppl point"])  # worse than the base: no price per point

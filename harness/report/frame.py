@@ -139,6 +139,10 @@ def config_label(slug: str) -> str:
     return re.sub(r"-s\d+(-rep\d+)?$", "", slug)
 
 
+#: the stored spec's 4-bit flag: a quantized run and its quantized base row
+QUANTIZED = "model.load_in_4bit"
+
+
 def load_runs(experiment: str, root: Path | None = None, price_per_hour: float = 2.0) -> pd.DataFrame:
     """Every finished run, with `config` (label), `reference` (untouched base row) and `cost_usd`."""
     df = store.load(experiment, root)
@@ -228,6 +232,8 @@ def summarize(df: pd.DataFrame, metrics: list[Metric], axes: list[str]) -> pd.Da
     rows = []
     for config, group in ok_runs(df).groupby("config", sort=False):
         row = {"config": config, "reference": bool(group["reference"].iloc[0]), "n_seeds": len(group),
+               # == True: a numpy bool compares, a missing value (NaN) is not 4-bit
+               "quantized": QUANTIZED in group and bool(group[QUANTIZED].iloc[0] == True),  # noqa: E712
                "n_contended": int(contended(group).sum()),
                "reference_config": group["reference_config"].iloc[0] if "reference_config" in group else None}
         for axis in axes:
@@ -258,12 +264,17 @@ def aggregate(key: str, values: list) -> Interval:
     return Interval(value, math.nan, math.nan, len(finite))
 
 
-def reference_value(summary: pd.DataFrame, row, col: str) -> float:
+def reference_value(summary: pd.DataFrame, row, col: str, full_precision: bool = False) -> float:
     """`col` of the untouched-base row a configuration is measured against: its own (4-bit runs have a
-    4-bit base), else the first reference row; NaN without one."""
+    4-bit base), else the first reference row; NaN without one. `full_precision`: the base as it
+    ships, not quantized, whatever the run loaded (a gain over it is not the run's own quantization
+    loss recovered)."""
     refs = summary[summary["reference"]] if "reference" in summary else summary.iloc[0:0]
     if refs.empty or col not in refs:
         return math.nan
+    if full_precision and "quantized" in refs:
+        refs = refs[~refs["quantized"].astype(bool)]
+        return float(refs[col].iloc[0]) if len(refs) and refs[col].iloc[0] is not None else math.nan
     own = refs[refs["config"] == row.get("reference_config")]
     value = (own if len(own) else refs)[col].iloc[0]
     return float(value) if value is not None else math.nan

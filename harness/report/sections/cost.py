@@ -1,4 +1,4 @@
-"""Cost: train time priced per GPU-hour, and per perplexity point gained over the untouched base."""
+"""Cost: train time priced per GPU-hour, and per perplexity point gained over the full-precision untouched base."""
 
 from __future__ import annotations
 
@@ -19,13 +19,18 @@ SOURCES = {"train s": "train_s", "$ per run": "cost_usd", "$ per ppl point": "co
 
 
 def cost_table(summary: pd.DataFrame, price: float) -> pd.DataFrame:
-    """Money per run and per perplexity point gained over its own untouched base (when a reference row exists)."""
+    """Money per run and per perplexity point gained over the full-precision untouched base (when a
+    reference row exists); a 4-bit run's quantization loss (its 4-bit base's ppl less the full-precision
+    base's) in a column of its own, so recovering it is not counted as a gain."""
     rows = []
     for _, row in summary[~summary["reference"]].iterrows():
-        gain = reference_value(summary, row, "eval_ppl_mean") - row.get("eval_ppl_mean", math.nan)
+        base = reference_value(summary, row, "eval_ppl_mean", full_precision=True)
+        gain = base - row.get("eval_ppl_mean", math.nan)
+        quantization = reference_value(summary, row, "eval_ppl_mean") - base if row.get("quantized") else math.nan
         cost = row["cost_usd_mean"]
         rows.append({"configuration": row["config"], "train s": row["train_s_mean"], "$ per run": cost,
                      "ppl gained vs base": gain if np.isfinite(gain) else None,
+                     "4-bit base ppl loss": quantization if np.isfinite(quantization) else None,
                      "$ per ppl point": cost / gain if np.isfinite(gain) and gain > 0 else None})
     return pd.DataFrame(rows)
 
@@ -36,10 +41,13 @@ def cost_section(ctx: ReportContext) -> list[Section]:
         return []
     cost = Section("Cost", paragraphs=[
         f"At ${ctx.price_per_hour:.2f} per GPU-hour (change with --price-per-hour), train time becomes money. "
-        f"'$ per ppl point' divides it by the perplexity the run gained over the untouched base."])
+        f"'ppl gained vs base' is measured from the untouched base in full precision for every run, 4-bit ones "
+        f"included (so a QLoRA run is not credited for recovering its own quantization loss); '4-bit base ppl "
+        f"loss' is what loading that base in 4 bits cost before any training; '$ per ppl point' divides the cost "
+        f"by the gain."])
     table = frame_table(cost_table(ctx.summary, ctx.price_per_hour), "Cost per configuration",
                         {"train s": "{:.1f}", "$ per run": "{:.5f}", "ppl gained vs base": "{:.2f}",
-                         "$ per ppl point": "{:.6f}"})
+                         "4-bit base ppl loss": "{:.2f}", "$ per ppl point": "{:.6f}"})
     cost.tables.append(_mark_busy(table, ctx.summary))
     return [cost]
 
