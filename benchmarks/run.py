@@ -159,18 +159,25 @@ def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
 
 def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[str], sweep: Path | None) -> None:
     import json
+    import os
     import subprocess
     import sys
 
     import yaml
+    from rich.console import Console
+    from transformers import AutoTokenizer
 
     from harness import models
     from harness.config import load_experiment
     from harness.context import RunContext
     from harness.executor import LocalExecutor
     from harness.grid import expand
+    from harness.run import PHASES
 
     peak = matmul_gflops()
+    # ftbench's own `mfu` (its FLOPs-per-token count) against this measured peak; the plain script's share
+    # follows from the tokens/s ratio on the same model
+    os.environ["FTBENCH_PEAK_TFLOPS"] = f"{peak / 1000:.4f}"
     print(f"head to head on {model_name}: chatterbot, micro-batch {batch}, seq_len 256, {steps} steps, lr 2e-4; "
           f"fp32 matmul peak measured here {peak:.0f} GFLOP/s")
     with tempfile.TemporaryDirectory(prefix="ftbench-h2h-") as tmp:
@@ -182,67 +189,53 @@ def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[st
                "grid": {"method": [H2H_METHODS[m] for m in methods]}}
         (tmp / "h2h.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         specs = expand(load_experiment(tmp / "h2h.yaml"))
-        quiet = __import__("rich.console", fromlist=["Console"]).Console(stderr=True, quiet=True)
-        results = LocalExecutor(workers=1, root=tmp / "results", console=quiet).run(specs)
+        results = LocalExecutor(workers=1, root=tmp / "results", console=Console(stderr=True, quiet=True)).run(specs)
+        # the examples every method trained on (one data section, seed and seq_len for all), for the plain script
+        config = specs[0].config
+        model_dir, data = models.resolve(config.model.name), tmp / "data"
+        ctx = RunContext(spec=config, run_dir=tmp, device="cpu", total_steps=steps)
+        objective = config.objective.build()
+        train_records, val_records = objective.records(ctx, {})
+        encoded = objective.encode(ctx, AutoTokenizer.from_pretrained(model_dir), train_records, val_records)
+        data.mkdir()
+        for name, rows in zip(("train", "val"), encoded):
+            (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         for spec, result in zip(specs, results):
             method, m = spec.config.method.name, result["metrics"]
             if result["status"] != "ok":
                 print(f"  {method}: ftbench run {result['status']}: {(result.get('error') or {}).get('message')}")
                 continue
-            data = tmp / f"data-{method}"
-            data.mkdir()
-            objective, config = spec.config.objective.build(), spec.config
-            tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(models.resolve(config.model.name))
-            ctx = RunContext(spec=config, run_dir=tmp, device="cpu", total_steps=steps)
-            train_records, val_records = objective.records(ctx, {})
-            train_set, val_set = objective.encode(ctx, tokenizer, train_records, val_records)
-            for name, rows in (("train", train_set), ("val", val_set)):
-                (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             out = tmp / f"plain-{method}.json"
-            launched = time.perf_counter()
-            subprocess.run([sys.executable, str(Path(__file__).with_name("plain_trainer.py")),
-                            str(models.resolve(config.model.name)), str(data), str(out), "--steps", str(steps),
-                            "--micro-batch", str(batch), "--lr", "2e-4", "--method", method],
-                           check=True, capture_output=True)
+            subprocess.run([sys.executable, str(Path(__file__).with_name("plain_trainer.py")), str(model_dir),
+                            str(data), str(out), "--steps", str(steps), "--micro-batch", str(batch), "--lr", "2e-4",
+                            "--method", method], check=True, capture_output=True)
             plain = json.loads(out.read_text())
-            plain["process_s"] = time.perf_counter() - launched
             ours, theirs = m["train_tokens_per_s"], plain["train_tokens_per_s"]
-            flops = train_flops_per_token_of(config, m)
             print(f"  {method:5s}: ftbench {ours:6.1f} real tokens/s, plain Trainer+peft {theirs:6.1f} → "
                   f"{ours / theirs:.2f}x; eval loss {m['eval_loss']:.4f} vs {plain['eval_loss']:.4f}; "
-                  f"{100 * flops * ours / (peak * 1e9):.0f}% of the matmul peak (plain "
-                  f"{100 * flops * theirs / (peak * 1e9):.0f}%)")
-            phases = {k: m.get(k) or 0.0 for k in ("load_s", "train_s", "eval_s", "task_eval_s", "merge_s",
-                                                   "latency_s")}
-            fixed = m["wall_s"] - sum(phases.values())
+                  f"{100 * m['mfu']:.0f}% of the matmul peak (plain {100 * m['mfu'] * theirs / ours:.0f}%)")
             print(f"         ftbench per run: wall {m['wall_s']:.1f} s = " + " + ".join(
-                f"{k.removesuffix('_s')} {v:.1f}" for k, v in phases.items() if v) + f" + fixed {fixed:.1f} s; "
+                f"{k.removesuffix('_s')} {m[k]:.1f}" for k in PHASES if m.get(k))
+                + f" + fixed {m['overhead_s']:.1f} s; "
                 f"start-up to first step {_fmt(m.get('startup_s'))} s (plain script: "
                 f"{plain['startup_to_first_step_s']:.1f} s, of which imports {plain['import_s']:.1f} s)")
     if sweep is not None:
         bench_sweep_split(sweep)
 
 
-def train_flops_per_token_of(config, metrics: dict) -> float:
-    """Model FLOPs per trained token, as `harness.measure.train_flops_per_token` counts them: 2N
-    forward + 2N backward through the activations + 2 per trainable parameter for its gradient
-    (N = all parameters, the tied head once), whatever share a run skips (logits at prompt positions)."""
-    total, trainable = metrics["total_params"], metrics["trainable_params"]
-    return 4 * total + 2 * trainable
-
-
 def bench_sweep_split(root: Path) -> None:
     """A finished sweep's run time: training (train_s) against everything else in each run's wall_s."""
-    import json
+    from harness import store
+    from harness.run import PHASES
 
-    results = [json.loads(p.read_text()) for p in sorted(Path(root).glob("*/result.json"))]
-    results = [r for r in results if r.get("status") == "ok"]
+    results = [store.read_result(p.parent) for p in sorted(Path(root).glob("*/result.json"))]
+    results = [r for r in results if r and r.get("status") == "ok"]
     if not results:
         print(f"sweep split: no finished runs under {root}")
         return
     wall = sum(r["metrics"]["wall_s"] for r in results)
-    parts = {k: sum(r["metrics"].get(k) or 0.0 for r in results)
-             for k in ("train_s", "load_s", "eval_s", "task_eval_s", "latency_s", "merge_s")}
+    parts = {k: sum(r["metrics"].get(k) or 0.0 for r in results) for k in PHASES}
+    # computed, not read from overhead_s: a sweep recorded before that key existed splits the same way
     other = wall - sum(parts.values())
     print(f"sweep {Path(root).name}: {len(results)} runs, {wall / 60:.1f} min of run wall time; training "
           f"{parts['train_s'] / 60:.1f} min ({100 * parts['train_s'] / wall:.0f}%), everything else "

@@ -18,9 +18,8 @@ def token_loss(model, examples: list[dict], collator, batch_size: int, device: s
     for batch, labels in eval_batches(model, examples, collator, batch_size, device):
         target = labels[:, 1:]
         if at_labels:  # the vocabulary projection only where a label is predicted (same sum, less work)
-            keep = target.ne(-100).any(dim=0).nonzero().flatten()
-            logits = model(**batch, use_cache=False, logits_to_keep=keep).logits.float()
-            target = target[:, keep]
+            outputs, target = label_logits(model, {**batch, "use_cache": False}, target)
+            logits = outputs.logits.float()
         else:
             logits = model(**batch, use_cache=False).logits  # a cache disables packed-sequence masks
             # prompt-tuning methods return logits for their virtual tokens too: keep the real positions
@@ -43,6 +42,14 @@ def keeps_logits(model) -> bool:
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def label_logits(model, inputs: dict, targets):
+    """`model(**inputs)` with logits only at the positions whose next token is a label in some row,
+    and the targets at those positions. `targets`: the labels shifted left by one (-100: not scored);
+    the model must take `logits_to_keep` (`keeps_logits`)."""
+    keep = targets.ne(-100).any(dim=0).nonzero().flatten()
+    return model(**inputs, logits_to_keep=keep), targets[:, keep]
 
 
 def eval_batches(model, examples: list[dict], collator, batch_size: int, device: str):

@@ -24,7 +24,7 @@ from harness.grid import RunSpec
 from harness.launch import ForkedRun, launcher_for, start_fork, start_process, warm_up
 
 __all__ = ["FINISHED", "LocalExecutor", "Running", "child_env", "claim_run", "gpu_count", "note_waiting",
-           "record_without_result", "start_run_process", "status_line"]
+           "record_without_result", "status_line"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +95,7 @@ class LocalExecutor(Executor):
         try:
             # the child holds the claim as long as it lives
             env = self._env(gpu=gpu, threads=threads)
-            start = start_fork if self.launcher == "fork" else start_run_process
+            start = start_fork if self.launcher == "fork" else start_process
             proc = start(directory, env, pass_fds=(claim.fd,))
         except BaseException:
             self._free(gpu)
@@ -202,6 +202,3 @@ def child_env(*, gpu: int | None = None, threads: int | None = None, sweep: str 
     env[EXCLUSIVE_ENV] = "1" if exclusive else "0"
     env[LAUNCHED_ENV] = f"{time.time():.3f}"  # built right before the process starts: its start-up counts from here
     return env
-
-
-start_run_process = start_process

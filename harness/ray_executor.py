@@ -30,7 +30,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness import store
 from harness.contention import sweep_token
 from harness.errors import ConfigError
-from harness.executor import child_env, start_run_process
+from harness.executor import child_env
+from harness.launch import start_process
 from harness.executor_loop import Executor, Job, Monitor, last_progress, record_without_result
 from harness.grid import RunSpec
 
@@ -105,7 +106,7 @@ class RunWorker:
         env = child_env(threads=payload.get("threads"), sweep=payload.get("sweep"),
                         sweep_cores=payload.get("sweep_cores"), exclusive=payload.get("exclusive", False))
         env.setdefault("WANDB_DIR", str(self.directory))  # offline W&B runs travel back with the record
-        self.proc = start_run_process(self.directory, env)
+        self.proc = start_process(self.directory, env)
         self.node = ray.util.get_node_ip_address()
 
     def poll(self, offset: int) -> dict:

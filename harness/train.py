@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from harness.evaluate import keeps_logits
+from harness.evaluate import keeps_logits, label_logits
 from harness.measure import clock, grad_bytes, optimizer_bytes
 
 
@@ -167,18 +167,15 @@ class LabelLogitsTrainer(Trainer):
         targets = inputs.get("shift_labels")
         if targets is None:
             targets = F.pad(labels, (0, 1), value=-100)[..., 1:]
-        keep = targets.ne(-100).any(dim=0).nonzero().flatten()  # positions predicting a label in some row
-        outputs = model(**{k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")},
-                        logits_to_keep=keep)
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+        outputs, targets = label_logits(model, model_inputs, targets)
         logits = outputs.logits.float()
-        targets = targets[:, keep].to(logits.device)
-        if num_items_in_batch is None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
-        else:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
-                                   reduction="sum")
-            loss = loss / (num_items_in_batch.to(loss.device) if hasattr(num_items_in_batch, "to")
-                           else num_items_in_batch)
+        targets = targets.to(logits.device)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
+                               reduction="sum")
+        # ÷ the batch's label count (the Trainer's across accumulated micro-batches, else this one's): a mean
+        count = targets.ne(-100).sum() if num_items_in_batch is None else num_items_in_batch
+        loss = loss / (count.to(loss.device) if hasattr(count, "to") else count)
         return (loss, outputs) if return_outputs else loss
 
 

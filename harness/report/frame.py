@@ -273,9 +273,11 @@ def reference_value(summary: pd.DataFrame, row, col: str, full_precision: bool =
     if refs.empty or col not in refs:
         return math.nan
     if full_precision and "quantized" in refs:
-        refs = refs[~refs["quantized"].astype(bool)]
-        return float(refs[col].iloc[0]) if len(refs) and refs[col].iloc[0] is not None else math.nan
-    own = refs[refs["config"] == row.get("reference_config")]
+        refs = own = refs[~refs["quantized"].astype(bool)]
+        if refs.empty:
+            return math.nan
+    else:
+        own = refs[refs["config"] == row.get("reference_config")]
     value = (own if len(own) else refs)[col].iloc[0]
     return float(value) if value is not None else math.nan
 
