@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 
 def token_loss(model, examples: list[dict], collator, batch_size: int, device: str) -> tuple[float, int]:
@@ -11,24 +12,71 @@ def token_loss(model, examples: list[dict], collator, batch_size: int, device: s
     Token-weighted (sum of NLL / number of label tokens), unlike the Trainer's mean of batch means,
     so perplexities of runs with different batching compare.
     """
+    scored = example_losses(model, examples, collator, batch_size, device)
+    return scored.loss, scored.total_tokens
+
+
+@dataclass
+class ExampleLosses:
+    """Per-example NLL sums and label-token counts of one split, in the split's order; `loss` is the
+    token-weighted mean over all of them (the batch sums added in order, as `token_loss` always did)."""
+
+    nll: list[float]
+    tokens: list[int]
+    loss: float
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.tokens)
+
+    def as_record(self) -> dict:
+        """The compact form kept in a run's examples.json."""
+        return {"nll": [round(v, 6) for v in self.nll], "tokens": self.tokens}
+
+
+def example_losses(model, examples: list[dict], collator, batch_size: int, device: str) -> ExampleLosses:
+    """Score `examples`: each example's NLL sum over its response tokens and its token count.
+
+    A packed batch (one row, `position_ids` restarting at 0 per example) is split back into its
+    examples by those restarts; a padded batch has one example per row. The first label of every
+    packed example is masked, so no prediction crosses from one example into the next."""
     import torch
 
-    total, count = 0.0, 0
+    total, nll, counts = 0.0, [], []
     at_labels = keeps_logits(model)
     for batch, labels in eval_batches(model, examples, collator, batch_size, device):
         target = labels[:, 1:]
+        owner = _example_index(batch, labels)[:, 1:]  # the example the predicted token belongs to
+        size = int(owner.max()) + 1
         if at_labels:  # the vocabulary projection only where a label is predicted (same sum, less work)
+            keep = target.ne(-100).any(dim=0).nonzero().flatten()
             outputs, target = label_logits(model, {**batch, "use_cache": False}, target)
+            owner = owner[:, keep]
             logits = outputs.logits.float()
         else:
             logits = model(**batch, use_cache=False).logits  # a cache disables packed-sequence masks
             # prompt-tuning methods return logits for their virtual tokens too: keep the real positions
             logits = logits[:, -labels.size(1):][:, :-1].float()
-        total += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
-        ).item()
-        count += int((target != -100).sum())
-    return (total / count if count else float("nan")), count
+        token_nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="none")
+        scored = target.reshape(-1) != -100
+        total += token_nll[scored].sum().item()
+        owner = owner.reshape(-1)[scored]
+        nll += torch.zeros(size, dtype=torch.float64, device=owner.device).index_add_(
+            0, owner, token_nll[scored].double()).tolist()
+        counts += torch.bincount(owner, minlength=size).tolist()
+    count = sum(counts)
+    return ExampleLosses(nll, counts, total / count if count else float("nan"))
+
+
+def _example_index(batch: dict, labels):
+    """For every position of `labels`, the index (within the batch) of the example it belongs to."""
+    import torch
+
+    positions = batch.get("position_ids")
+    if positions is not None and labels.size(0) == 1:
+        return torch.cumsum(positions.eq(0).long(), dim=1) - 1
+    return torch.arange(labels.size(0), device=labels.device).unsqueeze(1).expand_as(labels)
 
 
 def keeps_logits(model) -> bool:

@@ -35,10 +35,13 @@ def task_manager(tasks: list[str]):
 
 
 def score(model, tokenizer, tasks: list[str], *, limit: int | float | None, num_fewshot: int | None,
-          batch_size: int, seed: int = 0) -> tuple[dict[str, float], float]:
+          batch_size: int, seed: int = 0, samples: dict | None = None) -> tuple[dict[str, float], float]:
     """Evaluate `model` on `tasks`; returns ({`task.<task>.<metric>`: value, ...}, seconds).
 
-    Each metric's standard error, where lm-eval computes one, is `task.<task>.<metric>_stderr`.
+    Each metric's standard error, where lm-eval computes one, is `task.<task>.<metric>_stderr`; a
+    multiple-choice task's chance accuracy (mean over documents of 1 / its choices) is
+    `task.<task>.chance`. With `samples` (a dict), it is filled with every document's scores by task
+    (`per_document`).
     """
     import lm_eval
 
@@ -49,12 +52,38 @@ def score(model, tokenizer, tasks: list[str], *, limit: int | float | None, num_
     lm = _lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     start = time.perf_counter()
     out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                                  task_manager=task_manager(tasks), log_samples=False, bootstrap_iters=1000,
+                                  task_manager=task_manager(tasks), log_samples=True, bootstrap_iters=1000,
                                   random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                   fewshot_random_seed=seed)
     elapsed = time.perf_counter() - start
     model.train(was_training)
-    return flatten(out["results"]), elapsed
+    scores = flatten(out["results"])
+    for task, docs in (out.get("samples") or {}).items():
+        documents = per_document(docs)
+        if samples is not None:
+            samples[task] = documents
+        if documents.get("choices"):
+            scores[f"task.{task}.chance"] = sum(1 / k for k in documents["choices"]) / len(documents["choices"])
+    return scores, elapsed
+
+
+def per_document(docs: list[dict]) -> dict:
+    """lm-eval's logged samples of one task → {"doc_id": [...], <metric>: [score per document], ...}.
+
+    A metric lm-eval aggregates from (log-likelihood, count) pairs (word_perplexity, bits_per_byte)
+    becomes {"nll": [−log-likelihood], "count": [words, bytes, …]}: the corpus figure is a function of
+    Σnll ÷ Σcount, so it resamples by document. A multiple-choice task adds "choices" (per document)."""
+    out: dict = {"doc_id": [d.get("doc_id") for d in docs]}
+    if docs and all(isinstance(d.get("arguments"), (list, tuple)) and len(d["arguments"]) > 1
+                    and isinstance(d.get("target"), int) for d in docs):
+        out["choices"] = [len(d["arguments"]) for d in docs]
+    for metric in docs[0].get("metrics", []) if docs else []:
+        values = [d.get(metric) for d in docs]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[metric] = [float(v) for v in values]
+        elif all(isinstance(v, (list, tuple)) and len(v) == 2 for v in values):
+            out[metric] = {"nll": [-float(v[0]) for v in values], "count": [float(v[1]) for v in values]}
+    return out
 
 
 def flatten(results: dict) -> dict[str, float]:

@@ -273,8 +273,9 @@ declare("distill_kl_before", "nats/token", False, "KL(teacher ‖ student) on va
 declare("distill_kl", "nats/token", False, "KL(teacher ‖ student) on validation responses after training", **_D)
 declare("teacher_cache_s", "s", False, "computing the teacher's top-k cache in this run (0 when read from disk)",
         device=WALL_TIME, **_D)
-declare("quality_retention_task_pct", "%", True, "mean over scored tasks of student ÷ teacher primary score "
-        "(teacher ÷ student for a lower-is-better score), in %", **_D)
+declare("quality_retention_task_pct", "%", True, "mean over scored tasks of the student's share of the teacher's "
+        "primary score, in %: (S − chance) ÷ (T − chance) for a multiple-choice accuracy (chance: "
+        "task.<task>.chance), S ÷ T otherwise (T ÷ S for a lower-is-better score)", **_D)
 _P = {"presence": "always", "group": "preference"}
 declare("pref_accuracy", "fraction", True, "held-out pairs whose chosen answer scores higher: the implicit reward "
         "(dpo, kto) or the log-odds (orpo); a tie is not a win", **_P)
@@ -317,15 +318,23 @@ declare("latency_samples", "generates", None, "timed generates behind each laten
 # issue 21's per-run overheads: where a run's time goes besides its measured phases
 declare("latency_s", "s", False, "timing generation latency, before and after merging (warm-ups included)",
         device=WALL_TIME, **_A)
-declare("overhead_s", "s", False, "the run's fixed cost: wall_s less load_s, train_s, eval_s, task_eval_s, merge_s "
-        "and latency_s (tracker, data, saving, measurement set-up)", device=WALL_TIME, **_A)
+declare("overhead_s", "s", False, "the run's fixed cost: wall_s less load_s, train_s, eval_s, test_s, task_eval_s, "
+        "merge_s and latency_s (tracker, data, saving, measurement set-up)", device=WALL_TIME, **_A)
 declare("startup_s", "s", False, "from the executor starting the run's process to the first training step's start "
         "(null without training, or when the executor gives no start time)", device=WALL_TIME, **_A)
+# issue 18: the test split reports what the validation split chose
+declare("test_loss", "nats/token", False, "token-weighted NLL of the response tokens of the test split (never used "
+        "to choose anything; null when data.n_test is 0)", **_A)
+declare("test_ppl", "", False, "exp(test_loss)", **_A)
+declare("test_tokens", "tokens", None, "response tokens test_loss is averaged over", **_A)
+declare("test_s", "s", False, "the test-loss pass", device=WALL_TIME, **_A)
 
 # -- written only where they apply ------------------------------------------------------------------------------------
 declare("task.<task>.<metric>", "", None, "an lm-eval task score", group="tasks", task_score=True)
 declare("task.<task>.<metric>_stderr", "", None, "lm-eval's standard error of the score", group="tasks")
 declare("task.<task>.n", "documents", None, "documents lm-eval scored", aggregate="max", group="tasks")
+declare("task.<task>.chance", "fraction", None, "a multiple-choice task's accuracy by guessing: the mean over its "
+        "documents of 1 ÷ the document's choices", group="tasks")
 declare("teacher_task.<task>.<metric>", "", None, "the teacher's primary score on a task", group="distill",
         task_score=True)
 for _prefix, _what in (("task_eval", "the run (a routed run: routed to the router's pick)"),

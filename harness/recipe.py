@@ -9,10 +9,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import models
+from harness import models, store
 from harness.context import RunContext
 from harness.data.tokenize import make_collator, prompt_text
-from harness.evaluate import perplexity, token_loss
+from harness.evaluate import example_losses, perplexity, token_loss
 from harness.measure import (LATENCY_PROMPTS, PeakMemory, count_params, dir_bytes, latency, peak_tflops, percentile,
                              train_flops_per_token, weight_bytes)
 from harness.objectives.parts.domains import evaluate_sources, pooled
@@ -72,21 +72,32 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
                                  metrics)
         del trainer  # a preference run's frozen reference copy goes with it
 
-    # evaluate
+    # evaluate: validation (what choices are made on), then the test split (what is reported beside it)
+    examples: dict = {"splits": {}, "tasks": {}}  # per-example scores: intervals and paired comparisons
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
-        eval_loss, eval_tokens = token_loss(model, val_set, collator, spec.eval.batch_size, device)
+        val = example_losses(model, val_set, collator, spec.eval.batch_size, device)
         metrics["eval_s"] = round(time.perf_counter() - t0, 3)
-    metrics.update(eval_loss=eval_loss, eval_ppl=perplexity(eval_loss), eval_tokens=eval_tokens,
+    metrics.update(eval_loss=val.loss, eval_ppl=perplexity(val.loss), eval_tokens=val.total_tokens,
                    peak_mem_eval_mb=_round(mem.peak_mb), peak_mem_eval_reserved_mb=_round(mem.reserved_mb))
+    examples["splits"]["validation"] = val.as_record()
     sources = objective.scored_sources(ctx)
     if sources:
         metrics.update(evaluate_sources(model, tokenizer, spec, sources, device, activate=activate))
     if activate is not None:  # with task adapters, the overall loss is each task's with its own adapters
         loss, tokens = pooled(metrics, objective.trained_sources(ctx))
         metrics.update(eval_loss=loss, eval_ppl=perplexity(loss), eval_tokens=tokens)
+        del examples["splits"]["validation"]  # not the examples eval_loss pools
+    test_set = objective.test_set(ctx, tokenizer)
+    if test_set:
+        t0 = time.perf_counter()
+        test = example_losses(model, test_set, collator, spec.eval.batch_size, device)
+        metrics.update(test_loss=test.loss, test_ppl=perplexity(test.loss), test_tokens=test.total_tokens,
+                       test_s=round(time.perf_counter() - t0, 3))
+        examples["splits"]["test"] = test.as_record()
     if spec.eval.tasks:
-        _score_tasks(spec, model, tokenizer, metrics, reference)
+        _score_tasks(spec, model, tokenizer, metrics, reference, examples["tasks"])
+    store.write_json_atomic(run_dir / store.EXAMPLES_FILE, examples)
 
     def timed_latency(suffix: str = "") -> None:
         """Latency of `model` as it is when called (merged, the second time); latency_s sums both."""
@@ -194,13 +205,14 @@ def _mib(n_bytes: int | None) -> float | None:
     return _round(None if n_bytes is None else n_bytes / 2**20)
 
 
-def _score_tasks(spec, model, tokenizer, metrics: dict, reference: Path | None) -> None:
-    """lm-eval task scores, and forgetting against the reference row when it scored general_ppl."""
-    from harness import store
+def _score_tasks(spec, model, tokenizer, metrics: dict, reference: Path | None, samples: dict) -> None:
+    """lm-eval task scores (each document's into `samples`), and forgetting against the reference row
+    when it scored general_ppl."""
     from harness.lmeval import score
 
     scores, seconds = score(model, tokenizer, spec.eval.tasks, limit=spec.eval.limit,
-                            num_fewshot=spec.eval.num_fewshot, batch_size=spec.eval.batch_size, seed=spec.seed)
+                            num_fewshot=spec.eval.num_fewshot, batch_size=spec.eval.batch_size, seed=spec.seed,
+                            samples=samples)
     metrics.update(scores)
     metrics["task_eval_s"] = round(seconds, 3)
     base = store.read_result(reference) if reference is not None else None

@@ -31,6 +31,9 @@ STATUSES = ("ok", "failed", "oom", "diverged", "pruned")
 
 #: beside a search's runs: its study name and storage URL (no password), for reports
 SEARCH_FILE = "search.json"
+#: in a run's folder: each scored example's figures, for intervals and paired comparisons in reports
+#: ({"splits": {"validation"|"test": {"nll": [...], "tokens": [...]}}, "tasks": {task: per-document scores}})
+EXAMPLES_FILE = "examples.json"
 
 
 def results_root() -> Path:
@@ -176,6 +179,16 @@ def _flatten(prefix: str, value: Any, out: dict) -> None:
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     else:
         out[prefix] = value
+
+
+def read_examples(directory: Path) -> dict | None:
+    """A run's per-example scores (`EXAMPLES_FILE`), or None when it has none (or an unreadable one)."""
+    path = Path(directory) / EXAMPLES_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def load(experiment: str, root: Path | None = None):

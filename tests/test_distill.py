@@ -329,3 +329,15 @@ def test_task_retention_is_student_over_teacher_inverted_for_perplexity():
     out = comparison(metrics)
     assert out["quality_retention_task_pct"] == pytest.approx(100 * (0.6 / 0.8 + 20 / 40) / 2)
     assert out["quality_retention_pct"] == pytest.approx(80.0)
+
+
+def test_task_retention_removes_chance_from_a_multiple_choice_accuracy():
+    """A student at chance (25% on 4-way choice) retains nothing of a teacher at 75%; halfway, half."""
+    from harness.objectives.distill import comparison
+
+    teacher = {"teacher_task.chatterbot_mc.acc": 0.75, "task.chatterbot_mc.chance": 0.25}
+    assert comparison({**teacher, "task.chatterbot_mc.acc": 0.25})["quality_retention_task_pct"] == pytest.approx(0)
+    assert comparison({**teacher, "task.chatterbot_mc.acc": 0.5})["quality_retention_task_pct"] == pytest.approx(50)
+    at_chance = {"teacher_task.chatterbot_mc.acc": 0.25, "task.chatterbot_mc.chance": 0.25,
+                 "task.chatterbot_mc.acc": 0.5}
+    assert "quality_retention_task_pct" not in comparison(at_chance)  # a teacher at chance has nothing to retain

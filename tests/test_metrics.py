@@ -23,7 +23,8 @@ LATER = ["eval_tokens", "trainable_params_peft", "merge_s", "infer_prefill_ms_me
          "peak_mem_train_reserved_mb", "peak_mem_eval_reserved_mb", "mem_weights_mb", "mem_trainable_mb",
          "mem_grads_mb", "mem_optimizer_mb", "train_timed_s", "train_timed_steps", "mfu",
          "infer_prefill_ms_iqr", "infer_decode_ms_per_token_iqr", "infer_prefill_ms_merged_iqr",
-         "infer_decode_ms_per_token_merged_iqr", "latency_samples", "latency_s", "overhead_s", "startup_s"]
+         "infer_decode_ms_per_token_merged_iqr", "latency_samples", "latency_s", "overhead_s", "startup_s",
+         "test_loss", "test_ppl", "test_tokens", "test_s"]
 
 
 def test_the_store_keys_are_the_contract_in_its_order():

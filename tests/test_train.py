@@ -98,3 +98,26 @@ def test_evaluation_at_label_positions_equals_the_full_projection(name, packing,
     monkeypatch.setattr(evaluate, "keeps_logits", lambda m: False)
     full = evaluate.token_loss(model, examples, collator, 2, "cpu")
     assert kept[1] == full[1] > 0 and kept[0] == pytest.approx(full[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["none", "prompt_tuning"])
+def test_per_example_losses_are_the_same_packed_padded_and_one_at_a_time(name, tmp_path):
+    """Each example's NLL sum and token count do not depend on how examples were batched, and they
+    add up to the token-weighted loss."""
+    from harness import evaluate
+
+    spec = build_run_config({"model": "tiny-smollm2", "method": name, "tracking": "none"}, file="test")
+    model, tok = models.load(spec.model, "cpu")
+    model = spec.method.build().apply(model, RunContext(spec=spec, run_dir=tmp_path, device="cpu", total_steps=10))
+    examples = _examples(tok)
+    alone = [evaluate.example_losses(model, [e], make_collator(tok, False), 1, "cpu") for e in examples]
+    expected_tokens = [sum(v != -100 for v in e["labels"][1:]) for e in examples]
+    assert [a.tokens[0] for a in alone] == expected_tokens
+    packings = [False] if name == "prompt_tuning" else [True, False]  # prompt methods pad their batches
+    for packing in packings:
+        scored = evaluate.example_losses(model, examples, make_collator(tok, packing), 2, "cpu")
+        assert scored.tokens == expected_tokens
+        assert scored.nll == pytest.approx([a.nll[0] for a in alone], rel=1e-4)
+        assert scored.loss == pytest.approx(sum(scored.nll) / sum(scored.tokens), rel=1e-6)
+        assert evaluate.token_loss(model, examples, make_collator(tok, packing), 2, "cpu") == (
+            pytest.approx(scored.loss, rel=1e-9), sum(expected_tokens))

@@ -154,6 +154,19 @@ class Objective:
         splits = split(DATASETS.get(spec.data.name)().records(spec.data), spec.data)
         return train_subset(splits.train_pool, spec.data.n_train, spec.seed), splits.val
 
+    def test_set(self, ctx: RunContext, tokenizer) -> list[dict]:
+        """The test split of `data`, tokenized as the validation split is: scored once, after everything
+        else, and never used to choose anything. [] when `data.n_test` is 0."""
+        from harness.data import DATASETS
+        from harness.data.base import split
+        from harness.data.tokenize import encode_all
+
+        spec = ctx.spec
+        if not spec.data.n_test:
+            return []
+        splits = split(DATASETS.get(spec.data.name)().records(spec.data), spec.data)
+        return encode_all(tokenizer, splits.test, spec.data, spec.train.seq_len)
+
     def encode(self, ctx: RunContext, tokenizer, train_records: list, val_records: list[dict]):
         """(train set, validation set) tokenized with response-only labels."""
         from harness.data.tokenize import encode_all

@@ -104,15 +104,22 @@ def teacher_task_scores(scores: dict, tasks: list[str]) -> dict:
 
 def comparison(metrics: dict) -> dict:
     """compression_ratio, quality_retention_pct (teacher ppl ÷ student ppl, in %: 100 = as good),
-    quality_retention_task_pct (the mean over scored tasks of student ÷ teacher primary score, inverted
-    for a lower-is-better score) and infer_speedup (teacher decode ms/token ÷ student's), from the
+    quality_retention_task_pct (the mean over scored tasks of the student's share of the teacher's
+    primary score: chance-corrected, (S − chance) ÷ (T − chance), for a multiple-choice accuracy, so a
+    student at chance retains 0%; S ÷ T otherwise, inverted for a lower-is-better score) and infer_speedup (teacher decode ms/token ÷ student's), from the
     figures already measured."""
     out = {}
     ratios = []
     for key, teacher in metrics.items():
         if key.startswith("teacher_task.") and teacher and metrics.get(key[len("teacher_"):]):
             student = metrics[key[len("teacher_"):]]
-            ratios.append(student / teacher if primary_metric(key.split(".")[1])[1] else teacher / student)
+            task, metric = key.split(".")[1], key.split(".")[2]
+            chance = metrics.get(f"task.{task}.chance") if metric in ("acc", "acc_norm") else None
+            if chance is not None:
+                if teacher > chance:  # a teacher at chance has nothing to retain
+                    ratios.append((student - chance) / (teacher - chance))
+            else:
+                ratios.append(student / teacher if primary_metric(task)[1] else teacher / student)
     if ratios:
         out["quality_retention_task_pct"] = 100 * sum(ratios) / len(ratios)
     if metrics.get("teacher_params") and metrics.get("student_params"):

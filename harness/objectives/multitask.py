@@ -159,6 +159,10 @@ class Multitask(Objective):
     def records(self, ctx, metrics):
         return task_records(ctx.spec), validation(ctx.spec)
 
+    def test_set(self, ctx, tokenizer):
+        """None: a mixture's loss is each task's with its own adapters (a test split per task is not scored yet)."""
+        return []
+
     def encode(self, ctx, tokenizer, train_records, val_records):
         """Each task's examples, laid out in single-task micro-batches by the sampling schedule."""
         from harness.data.tokenize import encode_all
