@@ -19,12 +19,14 @@ def write_run(root: Path, experiment: str, *, method: str = "lora", seed: int = 
               eval_loss: float = 2.0, mem: float = 1000.0, params: int = 10_000, train_s: float = 60.0,
               tokens: int = 4000, env: dict | None = None, losses: list[float] | None = None,
               extra: dict | None = None, slug: str | None = None, reference: str | None = None,
-              objective: dict | None = None, overrides: dict | None = None, finished_at: str | None = None) -> str:
+              objective: dict | None = None, overrides: dict | None = None, finished_at: str | None = None,
+              examples: dict | None = None) -> str:
     """One finished run; returns its run id. `reference`: the run id of its untouched-base row.
 
     `objective`: the spec's `objective` section (sft runs have none); its name, and a distillation's loss mix,
     lead the slug as in `grid.make_slug`. `overrides`: merged into the spec's sections
-    (e.g. `{"data": {"name": "chat_health"}, "eval": {"sources": [...]}}`); the slug ignores them."""
+    (e.g. `{"data": {"name": "chat_health"}, "eval": {"sources": [...]}}`); the slug ignores them.
+    `examples`: the run's per-example scores (examples.json), as the recipe writes them."""
     method_spec = {"name": method, **({"r": r} if r is not None else {}), **({"alpha": alpha} if alpha is not None else {})}
     name = slug
     slug = method + (f"-r{r}" if r is not None else "") + (f"-a{alpha:g}" if alpha is not None else "")
@@ -56,6 +58,8 @@ def write_run(root: Path, experiment: str, *, method: str = "lora", seed: int = 
     directory = store.run_dir(experiment, run_id, root)
     directory.mkdir(parents=True)
     store.write_json_atomic(directory / "result.json", result)
+    if examples is not None:
+        store.write_json_atomic(directory / store.EXAMPLES_FILE, examples)
     with open(directory / "metrics.jsonl", "w") as fh:
         for step, loss in enumerate(losses or [eval_loss + 1, eval_loss + 0.5, eval_loss + 0.2], start=1):
             fh.write(json.dumps({"step": step, "loss": loss}) + "\n")

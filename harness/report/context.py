@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.report.datasize import DataSizeCurves, data_size_analysis
-from harness.report.frame import COSTS, FORGETTING, QUALITY, Metric, summarize, task_metrics, varied_axes
+from harness.report.examples import ExampleScores
+from harness.report.findings import Findings, assess
+from harness.report.frame import COSTS, FORGETTING, QUALITY, TEST, Metric, summarize, task_metrics, varied_axes
 
-__all__ = ["FRONT_COSTS", "ReportContext"]
+__all__ = ["FRONT_COSTS", "QUALITY_KEYS", "ReportContext"]
+
+#: the quality figures whose intervals come from per-example scores (validation and test)
+QUALITY_KEYS = {m.key for m in QUALITY + TEST}
 
 #: the costs a quality is plotted against
 FRONT_COSTS = ["peak_mem_train_mb", "trainable_params", "train_s"]
@@ -53,11 +60,46 @@ class ReportContext:
         """Quality, task scores, general forgetting (when measured) and costs: the summary table's columns."""
         df = self.df
         forgetting = [FORGETTING] if FORGETTING.key in df and df[FORGETTING.key].notna().any() else []
-        return QUALITY + self.tasks + forgetting + COSTS
+        test = [m for m in TEST if m.key in df and df[m.key].notna().any()]
+        return QUALITY + test + self.tasks + forgetting + COSTS
+
+    @cached_property
+    def examples(self) -> ExampleScores:
+        """The runs' per-example scores (examples.json), for intervals and paired comparisons."""
+        return ExampleScores(self.df, self.root)
 
     @cached_property
     def summary(self) -> pd.DataFrame:
-        return summarize(self.df, self.metrics, self.axes)
+        """`summarize`'s table, the interval of every quality figure a run kept per-example scores for taken
+        over examples (and seeds): `<key>_ci_from` says "examples" or "seeds" per row."""
+        summary = summarize(self.df, self.metrics, self.axes)
+        if summary.empty:
+            return summary
+        keys = [m.key for m in self.metrics if m.key.startswith("task.") or m.key in QUALITY_KEYS]
+        for key in keys:
+            summary[f"{key}_ci_from"] = "seeds"
+            for i, row in summary.iterrows():
+                interval = self.examples.interval(row["config"], key)
+                if interval is not None:
+                    summary.loc[i, [f"{key}_ci_low", f"{key}_ci_high", f"{key}_ci_from"]] = [
+                        interval.low, interval.high, "examples" if row["n_seeds"] == 1 else "examples and seeds"]
+        if FORGETTING.key in {m.key for m in self.metrics}:
+            self._forgetting_intervals(summary)
+        return summary
+
+    def _forgetting_intervals(self, summary: pd.DataFrame) -> None:
+        """forgetting % against the run's own base, with the paired interval over general_ppl's documents."""
+        key = "task.general_ppl.word_perplexity"
+        col = FORGETTING.key
+        summary[f"{col}_ci_from"] = "seeds"
+        for i, row in summary[~summary["reference"]].iterrows():
+            base = row.get("reference_config")
+            if not isinstance(base, str):
+                base = summary.loc[summary["reference"], "config"].iloc[0] if summary["reference"].any() else None
+            diff = self.examples.difference(row["config"], base, key) if base else None
+            if diff is not None and np.isfinite(diff.low):
+                summary.loc[i, [f"{col}_ci_low", f"{col}_ci_high", f"{col}_ci_from"]] = [
+                    100 * math.expm1(diff.low), 100 * math.expm1(diff.high), "examples"]
 
     @property
     def quality(self) -> Metric:
@@ -67,6 +109,11 @@ class ReportContext:
     @property
     def costs(self) -> list[Metric]:
         return [m for m in COSTS if m.key in FRONT_COSTS]
+
+    @cached_property
+    def findings(self) -> Findings:
+        """The findings and their corrected comparisons (the findings section and the trust box read them)."""
+        return assess(self.df, self.summary, self.quality, self.costs, self.tasks, self.examples)
 
     @cached_property
     def data_size(self) -> DataSizeCurves | None:

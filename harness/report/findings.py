@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from harness.contention import EVIDENCE_KEYS
-from harness.report.frame import FORGETTING, Metric, contended, device_figure, ok_runs, reference_value, summarize
-from harness.report.stats import pareto_mask, welch_p
+from harness.metrics import METRICS
+from harness.report.examples import ExampleScores
+from harness.report.frame import (FORGETTING, TEST, Metric, contended, device_figure, ok_runs, reference_value,
+                                  summarize)
+from harness.report.stats import (PairedDiff, holm, minimum_detectable_difference, paired_t_p, pareto_mask,
+                                  welch_p)
 
 ALPHA = 0.05
+#: the test-split twin of a validation figure
+TEST_OF = {"eval_loss": TEST[0], "eval_ppl": TEST[1]}
 BUDGET_COLUMNS = ["train.micro_batch", "train.grad_accum", "train.seq_len", "train.max_steps", "train.epochs"]
 VERSION_COLUMNS = ["env.git_sha", "env.git_dirty", "env.torch", "env.transformers", "env.peft",
                    "env.bitsandbytes", "env.accelerate", "env.datasets", "env.python"]
@@ -41,28 +48,19 @@ def _mem(mib: float) -> str:
     return f"{mib / 1024:.2f} GB" if mib >= 1024 else f"{mib:.0f} MiB"
 
 
-def compare(runs: pd.DataFrame, a: str, b: str, quality: Metric, cost: Metric) -> str | None:
-    """`a` against `b`: the cost difference, then the quality difference with its significance."""
-    qa, qb = _seeds(runs, a, quality.key), _seeds(runs, b, quality.key)
-    ca, cb = _seeds(runs, a, cost.key), _seeds(runs, b, cost.key)
-    if not (qa and qb and ca and cb):
-        return None
+def _cost_text(a: str, b: str, ca: list[float], cb: list[float], cost: Metric) -> str:
+    """`a` against `b` on a cost, in words."""
     cost_pct = _pct(np.mean(ca), np.mean(cb))
     fmt = _mem if cost.key.startswith("peak_mem") else (lambda v: f"{v:.1f} s") if cost.key == "train_s" else cost.format
     ratio = np.mean(ca) / np.mean(cb) if np.mean(cb) else math.nan
     if np.isfinite(ratio) and 0 < ratio and (ratio < 0.1 or ratio > 10):  # "100% less" hides a 200-fold difference
         factor = 1 / ratio if ratio < 1 else ratio
-        cost_text = (f"{a} used {factor:.0f}× {'less' if ratio < 1 else 'more'} {cost.phrase} than {b} "
-                     f"({fmt(np.mean(ca))} vs {fmt(np.mean(cb))})")
-    elif abs(cost_pct) < 0.5:
-        cost_text = f"{a} used about the same {cost.phrase} as {b} ({fmt(np.mean(ca))})"
-    else:
-        cost_text = (f"{a} used {abs(cost_pct):.0f}% {'less' if cost_pct < 0 else 'more'} {cost.phrase} than {b} "
-                     f"({fmt(np.mean(ca))} vs {fmt(np.mean(cb))})")
-    q_pct = _pct(np.mean(qa), np.mean(qb))
-    direction = "higher" if q_pct > 0 else "lower"
-    return (f"{cost_text}; its {quality.label} was {abs(q_pct):.1f}% {direction} "
-            f"({quality.format(np.mean(qa))} vs {quality.format(np.mean(qb))}), {significance(qa, qb)}.")
+        return (f"{a} used {factor:.0f}× {'less' if ratio < 1 else 'more'} {cost.phrase} than {b} "
+                f"({fmt(np.mean(ca))} vs {fmt(np.mean(cb))})")
+    if abs(cost_pct) < 0.5:
+        return f"{a} used about the same {cost.phrase} as {b} ({fmt(np.mean(ca))})"
+    return (f"{a} used {abs(cost_pct):.0f}% {'less' if cost_pct < 0 else 'more'} {cost.phrase} than {b} "
+            f"({fmt(np.mean(ca))} vs {fmt(np.mean(cb))})")
 
 
 def pareto_members(summary: pd.DataFrame, quality: Metric, cost: Metric) -> list[str]:
@@ -78,58 +76,242 @@ def pareto_members(summary: pd.DataFrame, quality: Metric, cost: Metric) -> list
     return front["config"].tolist()
 
 
-def findings(df: pd.DataFrame, summary: pd.DataFrame, quality: Metric, costs: list[Metric],
-             tasks: list[Metric]) -> list[str]:
-    """Short sentences a reader can act on: the best, the fronts, each front member against the best.
+@dataclass
+class Comparison:
+    """One quality comparison the findings make, A − B, and what the family's correction made of it.
 
-    Memory and time (`device_figure`) are compared over the runs nobody competed with only: a
-    contended run (`env.contended`) keeps its quality, not its say in what is faster or smaller."""
+    `diff` is on the ratio scale (loss for a perplexity, the score itself otherwise); `source` says what
+    its interval and p-value rest on."""
+
+    a: str
+    b: str
+    metric: Metric
+    diff: PairedDiff | None = None
+    p: float = math.nan
+    source: str = ""
+    p_adjusted: float = math.nan
+    family: int = 0
+
+    @property
+    def decided(self) -> bool:
+        """The difference holds after the family's correction."""
+        return bool(np.isfinite(self.p_adjusted) and self.p_adjusted < ALPHA)
+
+    @property
+    def tested(self) -> bool:
+        return bool(np.isfinite(self.p))
+
+    def _on_scale(self, v: float) -> str:
+        """A difference in the metric's own terms: % for a perplexity (exp of a loss difference)."""
+        if _is_ppl(self.metric):
+            return f"{100 * math.expm1(v):+.1f}%"
+        return f"{v * self.metric.scale:+.3f}"
+
+    def detectable(self) -> str:
+        """The smallest difference this comparison could detect (80% power, at the corrected level)."""
+        if self.diff is None or not np.isfinite(self.diff.se) or self.diff.se <= 0:
+            return ""
+        mdd = minimum_detectable_difference(self.diff.se, ALPHA / max(self.family, 1))
+        return f"; it could detect a difference of about ±{self._on_scale(mdd).lstrip('+')} at 80% power"
+
+    def verdict(self) -> str:
+        """How the comparison reads after correction, as a clause."""
+        if not self.tested:
+            return ("no test possible (one seed and no per-example scores)" if self.diff is None
+                    else "no test possible")
+        interval = (f"95% CI of {self.a} − {self.b}: {self._on_scale(self.diff.low)} to "
+                    f"{self._on_scale(self.diff.high)}, " if self.diff is not None and np.isfinite(self.diff.low) else "")
+        where = f"{interval}{self.source}, Holm-adjusted p={self.p_adjusted:.2g} over {self.family} comparisons"
+        if self.decided:
+            return f"a real difference ({where})"
+        return f"indistinguishable at this budget ({where}{self.detectable()})"
+
+
+def _is_ppl(metric: Metric) -> bool:
+    return metric.key.endswith("_ppl") or metric.key.endswith("perplexity")
+
+
+def _test(runs: pd.DataFrame, examples: ExampleScores | None, a: str, b: str, metric: Metric) -> Comparison:
+    """A against B on `metric`: paired over examples (and seeds) when the runs kept per-example scores;
+    else a paired t-test over the seeds both ran (seeds share data order); else no test."""
+    key = "eval_loss" if metric.key == "eval_ppl" else "test_loss" if metric.key == "test_ppl" else metric.key
+    diff = examples.difference(a, b, key) if examples is not None else None
+    if diff is not None and np.isfinite(diff.p):
+        seeds = f" and {diff.seeds} seeds" if diff.seeds > 1 else ""
+        return Comparison(a, b, metric, diff, diff.p, f"paired bootstrap over {diff.n} examples{seeds}")
+    sa, sb = _by_seed(runs, a, key), _by_seed(runs, b, key)
+    shared = sorted(set(sa) & set(sb))
+    p = paired_t_p([sa[s] for s in shared], [sb[s] for s in shared])
+    return Comparison(a, b, metric, None, p, f"paired t-test over {len(shared)} seeds")
+
+
+def _by_seed(runs: pd.DataFrame, config: str, key: str) -> dict:
+    rows = runs[runs["config"] == config]
+    if key not in rows or "seed" not in rows:
+        return {}
+    values = pd.to_numeric(rows[key], errors="coerce")
+    return {int(s): float(v) for s, v in zip(rows["seed"], values) if np.isfinite(v)}
+
+
+def correct(comparisons: list[Comparison]) -> None:
+    """Holm's step-down correction over the comparisons that could be tested (the report's family)."""
+    tested = [c for c in comparisons if c.tested]
+    for c, p in zip(tested, holm([c.p for c in tested])):
+        c.p_adjusted, c.family = float(p), len(tested)
+
+
+@dataclass
+class Findings:
+    """The findings' sentences and the comparisons behind them (their family, corrected together)."""
+
+    bullets: list[str] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    @property
+    def tested(self) -> int:
+        return sum(c.tested for c in self.comparisons)
+
+    @property
+    def survived(self) -> int:
+        return sum(c.decided for c in self.comparisons)
+
+
+def _interval_text(row, metric: Metric) -> str:
+    low, high = row.get(f"{metric.key}_ci_low"), row.get(f"{metric.key}_ci_high")
+    if low is None or not (np.isfinite(low) and np.isfinite(high)):
+        return ""
+    source = row.get(f"{metric.key}_ci_from")
+    over = {"examples": "over examples", "examples and seeds": "over examples and seeds"}.get(
+        source, f"over {int(row['n_seeds'])} seeds")
+    return f", 95% CI {metric.format(low)}–{metric.format(high)} {over}"
+
+
+def _value_text(row, metric: Metric) -> str:
+    n = int(row["n_seeds"])
+    return (metric.format(row[f"{metric.key}_mean"]) + _interval_text(row, metric)
+            + (", single seed" if n == 1 else f", {n} seeds"))
+
+
+def assess(df: pd.DataFrame, summary: pd.DataFrame, quality: Metric, costs: list[Metric], tasks: list[Metric],
+           examples: ExampleScores | None = None) -> Findings:
+    """Short sentences a reader can act on, and the comparisons behind them.
+
+    The best configuration is chosen on the validation split (`quality`) and its test-split figure is given
+    beside it. Every quality claim "A is better than B" (the best against the runner-up, each Pareto member
+    against the best, each task's best against its runner-up) is one comparison of a family corrected
+    together by Holm's method; a claim is made only when its corrected p-value is under ALPHA, otherwise
+    the two are called indistinguishable at this budget, with the smallest difference the comparison could
+    have detected. Memory and time (`device_figure`) are compared over the runs nobody competed with only:
+    a contended run (`env.contended`) keeps its quality, not its say in what is faster or smaller."""
+    out = Findings()
     runs = ok_runs(df)
     busy = contended(runs)
     clean_runs = runs[~busy]
     clean_summary = summarize(clean_runs, [quality, *costs], []) if busy.any() else summary
     rows = summary[~summary["reference"]].dropna(subset=[f"{quality.key}_mean"]) if not summary.empty else summary
     if rows.empty:
-        return ["No finished run to compare."]
-    best_row = rows.sort_values(f"{quality.key}_mean", ascending=quality.lower_is_better).iloc[0]
+        out.bullets.append("No finished run to compare.")
+        return out
+    ranked = rows.sort_values(f"{quality.key}_mean", ascending=quality.lower_is_better)
+    best_row = ranked.iloc[0]
     best = best_row["config"]
-    n = int(best_row["n_seeds"])
-    out = [f"Best {quality.label}: {best} ({quality.format(best_row[f'{quality.key}_mean'])}"
-           + (f", 95% CI {quality.format(best_row[f'{quality.key}_ci_low'])}–"
-              f"{quality.format(best_row[f'{quality.key}_ci_high'])} over {n} seeds)" if n > 1 else ", single seed)")]
+    comparisons: list[tuple[str, Comparison]] = []  # (role, comparison), made in the order they are read
+    if len(ranked) > 1:
+        comparisons.append(("runner-up", _test(runs, examples, ranked.iloc[1]["config"], best, quality)))
+    fronts = []
     for cost in costs:
         timed = device_figure(cost.key)
         cost_summary, cost_runs = (clean_summary, clean_runs) if timed else (summary, runs)
         front = pareto_members(cost_summary, quality, cost) if not cost_summary.empty else []
-        if len(front) > 1:
-            out.append(f"Pareto front of {quality.label} against {cost.label} (cheapest first): {', '.join(front)}.")
+        fronts.append((cost, front, cost_runs))
         for member in front:
-            if member != best:
-                sentence = compare(cost_runs, member, best, quality, cost)
-                if sentence and sentence not in out:
-                    out.append(sentence)
+            if member != best and not any(c.a == member and c.metric == quality for _, c in comparisons):
+                comparisons.append(("front", _test(runs, examples, member, best, quality)))
+    task_tops = []
+    for task in primary_scores(tasks):
+        col = f"{task.key}_mean"
+        if col in rows and rows[col].notna().any() and task.lower_is_better is not None:
+            by_task = rows.dropna(subset=[col]).sort_values(col, ascending=task.lower_is_better)
+            versus = (_test(runs, examples, by_task.iloc[1]["config"], by_task.iloc[0]["config"], task)
+                      if len(by_task) > 1 else None)
+            task_tops.append((task, by_task.iloc[0], versus))
+            if versus is not None:
+                comparisons.append(("task", versus))
+    correct([c for _, c in comparisons])
+    out.comparisons = [c for _, c in comparisons]
+
+    test = TEST_OF.get(quality.key)
+    test_text = (f"; on the test split, which chose nothing, {test.label} {_value_text(best_row, test)}"
+                 if test is not None and np.isfinite(best_row.get(f"{test.key}_mean", math.nan)) else "")
+    head = f"Best {quality.label}: {best} ({_value_text(best_row, quality)}){test_text}."
+    runner = next((c for role, c in comparisons if role == "runner-up"), None)
+    if runner is not None and runner.tested and not runner.decided:
+        head += (f" It is not distinguishable from the runner-up {runner.a}: {runner.verdict()} — no single "
+                 f"winner at this budget.")
+    elif runner is not None and runner.decided:
+        head += f" It beats the runner-up {runner.a}: {runner.verdict()}."
+    elif runner is not None:
+        head += f" Against the runner-up {runner.a}: {runner.verdict()}."
+    out.bullets.append(head)
+    by_member = {c.a: c for role, c in comparisons if role in ("front", "runner-up") and c.metric == quality}
+    for cost, front, cost_runs in fronts:
+        if len(front) > 1:
+            out.bullets.append(f"Pareto front of {quality.label} against {cost.label} (cheapest first): "
+                               f"{', '.join(front)}.")
+        for member in front:
+            if member == best:
+                continue
+            ca, cb = _seeds(cost_runs, member, cost.key), _seeds(cost_runs, best, cost.key)
+            qa, qb = _seeds(runs, member, quality.key), _seeds(runs, best, quality.key)
+            if not (ca and cb and qa and qb):
+                continue
+            q_pct = _pct(np.mean(qa), np.mean(qb))
+            sentence = (f"{_cost_text(member, best, ca, cb, cost)}; its {quality.label} was {abs(q_pct):.1f}% "
+                        f"{'higher' if q_pct > 0 else 'lower'} ({quality.format(np.mean(qa))} vs "
+                        f"{quality.format(np.mean(qb))}): {by_member[member].verdict()}.")
+            if sentence not in out.bullets:
+                out.bullets.append(sentence)
     if busy.any() and any(device_figure(c.key) for c in costs):
         slugs = runs.loc[busy, "slug"].tolist()
         its = "their" if len(slugs) != 1 else "its"
-        out.append(f"{len(slugs)} contended run{'s' * (len(slugs) != 1)} ({', '.join(slugs[:8])}"
-                   f"{' …' if len(slugs) > 8 else ''}) left out of the memory and time comparisons: processes outside "
-                   f"the sweep competed for {its} hardware ({its} quality figures stay; `ftbench show RUN` gives the "
-                   f"evidence).")
-    for task in tasks:
+        out.bullets.append(f"{len(slugs)} contended run{'s' * (len(slugs) != 1)} ({', '.join(slugs[:8])}"
+                           f"{' …' if len(slugs) > 8 else ''}) left out of the memory and time comparisons: processes "
+                           f"outside the sweep competed for {its} hardware ({its} quality figures stay; `ftbench show "
+                           f"RUN` gives the evidence).")
+    for task, top, versus in task_tops:
         col = f"{task.key}_mean"
-        if col in rows and rows[col].notna().any() and task.lower_is_better is not None:
-            top = rows.sort_values(col, ascending=task.lower_is_better).iloc[0]
-            base_value = reference_value(summary, top, col)
-            base = f"; its untouched base scored {task.format(base_value)}" if np.isfinite(base_value) else ""
-            out.append(f"Best {task.label}: {top['config']} ({task.format(top[col])}){base}.")
+        base_value = reference_value(summary, top, col)
+        base = f"; its untouched base scored {task.format(base_value)}" if np.isfinite(base_value) else ""
+        against = f" Against the runner-up {versus.a}: {versus.verdict()}." if versus is not None else ""
+        out.bullets.append(f"Best {task.label}: {top['config']} ({_value_text(top, task)}){base}.{against}")
     col = f"{FORGETTING.key}_mean"
     if col in rows and rows[col].notna().any():
         worse_high = FORGETTING.lower_is_better
         worst = rows.loc[rows[col].idxmax() if worse_high else rows[col].idxmin()]
         least = rows.loc[rows[col].idxmin() if worse_high else rows[col].idxmax()]
-        out.append(f"Forgetting (general-text perplexity against the untouched base): most {worst['config']} "
-                   f"({FORGETTING.format(worst[col])}%), least {least['config']} ({FORGETTING.format(least[col])}%).")
+        out.bullets.append(f"Forgetting (general-text perplexity against the untouched base, in %): most "
+                           f"{worst['config']} ({_value_text(worst, FORGETTING)}), least {least['config']} "
+                           f"({_value_text(least, FORGETTING)}); an interval that contains 0 is no evidence of "
+                           f"forgetting.")
     return out
+
+
+def primary_scores(tasks: list[Metric]) -> list[Metric]:
+    """One score per task, the one a claim is made on: its declared primary metric (built-in tasks declare it
+    exactly), else its first score."""
+    out: dict[str, Metric] = {}
+    for task in tasks:
+        name = task.key.split(".")[1]
+        declared = METRICS.lookup(task.key)
+        if name not in out or (declared is not None and not declared.is_pattern):
+            out[name] = task
+    return list(out.values())
+
+
+def findings(df: pd.DataFrame, summary: pd.DataFrame, quality: Metric, costs: list[Metric],
+             tasks: list[Metric], examples: ExampleScores | None = None) -> list[str]:
+    """The sentences of `assess`."""
+    return assess(df, summary, quality, costs, tasks, examples).bullets
 
 
 def failures(df: pd.DataFrame) -> pd.DataFrame:

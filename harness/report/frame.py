@@ -51,9 +51,15 @@ class Metric:
         return self.fmt.format(value * self.scale)
 
 
+#: on the validation split: what every choice of a best is made on
 QUALITY = [
     Metric("eval_loss", "eval loss", "{:.3f}"),
     Metric("eval_ppl", "eval ppl", "{:.2f}"),
+]
+#: on the test split: reported beside the validation figures, never used to choose
+TEST = [
+    Metric("test_loss", "test loss", "{:.3f}"),
+    Metric("test_ppl", "test ppl", "{:.2f}"),
 ]
 COSTS = [
     Metric("peak_mem_train_mb", "peak train MiB", "{:.0f}", noun="peak training memory"),

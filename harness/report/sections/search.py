@@ -23,8 +23,15 @@ def search_section(ctx: ReportContext) -> list[Section]:
                                   "--storage or $FTBENCH_STORAGE.")
         return [section]
     trials = search.trials_frame(study, info)
+    objectives = {o["metric"] for o in info["objectives"]}
+    if "test_loss" in ctx.df and not objectives & {"test_loss", "test_ppl"} and len(trials):
+        # the study chose on its objectives (validation); the test split is shown beside them, never chosen on
+        test = dict(zip(ctx.df["run_id"], ctx.df["test_loss"]))
+        trials.insert(len(info["objectives"]) + 2, "test_loss (not searched)", trials["run"].map(test))
     counts = trials["state"].value_counts().to_dict() if len(trials) else {}
     section.paragraphs.append(f"{len(trials)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) + ".")
     section.figures.extend(search.figures(study, info))
-    section.tables.append(frame_table(trials, "Every trial of the study", {o["metric"]: "{:.4g}" for o in info["objectives"]}))
+    fmt = {o["metric"]: "{:.4g}" for o in info["objectives"]} | {"test_loss (not searched)": "{:.4g}"}
+    section.tables.append(frame_table(trials, "Every trial of the study: its objectives on the validation split, "
+                                              "the test split's loss beside them", fmt))
     return [section]

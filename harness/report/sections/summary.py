@@ -7,11 +7,11 @@ import pandas as pd
 from harness.report.columns import missing
 from harness.report.context import ReportContext
 from harness.report.document import Cell, Section, Table, busy_note, metric_cell, sortable
-from harness.report.frame import Metric, best_rows, device_figure
+from harness.report.frame import TEST, Metric, best_rows, device_figure
 from harness.report.semantics import measurement_note
 from harness.report.sections.base import register
 
-__all__ = ["metrics_table", "superseded_note"]
+__all__ = ["best_per_method", "metrics_table", "superseded_note"]
 
 
 def metrics_table(summary: pd.DataFrame, metrics: list[Metric], caption: str, axes: list[str]) -> Table:
@@ -35,6 +35,28 @@ def metrics_table(summary: pd.DataFrame, metrics: list[Metric], caption: str, ax
     return table
 
 
+def best_per_method(summary: pd.DataFrame, quality: Metric, test: Metric) -> Table | None:
+    """Each method's best configuration over its variants, chosen on the validation split, with its test
+    figure beside it (an optimistic validation figure is what choosing among many variants gives); None when
+    no method has more than one configuration."""
+    rows = summary[~summary["reference"]] if "method.name" in summary else summary.iloc[0:0]
+    col = f"{quality.key}_mean"
+    if rows.empty or col not in rows or rows.groupby(rows["method.name"].astype(str)).size().max() < 2:
+        return None
+    out = []
+    for method, group in rows.groupby(rows["method.name"].astype(str), sort=False):
+        group = group.dropna(subset=[col]).sort_values(col, ascending=quality.lower_is_better)
+        if group.empty:
+            continue
+        top = group.iloc[0]
+        out.append([Cell(method, method), Cell(top["config"], top["config"]), Cell(str(len(group)), len(group)),
+                    metric_cell(top, quality, False), metric_cell(top, test, False) if f"{test.key}_mean" in top
+                    else Cell("–")])
+    return Table("Each method's best variant: chosen on the validation split, reported on the test split",
+                 ["method", "chosen configuration", "variants", f"{quality.label} (validation, chose)",
+                  f"{test.label} (test, reported)"], out)
+
+
 def superseded_note(superseded: dict) -> str:
     """One sentence on the runs of earlier settings that the report leaves out."""
     n = sum(count for count, _ in superseded.values())
@@ -54,7 +76,11 @@ def summary_section(ctx: ReportContext) -> list[Section]:
     intro = Section("Summary", paragraphs=[
         f"{len(df)} runs ({(df['status'] == 'ok').sum()} ok) in {df['config'].nunique()} configurations. "
         f"Varied: {', '.join(ctx.axes) or 'nothing'}. Each cell is the mean over seeds ± the half-width of its 95% "
-        f"Student-t interval (no interval with one seed); the best value of each column is in bold."])
+        f"interval: for quality figures (loss, perplexity, task scores) a bootstrap over the examples they average, "
+        f"and over seeds too when there are several, wherever the runs kept per-example scores; otherwise, and for "
+        f"costs, a Student-t interval over seeds (none with one seed). 'eval' figures are on the validation split, "
+        f"which every choice of a best is made on; 'test' figures on the test split, which chooses nothing. The "
+        f"best value of each column is in bold."])
     if summary.get("infer_decode_ms_per_token_mean", pd.Series(dtype=float)).notna().any():
         intro.paragraphs[0] += (" A run's decode latency is the median over its latency prompts × repeats, the IQR "
                                 "column the spread of those samples (p75 − p25); 'merged' is the same after merging "
@@ -67,4 +93,7 @@ def summary_section(ctx: ReportContext) -> list[Section]:
     if not summary.empty:
         intro.tables.append(metrics_table(summary, ctx.metrics, "One row per configuration (grid point minus seed)",
                                           ctx.axes))
+        per_method = best_per_method(summary, ctx.quality, TEST[1])
+        if per_method is not None:
+            intro.tables.append(per_method)
     return [intro]
