@@ -17,20 +17,21 @@ RAY_ADDRESS ?=
 SET_FLAGS := $(foreach s,$(SET),--set $(s))
 EXEC_FLAGS := $(if $(filter-out local,$(EXECUTOR)),--executor $(EXECUTOR)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 
-.PHONY: install sweep dry-run ls show eval search report transfer test test-fast bench bench-search bench-ray clean help
+.PHONY: install sweep dry-run ls show eval search report transfer test test-fast faults bench bench-search bench-ray clean help
 
 help:
 	@echo "make sweep EXP=name [SET=\"k=v ...\"] [ARGS=\"--workers 2\"]  run an experiment grid"
 	@echo "make sweep EXP=name EXECUTOR=ray [RAY_ADDRESS=auto]     the same on a Ray cluster (pip install .[distributed])"
 	@echo "make dry-run EXP=name                         print the expanded grid, run nothing"
 	@echo "make ls EXP=name                              one line per finished run"
-	@echo "make show RUN=run_id                          the whole record of one run"
+	@echo "make show RUN=[exp/]run_id                    the whole record of one run"
 	@echo "make eval EXP=name [TASKS=a,b] [ARGS=...]     score finished runs on tasks they lack (one base load)"
 	@echo "make search SWEEP=name [TRIALS=n] [STORAGE=url]  Optuna search from sweeps/name.yaml (workers join one study)"
 	@echo "make report EXP=name [PRICE=2.0] [ARGS=...]   reports/EXP/report.html, report.md, summary.csv"
 	@echo "make report SWEEP=name [STORAGE=url]          the same for a search, with its study section"
 	@echo "make transfer EXP=name                        print the transfer matrix (rows trained on, columns scored on)"
 	@echo "make test                                     the test suite (CPU, minutes)"
+	@echo "make faults                                   only the fault tests (damaged store, full disk, killed runs)"
 	@echo "make bench                                    speed/memory figures"
 	@echo "make bench-search                             TPE+pruning against the rank_alpha grid, same step budget (135M)"
 	@echo "make bench-ray                                smoke sweep: local executor vs Ray with 2 workers, Ray's overhead per run"
@@ -88,6 +89,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not ray" $(ARGS)
+
+# the store under faults (issue 19): damaged records, a full disk, an unusable results root, killed runs;
+# `make test` runs it too
+faults: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_faults.py $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(ARGS)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import ConfigError
@@ -33,23 +34,34 @@ def _experiment_path(name: str) -> Path:
 
 def cmd_run(args) -> int:
     from harness import store
-    from harness.config import load_experiment
+    from harness.config import in_file_order, load_experiment
     from harness.plan import plan_experiment
     from harness.plugins import import_plugins
     from harness.report.table import runs_table
 
+    _check_counts(args)
     console = _console()
     path = _experiment_path(args.experiment)
-    experiment = load_experiment(path)
-    import_plugins(experiment.plugins, base=path.parent, file=str(path))
+    experiment = load_experiment(path, strict=False)  # its top-level problems come with the grid's, in one message
+    try:  # on --dry-run too: a plugin registers the methods and datasets the grid names
+        import_plugins(experiment.plugins, base=path.parent, file=str(path))
+    except ConfigError as exc:
+        raise ConfigError(in_file_order([*experiment.problems, *exc.problems], experiment.lines, str(path))) from None
     root = Path(args.results) if args.results else store.results_root()
-    plan = plan_experiment(experiment, args.set, file=str(path), root=root)
+    if not args.dry_run and not experiment.problems:  # a store that cannot take results stops the sweep here
+        store.check_writable(store.experiment_dir(experiment.name, root), flag="--results" if args.results else "")
+    plan = plan_experiment(experiment, args.set, file=str(path), root=root, max_runs=args.max_runs)
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     specs = plan.specs
     if args.dry_run:
         statuses = [store.status_of(store.run_dir(s.experiment, s.run_id, root)) for s in specs]
         console.print(_grid_table(specs, statuses))
+        for s, status in zip(specs, statuses):
+            if status == store.DAMAGED:
+                damage = store.inspect(store.run_dir(s.experiment, s.run_id, root))[1]
+                console.print(f"[yellow]damaged:[/] {s.slug} {s.run_id}: {escape(damage)} (archived and rerun by "
+                              f"the sweep)", highlight=False)
         counts = {}
         for st in statuses:
             counts[st] = counts.get(st, 0) + 1
@@ -64,6 +76,17 @@ def cmd_run(args) -> int:
     if bad:
         console.print(f"[red]{len(bad)} of {len(results)} runs did not finish ok[/] (see `ftbench show RUN_ID`)")
     return 1 if bad else 0
+
+
+def _check_counts(args) -> None:
+    """`--workers` and `--max-runs` must be positive (checked before anything is read).
+
+    Raises:
+        ConfigError: zero or a negative count.
+    """
+    for flag, value in (("--workers", getattr(args, "workers", None)), ("--max-runs", getattr(args, "max_runs", None))):
+        if value is not None and value < 1:
+            raise ConfigError.one("", flag, f"must be a positive integer, but got {value}")
 
 
 def _executor(args, experiment, root: Path, **ray_options):
@@ -99,6 +122,13 @@ def _add_executor_flags(parser: argparse.ArgumentParser) -> None:
                              "--retry-failed); default: on with GPUs, off on CPU")
 
 
+def _add_max_runs(parser: argparse.ArgumentParser, what: str) -> None:
+    from harness.inputs import MAX_RUNS
+
+    parser.add_argument("--max-runs", type=int, default=MAX_RUNS, metavar="N",
+                        help=f"the most {what}; more is refused before anything is built (default {MAX_RUNS})")
+
+
 def _grid_table(specs, statuses: list[str]) -> Table:
     axes = list(dict.fromkeys(k for s in specs for k in s.varied))
     table = Table(header_style="bold")
@@ -116,22 +146,37 @@ def cmd_ls(args) -> int:
 
     root = Path(args.results) if args.results else store.results_root()
     results = store.iter_results(args.experiment, root)
-    if not results:
+    others = store.incomplete(args.experiment, root)
+    if not results and not others:
         print(f"no finished runs for experiment `{args.experiment}` under {root}", file=sys.stderr)
         return 2
-    _console().print(runs_table(results, title=f"{args.experiment}: {len(results)} runs"))
-    return 0
+    console = _console()
+    if results:
+        console.print(runs_table(results, title=f"{args.experiment}: {len(results)} runs"))
+    for run in others:  # damaged records and unfinished runs: listed, never a reason to stop
+        console.print(f"{run.state:>10} {run.slug}  {run.run_id}: {run.reason}", highlight=False, markup=False)
+    return 0 if results else 2
 
 
 def cmd_show(args) -> int:
     from harness import store
 
     root = Path(args.results) if args.results else store.results_root()
-    directory = store.find_run(args.run_id, root)
-    if directory is None:
-        print(f"no run `{args.run_id}` under {root}", file=sys.stderr)
+    experiment, _, run = args.run_id.rpartition("/")
+    found = store.match_runs(run, root, experiment=experiment or None)
+    if not found:
+        where = f"experiment `{experiment}` under {root}" if experiment else str(root)
+        print(f"no run `{run}` in {where}", file=sys.stderr)
         return 2
-    result = store.read_result(directory)
+    if len(found) > 1:
+        print(f"`{args.run_id}` is ambiguous: it names {len(found)} runs; pass one as EXP/RUN_ID:\n"
+              + "\n".join(f"  {d.parent.name}/{d.name}" for d in found), file=sys.stderr)
+        return 2
+    [directory] = found
+    result, damage = store.inspect(directory)
+    if damage:
+        print(f"{directory}: damaged ({damage})", file=sys.stderr)
+        return 1
     if result is None:
         print(f"{directory}: unfinished (no result.json)", file=sys.stderr)
         return 1
@@ -200,6 +245,7 @@ def cmd_eval(args) -> int:
 
 def cmd_report(args) -> int:
     from harness import store
+    from harness.inputs import inside
     from harness.report.build import build
     from harness.report.render import write
 
@@ -208,20 +254,44 @@ def cmd_report(args) -> int:
     if args.price_per_hour < 0:
         raise ConfigError.one("", "--price-per-hour", f"must be ≥ 0, but got {args.price_per_hour}")
     if not store.iter_results(experiment, root):
-        print(f"no finished runs for experiment `{experiment}` under {root}: run `make sweep EXP={experiment}` first",
-              file=sys.stderr)
+        damaged = sum(r.state == store.DAMAGED for r in store.incomplete(experiment, root))
+        print(f"no finished runs for experiment `{experiment}` under {root}"
+              + (f" ({damaged} damaged: `ftbench ls {experiment}` lists them)" if damaged else "")
+              + f": run `make sweep EXP={experiment}` first", file=sys.stderr)
         return 2
     report = build(experiment, root, price_per_hour=args.price_per_hour, target_loss=args.target_loss,
-                   storage=args.storage)
-    paths = write(report, Path(args.out) / experiment)
+                   storage=args.storage, expected=_expected_runs(args.experiment, root))
+    paths = write(report, inside(args.out, experiment, field="--out"))
     console = _console()
     for kind, path in paths.items():
         console.print(f"{kind:>8}: {path}")
+    if report.absent:
+        counts = {}
+        for row in report.absent:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        console.print("[yellow]" + ", ".join(f"{n} {state}" for state, n in counts.items())
+                      + " run(s) are not in this report: see its Failures section[/]")
     for section in report.sections:
         if section.title == "Findings":
             for line in section.bullets[:6]:
                 console.print(f"  • {line}", highlight=False, markup=False)
     return 0
+
+
+def _expected_runs(experiment: str, root: Path) -> list | None:
+    """The runs an experiment file plans (reference rows included), to name those the store lacks; None
+    when only a name was given, or when the file no longer expands without its plugins (never imported here)."""
+    path = Path(experiment)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return None
+    from harness.config import load_experiment
+    from harness.grid import expand
+    from harness.plan import build_plan
+
+    try:
+        return build_plan(expand(load_experiment(path)), file=str(path), root=root, check=False).specs
+    except (ConfigError, KeyError, ValueError):  # e.g. a plugin's method: the report goes on without the grid
+        return None
 
 
 def cmd_transfer(args) -> int:
@@ -265,12 +335,19 @@ def cmd_search(args) -> int:
     from harness.search import Search, load_sweep, sweep_path
     from harness.search.study import default_storage, public_url
 
+    _check_counts(args)
     if args.trials is not None and args.trials < 1:
         raise ConfigError.one("", "--trials", f"must be >= 1, but got {args.trials}")
     if args.timeout is not None and args.timeout <= 0:
         raise ConfigError.one("", "--timeout", f"must be > 0 seconds, but got {args.timeout}")
     sweep = load_sweep(sweep_path(args.sweep))
+    trials = args.trials or sweep.n_trials
+    if trials > args.max_runs:
+        raise ConfigError.one(sweep.file if args.trials is None else "", "n_trials" if args.trials is None else "--trials",
+                              f"{trials:,} trials are more than the {args.max_runs:,} runs allowed; pass "
+                              f"`--max-runs {trials}` if you mean it")
     root = Path(args.results) if args.results else store.results_root()
+    store.check_writable(store.experiment_dir(sweep.name, root), flag="--results" if args.results else "")
     storage = args.storage or os.environ.get("FTBENCH_STORAGE") or default_storage(root, sweep.name)
     search = Search(sweep, storage_url=storage, root=root, study_name=args.study_name)  # checks every sampled method first
     console = _console()
@@ -345,14 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="rerun finished runs (old results are archived)")
     run.add_argument("--retry-failed", action="store_true", help="rerun failed/oom/diverged runs")
     run.add_argument("--results", default=None, help="results root (default: $FTBENCH_RESULTS or ./results)")
+    _add_max_runs(run, "grid points (runs) an experiment may expand to")
     _add_executor_flags(run)
     run.set_defaults(func=cmd_run)
     ls = sub.add_parser("ls", help="one line per finished run of an experiment")
     ls.add_argument("experiment")
     ls.add_argument("--results", default=None)
     ls.set_defaults(func=cmd_ls)
-    show = sub.add_parser("show", help="the whole record of one run (id, slug or hash)")
-    show.add_argument("run_id")
+    show = sub.add_parser("show", help="the whole record of one run (id, slug or hash; EXP/RUN picks the experiment)")
+    show.add_argument("run_id", metavar="[EXP/]RUN")
     show.add_argument("--results", default=None)
     show.set_defaults(func=cmd_show)
     methods = sub.add_parser("methods", help="list built-in methods and the peft config classes available")
@@ -375,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SQLAlchemy URL or journal file (default: $FTBENCH_STORAGE, else sqlite:///results/SWEEP/study.db)")
     se.add_argument("--study-name", default=None, help="default: the sweep's name")
     se.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
+    _add_max_runs(se, "trials a search may ask for (--trials, else the sweep's n_trials)")
     _add_executor_flags(se)
     se.set_defaults(func=cmd_search)
 

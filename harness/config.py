@@ -1,4 +1,4 @@
-"""Experiment files: YAML loading (safe_load) and the validated sections of a run spec."""
+"""Experiment files: YAML loading (bounded: harness.inputs) and the validated sections of a run spec."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import copy
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 from harness.errors import ConfigError, allowed, did_you_mean
+from harness.inputs import check_name, name_problem, read_yaml
 from harness.methods import METHODS
 from harness.methods.base import MethodCfg
 from harness.objectives import DEFAULT, OBJECTIVES, ObjectiveOptions, default_options
@@ -57,6 +57,21 @@ class TrainCfg(Section):
     optimizer: str = "adamw_torch"
     log_every: int = Field(1, gt=0)
     save_weights: Literal["adapter", "all", "none"] = "adapter"  # adapter: keep PEFT adapters, not full copies
+    # GPU speed options (docs/performance.md#on-a-gpu): each changes the numerics slightly (`kernels` the
+    # most), so a report lists them beside the budget keys
+    kernels: Literal["none", "liger"] = Field(
+        "none", description="liger: Liger's Triton kernels (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE) "
+        "patched into the model before the method; CUDA only (pip install liger-kernel). Where ftbench "
+        "computes the SFT loss, the logits are never materialised (less memory); the loss is accumulated in "
+        "fp32 chunks, so losses are close to, not bitwise equal to, those of `none`")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="auto: flash_attention_2 on CUDA in bf16/fp16 when the `flash_attn` package is "
+        "installed (packed batches then run as padding-free varlen attention), else sdpa; the one used is "
+        "recorded as `env.attn_implementation`")
+    compile: bool = Field(
+        False, description="torch.compile the model (TrainingArguments.torch_compile): pays on long runs "
+        "of a GPU once the first steps have compiled (tens of seconds; each new packed length may recompile "
+        "at first); fused kernels change the last bits of the loss")
 
     @model_validator(mode="after")
     def _steps_or_epochs(self):
@@ -93,8 +108,15 @@ class EvalCfg(Section):
         return names
 
 
-#: eval options added after runs were stored, with the default that leaves a run id as it was
+#: options added after runs were stored, with the default that leaves a run id as it was: at that
+#: default they are left out of the run spec (and so of the id's hash)
+_LATER_TRAIN = {"kernels": "none", "attn_implementation": "auto", "compile": False}
 _LATER_EVAL = {"sources": [], "in_domain_tasks": False, "speed_warmup_steps": 1, "latency_repeats": 5}
+
+
+def _dump_later(section: Section, later: dict) -> dict:
+    """`section.model_dump()` without the later options that are at their default."""
+    return section.model_dump(exclude={k for k, default in later.items() if getattr(section, k) == default})
 
 
 class TrackingCfg(Section):
@@ -135,10 +157,9 @@ class RunConfig(BaseModel):
             "model": self.model.model_dump(),
             "data": self.data.model_dump(),
             "method": self.method.as_dict(),
-            "train": self.train.model_dump(),
             # options that came later are left out at their defaults, so earlier runs keep their ids
-            "eval": self.eval.model_dump(exclude={k for k, default in _LATER_EVAL.items()
-                                                  if getattr(self.eval, k) == default}),
+            "train": _dump_later(self.train, _LATER_TRAIN),
+            "eval": _dump_later(self.eval, _LATER_EVAL),
             "tracking": self.tracking.model_dump(),
             "seed": self.seed,
         }
@@ -204,8 +225,9 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
     repeat = raw.get("repeat", 0)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 0:
         problems.append((file, f"{where}repeat", f"must be a non-negative integer, but got {repeat!r}"))
-    if problems:
-        raise ConfigError(problems)
+    if problems:  # in the order the run's sections were given (the base's keys, then the grid's)
+        order = {str(k): i for i, k in enumerate(raw)}
+        raise ConfigError(sorted(problems, key=lambda p: order.get(p[1][len(where):].split(".")[0], len(order))))
     if sections["eval"].in_domain_tasks:
         sections["eval"] = _with_in_domain_tasks(sections["eval"], sections["data"], sections["objective"])
     model, train = sections["model"], sections["train"]
@@ -221,6 +243,19 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
             f"method `{method.name}` trains the base weights, which cannot be 4-bit; use qlora or set it false",
         )
     return RunConfig(model=model, method=method, seed=seed, repeat=repeat, **{k: v for k, v in sections.items() if k != "model"})
+
+
+def input_sections(raw: dict) -> tuple[ModelCfg | None, DataCfg | None]:
+    """The model and data sections of a raw run that validate on their own (None for one that does not):
+    the preflight checks their folders and files even when another section of the run failed."""
+    out: list[Any] = []
+    for name in ("model", "data"):
+        data = normalize(name, raw.get(name) or {})
+        try:
+            out.append(SECTIONS[name].model_validate(data) if isinstance(data, dict) else None)
+        except ValueError:  # pydantic's ValidationError is one
+            out.append(None)
+    return out[0], out[1]
 
 
 def _with_in_domain_tasks(eval_cfg: EvalCfg, data: DataCfg, objective: ObjectiveOptions) -> EvalCfg:
@@ -243,17 +278,32 @@ def _build_objective(data: Any, *, file: str, field: str) -> ObjectiveOptions:
     except UnknownName as exc:
         raise ConfigError.one(file, f"{field}.name", str(exc)) from None
     names = [n for n in cls.Options.model_fields if n != "name"]
+    problems = []
     for key in data:
         if key not in cls.Options.model_fields:
             users = [n for n in OBJECTIVES.names() if key in OBJECTIVES.get(n).Options.model_fields]
             if users:
-                raise ConfigError.one(file, f"{field}.{key}", f"option `{key}` applies to objective "
-                                      f"{' or '.join(f'`{u}`' for u in users)}, not `{name}`")
-            raise ConfigError.one(
-                file, f"{field}.{key}",
-                f"option `{key}` does not belong to objective `{name}`.{did_you_mean(key, names)} "
-                + (allowed(names) if names else f"Objective `{name}` takes no options."))
-    return validate_section(cls.Options, data, file=file, prefix=field)
+                problems.append((file, f"{field}.{key}", f"option `{key}` applies to objective "
+                                 f"{' or '.join(f'`{u}`' for u in users)}, not `{name}`"))
+            else:
+                problems.append((file, f"{field}.{key}", f"option `{key}` does not belong to objective `{name}`."
+                                 f"{did_you_mean(key, names)} "
+                                 + (allowed(names) if names else f"Objective `{name}` takes no options.")))
+    return _validate_known(cls.Options, data, problems, file=file, field=field)
+
+
+def _validate_known(cls, data: dict, problems: list, *, file: str, field: str):
+    """Validate the keys of `data` that `cls` has (the others are in `problems` already); raise every
+    problem at once, in the order the keys were given."""
+    try:
+        options = validate_section(cls, {k: v for k, v in data.items() if k in cls.model_fields}, file=file,
+                                   prefix=field)
+    except ConfigError as exc:
+        problems = problems + exc.problems
+    if problems:
+        order = {f"{field}.{k}": i for i, k in enumerate(data)}
+        raise ConfigError(sorted(problems, key=lambda p: order.get(p[1], len(order))))
+    return options
 
 
 def _build_method(data: Any, *, file: str, field: str) -> MethodCfg:
@@ -266,18 +316,17 @@ def _build_method(data: Any, *, file: str, field: str) -> MethodCfg:
     except UnknownName as exc:
         raise ConfigError.one(file, f"{field}.name", str(exc)) from None
     open_options = cls.Options.model_config.get("extra") == "allow"  # e.g. `peft`: checked by the class itself
-    for key in data:
-        if key not in cls.Options.model_fields and not open_options:
-            names = list(cls.Options.model_fields)
-            raise ConfigError.one(
-                file, f"{field}.{key}",
-                f"option `{key}` does not belong to method `{name}`.{did_you_mean(key, names)} "
-                + (allowed(names) if names else f"Method `{name}` takes no options."),
-            )
+    names = list(cls.Options.model_fields)
+    problems = [(file, f"{field}.{key}", f"option `{key}` does not belong to method `{name}`.{did_you_mean(key, names)} "
+                 + (allowed(names) if names else f"Method `{name}` takes no options."))
+                for key in data if key not in cls.Options.model_fields and not open_options]
     if name == "stack":
+        if problems:
+            raise ConfigError(problems)
         return _build_stack(data, file=file, field=field)
-    options = validate_section(cls.Options, data, file=file, prefix=field)
-    return MethodCfg(name=name, options=options)
+    if open_options:
+        return MethodCfg(name=name, options=validate_section(cls.Options, data, file=file, prefix=field))
+    return MethodCfg(name=name, options=_validate_known(cls.Options, data, problems, file=file, field=field))
 
 
 def _build_stack(data: dict, *, file: str, field: str) -> MethodCfg:
@@ -330,54 +379,106 @@ class Experiment(BaseModel):
     artifacts_uri: str | None = None
     base: dict
     grid: dict
+    #: the line of each field of the file (`base.train.lr` → 7), to list its problems in file order
+    lines: dict[str, int] = {}
+    #: what `load_experiment(strict=False)` found wrong at the top level; the grid expansion reports it
+    #: together with the problems of every grid point (`harness.grid.expand`)
+    problems: tuple[tuple[str, str, str], ...] = ()
 
 
 def load_yaml(path: Path) -> Any:
-    """Read YAML with safe_load; a missing file or a syntax error becomes a ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError.one(str(path), "", "file not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError.one(str(path), "", f"malformed YAML: {line}{problem}") from None
-
-
-def load_experiment(path: str | Path) -> Experiment:
-    """Load an experiment file and check its top-level shape (sections are checked per grid point).
+    """Read an experiment or sweep file as YAML, within the caps of `harness.inputs` (size, aliases, depth).
 
     Raises:
-        ConfigError: missing file, malformed YAML, unknown top-level keys.
+        ConfigError: a missing, too large or binary file, malformed YAML, or one past the caps.
+    """
+    return read_yaml(path).data
+
+
+def load_experiment(path: str | Path, *, strict: bool = True) -> Experiment:
+    """Load an experiment file and check its top-level shape (sections are checked per grid point).
+
+    Args:
+        strict: raise on every top-level problem; when False, a wrongly typed key is left out and its
+            problem kept in `Experiment.problems` for the grid expansion to report with the rest.
+
+    Raises:
+        ConfigError: missing, empty, too large or binary file, malformed YAML, a name that is not one
+            safe folder name; with `strict`, unknown or wrongly typed top-level keys too.
     """
     path = Path(path)
-    doc = load_yaml(path)
-    file = str(path)
-    if doc is None:
-        doc = {}
+    loaded = read_yaml(path)
+    doc, file = loaded.data, str(path)
+    if doc is None or doc == {}:
+        raise ConfigError.one(file, "", "the experiment file is empty: give at least `base:` (the run) or `grid:` "
+                              "(docs/experiments.md)")
     if not isinstance(doc, dict):
         raise ConfigError.one(file, "", f"must be a mapping with keys {', '.join(EXPERIMENT_KEYS)}")
+    name = doc.get("name")
+    if name is None:
+        if name_problem(path.stem):
+            raise ConfigError.one(file, "name", f"the experiment is named after its file, `{path.stem}`, which "
+                                  f"{name_problem(path.stem).replace('must be', 'is not')[:-1]}; rename the file "
+                                  "or set `name:`")
+        name = path.stem
+    else:
+        name = str(name) if isinstance(name, int) and not isinstance(name, bool) else name
+        check_name(name, file=file, field="name")
     problems = [
-        (file, key, f"unknown top-level key `{key}`.{did_you_mean(key, EXPERIMENT_KEYS)} {allowed(EXPERIMENT_KEYS)}")
+        (file, str(key), f"unknown top-level key `{key}`.{did_you_mean(key, EXPERIMENT_KEYS)} {allowed(EXPERIMENT_KEYS)}")
         for key in doc if key not in EXPERIMENT_KEYS
     ]
+    doc = {k: v for k, v in doc.items() if k in EXPERIMENT_KEYS}
     for key, kind in (("base", dict), ("grid", dict), ("plugins", list), ("resources", dict)):
         if doc.get(key) is not None and not isinstance(doc[key], kind):
-            problems.append((file, key, f"must be a {'mapping' if kind is dict else 'list'}, but got {doc[key]!r}"))
+            problems.append((file, key, f"must be a {'mapping' if kind is dict else 'list'}, but got {doc.pop(key)!r}"))
     if doc.get("artifacts_uri") is not None and not isinstance(doc["artifacts_uri"], str):
-        problems.append((file, "artifacts_uri", f"must be a path or URI string, but got {doc['artifacts_uri']!r}"))
-    if problems:
+        problems.append((file, "artifacts_uri", f"must be a path or URI string, but got {doc.pop('artifacts_uri')!r}"))
+    plugins = doc.get("plugins") or []
+    if any(not isinstance(p, str) for p in plugins):
+        problems.append((file, "plugins", f"must be a list of module names or .py files, but got {plugins!r}"))
+        plugins = []
+    resources = Resources()
+    try:
+        resources = validate_section(Resources, doc.get("resources") or {}, file=file, prefix="resources")
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    problems = in_file_order(problems, loaded.lines, file)
+    if problems and strict:
         raise ConfigError(problems)
-    resources = validate_section(Resources, doc.get("resources") or {}, file=file, prefix="resources")
     return Experiment(
-        name=str(doc.get("name") or path.stem),
+        name=name,
         file=file,
         description=str(doc.get("description") or ""),
-        plugins=[str(p) for p in doc.get("plugins") or []],
+        plugins=plugins,
         resources=resources,
         artifacts_uri=doc.get("artifacts_uri"),
         base=copy.deepcopy(doc.get("base") or {}),
         grid=copy.deepcopy(doc.get("grid") or {}),
+        lines=loaded.lines,
+        problems=tuple(problems),
     )
+
+
+def in_file_order(problems: list[tuple[str, str, str]], lines: dict[str, int], file: str) -> list[tuple[str, str, str]]:
+    """`problems` sorted by the line of `file` that each names (stable; those of no line, or of another
+    source such as `--set`, last, as they came).
+
+    A grid point's problem (`[method=lora] train.lr`) is placed at that field in `base:` or `grid:`,
+    preferring the most specific field found; a preflight problem of a run (`[slug] data.path`) likewise.
+    """
+    def line(problem: tuple[str, str, str]) -> float:
+        if problem[0] != file:
+            return float("inf")
+        fieldname = problem[1]
+        if fieldname.startswith("[") and "] " in fieldname:
+            fieldname = fieldname.rsplit("] ", 1)[1]
+        parts = fieldname.split(".")
+        for n in range(len(parts), 0, -1):
+            head = ".".join(parts[:n])
+            for candidate in (head, f"base.{head}", f"grid.{head}"):
+                if candidate in lines:
+                    return lines[candidate]
+        return float("inf")
+
+    return sorted(problems, key=line)

@@ -19,9 +19,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness import store
 from harness.contention import EXCLUSIVE_ENV, LAUNCHED_ENV, SWEEP_CORES_ENV, SWEEP_ENV, sweep_token
 from harness.executor_loop import (FINISHED, Executor, Job, Monitor, claim_run, last_progress, note_waiting,
-                                   record_without_result, status_line)
+                                   oom_evidence, record_without_result, status_line)
 from harness.grid import RunSpec
 from harness.launch import ForkedRun, launcher_for, start_fork, start_process, warm_up
+from harness.lifeline import PARENT_ENV
 
 __all__ = ["FINISHED", "LocalExecutor", "Running", "child_env", "claim_run", "gpu_count", "note_waiting",
            "record_without_result", "status_line"]
@@ -105,6 +106,7 @@ class LocalExecutor(Executor):
     def _watch(self, jobs: list[Running], monitor: Monitor | None) -> Iterator[tuple[Running, dict]]:
         for job in list(jobs):
             if job.proc.poll() is None:
+                job.rss_peak_mb = max(job.rss_peak_mb or 0.0, _rss_mb(job.proc.pid) or 0.0) or None
                 if monitor is not None and job.stopped is None:
                     job.stopped = monitor(job.spec, job.directory)
                     if job.stopped:
@@ -114,11 +116,13 @@ class LocalExecutor(Executor):
 
     def _finish(self, job: Running) -> dict:
         """The run's result; one recorded for a child that died without writing one (killed,
-        segfault, OOM killer)."""
+        segfault, OOM killer: `oom` only when the kernel's counters say so)."""
         try:
             result = store.read_result(job.directory)
             if result is None:
-                result = record_without_result(job.spec, job.directory, job.proc.returncode, job.stopped)
+                code = job.proc.returncode
+                oom = oom_evidence(job.oom_counts, job.rss_peak_mb) if code == -9 else None
+                result = record_without_result(job.spec, job.directory, code, job.stopped, oom=oom)
             return result
         finally:
             job.claim.release()
@@ -127,7 +131,7 @@ class LocalExecutor(Executor):
     def _abandon(self, jobs: list[Running]) -> None:
         """Ctrl-C: stop the children, then let go of the claims (the child shares the lock: release
         it first and another sweep could start a run still training); their unfinished directories
-        are wiped and rerun by the next sweep."""
+        are archived and rerun by the next sweep."""
         for job in jobs:
             if job.proc.poll() is None:
                 job.proc.terminate()
@@ -179,6 +183,15 @@ class _LocalView:
                                      description=f"  {job.spec.slug} loss {last.get('loss') or float('nan'):.3f}")
 
 
+def _rss_mb(pid: int | None) -> float | None:
+    """A live process's resident set size in MiB (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def child_env(*, gpu: int | None = None, threads: int | None = None, sweep: str | None = None,
               sweep_cores: float | None = None, exclusive: bool = False, project_root: Path = PROJECT_ROOT) -> dict:
     """The environment of a run process: this one's, quiet, pinned to `gpu` and/or `threads` CPU threads;
@@ -200,5 +213,6 @@ def child_env(*, gpu: int | None = None, threads: int | None = None, sweep: str 
     else:
         env.pop(SWEEP_CORES_ENV, None)
     env[EXCLUSIVE_ENV] = "1" if exclusive else "0"
+    env[PARENT_ENV] = str(os.getpid())  # the run exits at once when this process is gone (`harness.lifeline`)
     env[LAUNCHED_ENV] = f"{time.time():.3f}"  # built right before the process starts: its start-up counts from here
     return env

@@ -7,8 +7,10 @@ lines, Ctrl-C and the returned results are this module's, so both keep the same 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,14 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from harness import store
 from harness.grid import RunSpec
 
-__all__ = ["Executor", "Job", "Monitor", "claim_run", "last_progress", "note_waiting", "record_without_result",
-           "status_line"]
+__all__ = ["UNRECORDED", "Executor", "Job", "Monitor", "claim_run", "last_progress", "note_waiting", "oom_evidence",
+           "oom_kill_counts", "record", "record_without_result", "status_line", "store_error_message"]
 
 FINISHED = store.STATUSES
+#: set (in memory only) on a result the sweep could not write: the message; the run stays unfinished on disk
+UNRECORDED = "unrecorded"
 #: asked about each live run at every poll; a returned reason stops the run, recorded `pruned`
 Monitor = Callable[[RunSpec, Path], "str | None"]
 
@@ -40,6 +45,10 @@ class Job:
     task: int | None = field(default=None, kw_only=True)
     #: why a monitor stopped this run early (it is then recorded `pruned`)
     stopped: str | None = field(default=None, kw_only=True)
+    #: the kernel's OOM-kill counters when the run started: a SIGKILL is `oom` only if one rose
+    oom_counts: dict = field(default_factory=lambda: oom_kill_counts(), kw_only=True)
+    #: the largest resident set size (MiB) seen while watching the run: the evidence when no counter can be read
+    rss_peak_mb: float | None = field(default=None, kw_only=True)
 
 
 class Executor:
@@ -63,6 +72,8 @@ class Executor:
         self.console = console or Console(stderr=True)
         self.poll_s = poll_s
         self._cancelled = threading.Event()
+        #: why this sweep stopped starting runs: a record it could not write (a full disk)
+        self.store_error: str | None = None
 
     # -- what an executor supplies --------------------------------------------------------------------
 
@@ -120,11 +131,19 @@ class Executor:
                 while pending or jobs:
                     if self._cancelled.is_set():
                         raise KeyboardInterrupt
+                    if self.store_error and pending:  # the store cannot take records: start nothing more
+                        self.console.print(f"[red]not starting {len(pending)} run(s): {escape(self.store_error)}[/]")
+                        pending.clear()
                     progressed = False
                     for spec in list(pending):
                         if len(jobs) >= self.capacity():
                             break
-                        claim, directory = claim_run(spec, self.root, force=self.force, retry_failed=self.retry_failed)
+                        try:
+                            claim, directory = claim_run(spec, self.root, force=self.force,
+                                                         retry_failed=self.retry_failed, log=self.console.print)
+                        except OSError as exc:  # the store cannot take the claim or the archive: stop cleanly
+                            self._store_failed(exc)
+                            break
                         if claim == "locked":
                             note_waiting(self.console, spec, waiting_logged)
                             continue
@@ -137,6 +156,10 @@ class Executor:
                             continue
                         try:
                             job = self._start(spec, directory, claim, list(plugins), experiment_dir)
+                        except OSError as exc:  # no room for its directory (a full disk): stop cleanly
+                            claim.release()
+                            self._store_failed(exc)
+                            break
                         except BaseException:
                             claim.release()
                             raise
@@ -151,6 +174,11 @@ class Executor:
                         left = len(specs) - done
                         # wall time per run already reflects the runs at once
                         eta = (time.monotonic() - start) / executed * left if left else None
+                        if result.get(UNRECORDED):
+                            self.store_error = result[UNRECORDED]
+                            self.console.print(status_line(job.spec, result["status"], f"NOT RECORDED: "
+                                                           f"{escape(result[UNRECORDED])}; left unfinished", done, len(specs)))
+                            continue
                         self.console.print(status_line(job.spec, result["status"], self._note(job, eta), done, len(specs)))
                     view.update(done, len(pending), jobs)
                     if not progressed:
@@ -161,23 +189,54 @@ class Executor:
         closing = self._closing(view, time.monotonic() - start)
         if closing:
             self.console.print(closing)
+        if self.store_error:
+            self.console.print(f"[red]the sweep stopped early: {escape(self.store_error)}. Runs without a result.json are "
+                               f"unfinished: free space (or fix the folder) and run the sweep again to finish them.[/]")
         return [store.read_result(store.run_dir(s.experiment, s.run_id, self.root)) for s in specs]
 
+    def _store_failed(self, exc: OSError) -> None:
+        """A write to the results store failed: remember why (the path, and the disk when it is full)."""
+        self.store_error = store_error_message(exc, self.root)
+        self.console.print(f"[red]{escape(self.store_error)}[/]")
 
-def claim_run(spec: RunSpec, root: Path, *, force: bool, retry_failed: bool) -> tuple[store.Claim | str, Path]:
+
+def store_error_message(exc: OSError, root: Path) -> str:
+    """`could not write results/x/result.json: No space left on device (the disk holding results/ is full)`."""
+    where = exc.filename or root
+    text = f"could not write {where}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += f" (the disk holding {root} is full)"
+    elif exc.errno == errno.EROFS:
+        text += f" ({root} is on a read-only file system)"
+    return text
+
+
+def claim_run(spec: RunSpec, root: Path, *, force: bool, retry_failed: bool,
+              log: Callable[[str], None] | None = None) -> tuple[store.Claim | str, Path]:
     """Claim a run for this sweep: (`"locked"`, dir) when another sweep holds it, (`"skipped"`, dir)
-    when it is finished and not to be rerun, else (claim, dir), a finished run archived first."""
+    when it is finished and not to be rerun, else (claim, dir). What is in the way of the rerun — a
+    finished run to rerun, an unfinished or damaged one — is archived to `.archive/` first (never deleted);
+    `log` hears of each archived unfinished or damaged directory."""
     directory = store.run_dir(spec.experiment, spec.run_id, root)
     claim = store.try_claim(spec.experiment, spec.run_id, root)
     if claim is None:
         return "locked", directory
-    status = store.status_of(directory)
-    rerun = force or (retry_failed and status in ("failed", "oom", "diverged"))
-    if status in FINISHED and not rerun:
+    try:
+        result, damage = store.inspect(directory)
+        status = result["status"] if result else store.DAMAGED if damage else (
+            store.UNFINISHED if directory.exists() else store.NEW)
+        rerun = force or (retry_failed and status in ("failed", "oom", "diverged"))
+        if status in FINISHED and not rerun:
+            claim.release()
+            return "skipped", directory
+        if status != store.NEW:
+            moved = store.archive(directory)
+            if log is not None and status in (store.DAMAGED, store.UNFINISHED):
+                log(f"[yellow]{spec.slug}: {status} run directory ({escape(damage or 'no result.json')}) archived "
+                    f"to {escape(str(moved))}; running it again[/]")
+    except BaseException:
         claim.release()
-        return "skipped", directory
-    if status in FINISHED:
-        store.archive(directory)
+        raise
     return claim, directory
 
 
@@ -195,18 +254,110 @@ def status_line(spec: RunSpec, status: str, note: str, done: int, total: int) ->
 
 
 def record_without_result(spec: RunSpec, directory: Path, returncode: int | None, stopped: str | None = None,
-                          reason: str | None = None, extra_env: dict | None = None) -> dict:
+                          reason: str | None = None, extra_env: dict | None = None, oom: str | None = None) -> dict:
     """Write (and return) the result.json of a run whose process ended without one: pruned by a
-    monitor (`stopped`), SIGKILLed (`oom`, the kernel's OOM killer), or died otherwise (`failed`)."""
-    status = "pruned" if stopped else "oom" if returncode == -9 else "failed"
-    reason = stopped or reason or ("killed by SIGKILL (likely the kernel's out-of-memory killer)" if returncode == -9
-                                   else f"run process exited with code {returncode} without writing a result")
-    error = {"type": "Pruned" if stopped else "ProcessDied", "message": reason,
-             "traceback_tail": _tail(Path(directory) / "run.log", 25)}
+    monitor (`stopped`), killed by the kernel's OOM killer (`oom`: the evidence, see `oom_evidence`),
+    or died otherwise (`failed`; a signal from outside is error type `Killed`). A record that cannot be
+    written is returned with `UNRECORDED` set (see `record`)."""
+    killed = returncode is not None and (returncode < 0 or returncode == 128 + signal.SIGTERM)
+    status = "pruned" if stopped else "oom" if oom and returncode == -signal.SIGKILL else "failed"
+    if stopped or reason:
+        message = stopped or reason
+    elif status == "oom":
+        message = f"killed by SIGKILL from the kernel's out-of-memory killer: {oom}"
+    elif killed:
+        name = _signal_name(-returncode if returncode < 0 else signal.SIGTERM)
+        message = f"killed by {name} from outside the run" + (
+            " (no sign of the kernel's out-of-memory killer: its OOM-kill counters did not rise)"
+            if returncode == -signal.SIGKILL else "")
+    else:
+        message = f"run process exited with code {returncode} without writing a result"
+    kind = "Pruned" if stopped else "Killed" if killed and status != "oom" and not reason else "ProcessDied"
+    error = {"type": kind, "message": message, "traceback_tail": _tail(Path(directory) / "run.log", 25)}
     result = store.make_result(spec.as_dict(), status=status, started_at=None, finished_at=None, metrics={},
                                env=dict(extra_env or {}), error=error)
-    store.write_json_atomic(Path(directory) / "result.json", result)
+    return record(Path(directory), result)
+
+
+def record(directory: Path, result: dict) -> dict:
+    """Write a run's result.json for it and return the result; when the store cannot take it (a full disk),
+    the run stays unfinished and the result comes back with `UNRECORDED` saying why (the sweep goes on)."""
+    try:
+        store.write_json_atomic(Path(directory) / "result.json", result)
+    except OSError as exc:
+        root = Path(directory).parent.parent
+        return {**result, UNRECORDED: store_error_message(exc, root)}
     return result
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"{signal.Signals(number).name} (signal {number})"
+    except ValueError:
+        return f"signal {number}"
+
+
+def oom_kill_counts() -> dict[str, int]:
+    """The kernel's OOM-kill counters this process can read: the machine's (`/proc/vmstat` oom_kill) and its
+    memory cgroup's (v2 `memory.events`, v1 `memory.oom_control`); empty when none can be read."""
+    counts = {}
+    try:
+        cgroups = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        cgroups = []
+    files = [("machine", Path("/proc/vmstat"))]
+    for line in cgroups:
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if controllers == "":  # cgroup v2
+            files += [("cgroup", Path("/sys/fs/cgroup") / rel / "memory.events")]
+        elif "memory" in controllers.split(","):  # cgroup v1 (the namespace's root when the path is not visible)
+            files += [("cgroup", Path("/sys/fs/cgroup/memory") / rel / "memory.oom_control"),
+                      ("cgroup", Path("/sys/fs/cgroup/memory/memory.oom_control"))]
+    for source, path in files:
+        if source in counts:
+            continue
+        try:
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    counts[source] = int(value)
+        except (OSError, ValueError):
+            continue
+    return counts
+
+
+def oom_evidence(before: dict[str, int] | None, rss_peak_mb: float | None = None,
+                 limit_mb: float | None = None) -> str | None:
+    """Why a SIGKILL of a run is the kernel's OOM killer's, or None when nothing says so: an OOM-kill counter
+    rose since `before` (the run's start); with no counter readable, the run's memory was near the limit."""
+    after = oom_kill_counts()
+    rose = [f"{source} oom_kill {before[source]} → {n}" for source, n in after.items()
+            if before and source in before and n > before[source]]
+    if rose:
+        return "the OOM-kill counter rose during the run (" + ", ".join(rose) + ")"
+    if before and set(before) & set(after):
+        return None  # counters read before and after, unchanged: someone else's SIGKILL
+    limit_mb = limit_mb or _memory_limit_mb()
+    if rss_peak_mb and limit_mb and rss_peak_mb >= 0.9 * limit_mb:
+        return (f"no OOM-kill counter readable; the run's memory reached {rss_peak_mb:.0f} MiB of the "
+                f"{limit_mb:.0f} MiB limit")
+    return None
+
+
+def _memory_limit_mb() -> float | None:
+    """The memory this machine (or its cgroup, when lower) lets processes use, in MiB."""
+    limits = []
+    for path in (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
+        try:
+            limits.append(int(path.read_text().strip()) / 2**20)
+        except (OSError, ValueError):
+            continue
+    try:
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20)
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
 
 
 def last_progress(path: Path) -> dict | None:

@@ -6,14 +6,15 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import yaml
-
-from harness.config import RUN_KEYS, SECTIONS, Experiment, RunConfig, build_run_config, normalize
+from harness.config import (RUN_KEYS, SECTIONS, Experiment, RunConfig, build_run_config, in_file_order, input_sections,
+                             normalize)
 from harness.errors import ConfigError, allowed, did_you_mean
+from harness.inputs import MAX_RUNS, TooLarge, parse_yaml
 from harness.methods import METHODS
 
 SEED_KEYS = ("seed", "seeds")
@@ -122,6 +123,15 @@ def parse_axes(grid: dict, *, file: str) -> list[Axis]:
     Raises:
         ConfigError: empty axes, unknown keys, malformed conditions.
     """
+    axes, problems = read_axes(grid, file=file)
+    if problems:
+        raise ConfigError(problems)
+    return axes
+
+
+def read_axes(grid: dict, *, file: str, max_runs: int | None = None) -> tuple[list[Axis], list[tuple[str, str, str]]]:
+    """`parse_axes` without raising: (the axes that parse, the problems of the others); `repeats` past
+    `max_runs` is one of those (never built)."""
     axes, problems = [], []
     for label, spec in grid.items():
         label = str(label)
@@ -132,7 +142,7 @@ def parse_axes(grid: dict, *, file: str) -> list[Axis]:
             continue
         if label == REPEATS_KEY:
             try:
-                axes.append(repeats_axis(spec, file=file, field=where))
+                axes.append(repeats_axis(spec, file=file, field=where, limit=max_runs))
             except ConfigError as exc:
                 problems.extend(exc.problems)
             continue
@@ -176,20 +186,24 @@ def parse_axes(grid: dict, *, file: str) -> list[Axis]:
                 problems.append((file, f"{where}[{i}].{bad[0]}", f"not a config key. {allowed(RUN_KEYS)}"))
             paired.append([(str(k), v) for k, v in value.items()])
         axes.append(Axis(label=label, values=paired, when=when))
-    if problems:
-        raise ConfigError(problems)
-    return axes
+    return axes, problems
 
 
-def repeats_axis(value: Any, *, file: str, field: str) -> Axis:
+def repeats_axis(value: Any, *, file: str, field: str, limit: int | None = None) -> Axis:
     """The axis of `repeats: N`: run field `repeat` = 0..N-1, every other key the same (the seed too).
 
+    Args:
+        limit: the most repeats allowed (`--max-runs`), checked before the axis is built.
+
     Raises:
-        ConfigError: `value` is not a positive integer.
+        ConfigError: `value` is not a positive integer, or is above `limit`.
     """
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError.one(file, field, "must be a positive integer (how many times to run each grid point with "
                               f"the same seed; 1: once), but got {value!r}")
+    if limit is not None and value > limit:
+        raise ConfigError.one(file, field, f"{value:,} repeats are more than the {limit:,} runs allowed; pass "
+                              f"`--max-runs {value}` if you mean it")
     return Axis(label=REPEATS_KEY, values=[[("repeat", k)] for k in range(value)])
 
 
@@ -199,6 +213,14 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     Raises:
         ConfigError: an item without `=`, or a key that no config has.
     """
+    out, problems = read_overrides(items)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def read_overrides(items: list[str]) -> tuple[list[tuple[str, Any]], list[tuple[str, str, str]]]:
+    """`parse_overrides` without raising: (the overrides that parse, the problems of the others)."""
     out, problems = [], []
     for item in items:
         if "=" not in item:
@@ -207,16 +229,18 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         key, text = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
+            value = parse_yaml(text, source="SET", field=key).data if text.strip() else ""
+        except TooLarge as exc:  # aliases that expand past the cap, nesting too deep: refused
+            problems.extend(exc.problems)
+            continue
+        except ConfigError:
+            value = text  # not YAML: the text as given
         problem = _check_key(key)
         if problem:
             problems.append(("SET", key, problem))
+            continue
         out.append((key, value))
-    if problems:
-        raise ConfigError(problems)
-    return out
+    return out, problems
 
 
 def _check_key(key: str) -> str | None:
@@ -244,30 +268,82 @@ def _check_key(key: str) -> str | None:
 
 # --- expansion ------------------------------------------------------------------------------------
 
-def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[RunSpec]:
+@dataclass(frozen=True)
+class Expansion:
+    """What a grid expands to, problems and all (`expand` raises them; the plan checks inputs first).
+
+    Attributes:
+        specs: the valid runs, in a stable order, without duplicates.
+        problems: every problem of the file's top level, its grid, the overrides and every grid point.
+        inputs: the (model, data) sections of every point that validate on their own, valid point or not
+            (None for one that does not): the preflight checks their folders and files in the same pass.
+    """
+
+    specs: list[RunSpec]
+    problems: list[tuple[str, str, str]]
+    inputs: list[tuple[Any, Any]]
+
+
+def expand(experiment: Experiment, overrides: list[str] | None = None, *, max_runs: int = MAX_RUNS) -> list[RunSpec]:
     """Expand an experiment into validated RunSpecs, in a stable order, without duplicates.
 
+    Args:
+        max_runs: refuse a grid of more points than this (counted before the points are built).
+
     Raises:
-        ConfigError: every problem of every grid point, all at once.
+        ConfigError: every problem of the file and of every grid point, all at once, in file order.
+    """
+    expansion = expand_all(experiment, overrides, max_runs=max_runs)
+    if expansion.problems:
+        raise ConfigError(in_file_order(expansion.problems, experiment.lines, experiment.file))
+    return expansion.specs
+
+
+def expand_all(experiment: Experiment, overrides: list[str] | None = None, *, max_runs: int = MAX_RUNS) -> Expansion:
+    """`expand` without raising: each part is checked even when another failed (a bad axis is left out,
+    the other axes and the base still expanded and validated).
+
+    Raises:
+        ConfigError: only the grid's size past `max_runs` (nothing else can be checked without building it),
+            with the problems found before it.
     """
     file = experiment.file
+    problems: list[tuple[str, str, str]] = list(experiment.problems)
+    base = copy.deepcopy(experiment.base)
     for key in (REPEATS_KEY, "repeat"):
-        if key in experiment.base:
-            raise ConfigError.one(file, f"base.{key}", f"belongs in `grid:` as `{REPEATS_KEY}: N` (e.g. "
-                                  f"`grid: {{{REPEATS_KEY}: 2}}`): it multiplies the grid's points, one run per repeat")
-    axes = parse_axes(experiment.grid, file=file)
-    base = {k: normalize(k, v) for k, v in copy.deepcopy(experiment.base).items()}
-    for key, value in parse_overrides(overrides or []):
+        if key in base:
+            base.pop(key)
+            problems.append((file, f"base.{key}", f"belongs in `grid:` as `{REPEATS_KEY}: N` (e.g. "
+                             f"`grid: {{{REPEATS_KEY}: 2}}`): it multiplies the grid's points, one run per repeat"))
+    axes, found = read_axes(experiment.grid, file=file, max_runs=max_runs)  # a bad axis is left out, the rest kept
+    problems.extend(found)
+    base = {k: normalize(k, v) for k, v in base.items()}
+    parsed, found = read_overrides(overrides or [])
+    problems.extend(found)
+    for key, value in parsed:
         axis_labels = {a.label: i for i, a in enumerate(axes)}
         if key == REPEATS_KEY:
-            axes = [a for a in axes if a.label != REPEATS_KEY] + [repeats_axis(value, file="SET", field=key)]
+            try:
+                axes = [a for a in axes if a.label != REPEATS_KEY] + [repeats_axis(value, file="SET", field=key,
+                                                                                    limit=max_runs)]
+            except ConfigError as exc:
+                problems.extend(exc.problems)
         elif key in axis_labels:
             ax = axes[axis_labels[key]]
             vals = value if isinstance(value, list) else [value]
+            if not vals:
+                problems.append(("SET", key, f"empty axis: give at least one value (`{key}` is an axis of the grid)"))
+                continue
             axes[axis_labels[key]] = Axis(label=key, values=[[(key, v)] for v in vals], when=ax.when)
         else:
             axes = [_drop_key(a, key) for a in axes]
             set_dotted(base, key, value)
+    points_upper = math.prod(len(a.values) for a in axes)  # before any point is built: a bound, `when` aside
+    if points_upper > max_runs:
+        sizes = " × ".join(f"{len(a.values)} ({a.label})" for a in axes if len(a.values) > 1)
+        problems.append((file, "grid", f"expands to {points_upper:,} runs ({sizes}), more than the {max_runs:,} "
+                         f"allowed; pass `--max-runs {points_upper}` if you mean it, or use fewer values"))
+        raise ConfigError(in_file_order(problems, experiment.lines, file))
     # repeats vary slowest: the whole grid once, then again (a repeat is timed apart from its twin)
     axes = sorted(axes, key=lambda a: a.label != REPEATS_KEY)
     points: list[tuple[dict, list[tuple[str, Any]]]] = []
@@ -277,7 +353,7 @@ def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[R
         applied: list[tuple[str, Any]] = []
         # conditional axes last, so a `when` sees the values the other axes give this point
         for axis, assignments in sorted(zip(axes, combo), key=lambda pair: pair[0].when is not None):
-            if axis.when and not all(get_dotted(raw, k) in v for k, v in axis.when.items()):
+            if axis.when and not all(_in(get_dotted(raw, k), v) for k, v in axis.when.items()):
                 continue
             for key, value in assignments:
                 set_dotted(raw, key, value)
@@ -286,8 +362,8 @@ def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[R
         if marker not in seen:
             seen.add(marker)
             points.append((raw, applied))
-    problems: list[tuple[str, str, str]] = []
     specs: list[RunSpec] = []
+    inputs: list[tuple[Any, Any]] = []
     ids: set[str] = set()
     for raw, applied in points:
         where = "" if not applied else "[" + ", ".join(f"{k}={v}" for k, v in applied) + "] "
@@ -295,7 +371,9 @@ def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[R
             config = build_run_config(raw, file=file, where=where)
         except ConfigError as exc:
             problems.extend(p for p in exc.problems if p not in problems)
+            inputs.append(input_sections(raw))
             continue
+        inputs.append((config.model, config.data))
         varied = dict(applied)
         if "repeat" in varied:  # the repeats axis runs first but reads last
             varied["repeat"] = varied.pop("repeat")
@@ -303,9 +381,15 @@ def expand(experiment: Experiment, overrides: list[str] | None = None) -> list[R
             if spec.run_id not in ids:
                 ids.add(spec.run_id)
                 specs.append(spec)
-    if problems:
-        raise ConfigError(problems)
-    return specs
+    return Expansion(specs=specs, problems=problems, inputs=inputs)
+
+
+def _in(value: Any, allowed_values: list) -> bool:
+    """`value in allowed_values`, False for a value that cannot be compared (a list read from YAML)."""
+    try:
+        return value in allowed_values
+    except TypeError:
+        return False
 
 
 def continual_stages(spec: RunSpec) -> list[RunSpec]:
@@ -382,7 +466,7 @@ def make_spec(experiment: str, config: RunConfig, varied: dict[str, Any]) -> Run
 
 
 BUDGET_KEYS = ("train.micro_batch", "train.grad_accum", "train.max_steps", "train.epochs", "train.seq_len",
-               "data.n_train", "data.split_seed")
+               "data.n_train", "data.split_seed", "train.kernels", "train.compile")
 
 
 def budget_confounds(specs: list[RunSpec]) -> list[str]:
@@ -399,7 +483,8 @@ def budget_confounds(specs: list[RunSpec]) -> list[str]:
         values = per_method.setdefault(spec.config.method.name, {})
         for key in BUDGET_KEYS:
             section, field_name = key.split(".")
-            values.setdefault(key, set()).add(json.dumps(d[section][field_name]))
+            # options that came later are left out of the spec at their defaults
+            values.setdefault(key, set()).add(json.dumps(getattr(getattr(spec.config, section), field_name)))
     found = set()
     for per_method in groups.values():
         methods = list(per_method.values())

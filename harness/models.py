@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
 import os
 import re
@@ -152,6 +153,71 @@ def pick_dtype(name: str, device: str):
     return getattr(torch, name)
 
 
+def installed(package: str) -> bool:
+    """Whether `package` can be imported here (found, not imported: liger's import needs a GPU stack)."""
+    return importlib.util.find_spec(package) is not None
+
+
+def pick_attn_implementation(requested: str, device: str, dtype) -> str:
+    """The attention kernel a run uses: `auto` is FlashAttention-2 on CUDA in bf16/fp16 when the
+    `flash_attn` package is installed (packed batches then run as padding-free varlen attention),
+    else torch's sdpa; any other value as given (preflight has checked that it can run here)."""
+    import torch
+
+    if requested != "auto":
+        return requested
+    half = dtype in (torch.bfloat16, torch.float16)
+    return "flash_attention_2" if device == "cuda" and half and installed("flash_attn") else "sdpa"
+
+
+#: set (True) on a model whose forward, called with `skip_logits=True` and targets, returns the loss
+#: computed from the hidden states without logits (Liger's fused linear cross-entropy)
+FUSED_LOSS = "ftbench_fused_loss"
+
+
+def apply_kernels(model, kernels: str):
+    """Patch a loaded model with `train.kernels` (before the method wraps it); returns the model.
+
+    `liger`: Liger's RMSNorm, SwiGLU and RoPE kernels and its fused linear cross-entropy, through
+    liger's own per-instance entry point. The fused cross-entropy runs when the caller asks for it
+    (`skip_logits=True`: `harness.train.LabelLogitsTrainer`); any other caller gets logits as from
+    the unpatched model (an objective's trainer that reads the student's logits, evaluation,
+    generation). Liger also patches its model family's transformers module for the whole process
+    (RoPE, and the classes of models built later).
+
+    Raises:
+        ModelLoadError: liger is not installed, or has no kernels for this model type.
+    """
+    if kernels == "none":
+        return model
+    if kernels != "liger":
+        raise ValueError(f"kernels must be one of none, liger, but got kernels={kernels!r}")
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError as exc:
+        raise ModelLoadError(f"`train.kernels: liger` needs the liger-kernel package (pip install liger-kernel) "
+                             f"and a CUDA build of torch with Triton ({type(exc).__name__}: {exc})") from exc
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ModelLoadError(f"Liger has no kernels for model type `{model_type}`: use `train.kernels: none`")
+    _apply_liger_kernel_to_instance(model=model)
+    # liger's forward skips the logits whenever it trains with labels; only LabelLogitsTrainer wants that
+    model.forward = functools.partial(model.forward, skip_logits=False)
+    setattr(model, FUSED_LOSS, True)
+    return model
+
+
+def runtime_env(spec: dict, device: str | None) -> dict:
+    """What a run's `env` records about the kernels it ran with, from its spec as stored (options at
+    their defaults are absent): `attn_implementation`, the one the model was loaded with."""
+    if device is None:
+        return {"attn_implementation": None}
+    train, model = spec.get("train") or {}, spec.get("model") or {}
+    dtype = pick_dtype(model.get("dtype", "auto"), device)
+    return {"attn_implementation": pick_attn_implementation(train.get("attn_implementation", "auto"), device, dtype)}
+
+
 def keep_4bit_layout(model):
     """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
 
@@ -167,11 +233,15 @@ def keep_4bit_layout(model):
     return model
 
 
-def load(cfg, device: str):
+def load(cfg, device: str, train=None):
     """Load (model, tokenizer) for a ModelCfg on `device`.
 
+    Args:
+        train: the run's TrainCfg, for its `attn_implementation` and `kernels` (None: `auto`, `none`:
+            a base loaded to score or to teach, not to train).
+
     Raises:
-        ModelLoadError: the name could not be loaded; the message says why.
+        ModelLoadError: the name could not be loaded, or the kernels cannot be applied; the message says why.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -180,8 +250,9 @@ def load(cfg, device: str):
     # read the weights into memory instead of mapping the file: a mapping that stays open keeps the
     # file's touched pages in the process's RSS (a 4-bit load touches all of them), and weights that
     # are views into it count only once read, so RSS would not measure the model
+    attn = pick_attn_implementation(getattr(train, "attn_implementation", "auto"), device, dtype)
     kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
-                  attn_implementation="sdpa", disable_mmap=device == "cpu")
+                  attn_implementation=attn, disable_mmap=device == "cpu")
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type,
@@ -201,6 +272,7 @@ def load(cfg, device: str):
         model.to(device)
     else:
         keep_4bit_layout(model)
+    apply_kernels(model, getattr(train, "kernels", "none"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

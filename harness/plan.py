@@ -10,8 +10,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config import Experiment
-from harness.grid import RunSpec, budget_confounds, expand, phases, with_reads, with_references
+from harness.config import Experiment, in_file_order
+from harness.errors import ConfigError
+from harness.grid import RunSpec, budget_confounds, expand_all, phases, with_reads, with_references
+from harness.inputs import MAX_RUNS
 
 __all__ = ["Plan", "build_plan", "plan_experiment"]
 
@@ -76,10 +78,26 @@ def build_plan(specs: list[RunSpec], *, file: str, root: Path | None = None, che
 
 
 def plan_experiment(experiment: Experiment, overrides: list[str] | None = None, *, file: str,
-                    root: Path | None = None) -> Plan:
+                    root: Path | None = None, max_runs: int = MAX_RUNS) -> Plan:
     """Expand an experiment's grid (with `--set` overrides) and plan it (`build_plan`).
+
+    Every problem comes in one message, in file order: the file's top level, its grid, every grid point,
+    and the model folders and data files the points name (checked even when their other sections failed).
+
+    Args:
+        max_runs: refuse a grid of more points than this (`--max-runs`).
 
     Raises:
         ConfigError: a bad override or grid, or anything `build_plan` raises.
     """
-    return build_plan(expand(experiment, overrides), file=file, root=root)
+    from harness import preflight
+
+    expansion = expand_all(experiment, overrides, max_runs=max_runs)
+    if expansion.problems:
+        found = preflight.check_inputs(expansion.inputs, file=file)
+        problems = expansion.problems + [p for p in found if p not in expansion.problems]
+        raise ConfigError(in_file_order(problems, experiment.lines, file))
+    try:
+        return build_plan(expansion.specs, file=file, root=root)
+    except ConfigError as exc:
+        raise ConfigError(in_file_order(exc.problems, experiment.lines, file)) from None

@@ -16,39 +16,52 @@ def check(specs, *, file: str, root=None) -> None:
     Raises:
         ConfigError: every problem found (unknown model, missing file, wrong fields, n_train too large).
     """
+    problems = check_inputs([(s.config.model, s.config.data) for s in specs], file=file)
+    plan = PlanChecks(specs, file=file, root=root)
+    for spec in specs:
+        problems.extend(p for p in spec.config.objective.build().check(spec, plan) if p not in problems)
+    problems.extend(p for p in check_sources(specs, file=file, root=root) if p not in problems)
+    problems.extend(p for p in check_methods(specs, file=file) if p not in problems)
+    problems.extend(p for p in check_gpu_options(specs, file=file) if p not in problems)
+    problems.extend(check_tasks(sorted({t for s in specs for t in s.config.eval.tasks}), file=file))
+    if problems:
+        raise ConfigError(problems)
+
+
+def check_inputs(inputs, *, file: str) -> list[tuple[str, str, str]]:
+    """The problems of the model folders and data files that (model, data) section pairs name, each
+    distinct one checked once; a section that is None (it did not validate) is skipped.
+
+    Args:
+        inputs: (ModelCfg | None, DataCfg | None) pairs: every grid point's, valid or not.
+    """
     problems: list[tuple[str, str, str]] = []
     seen_models, seen_data, records_cache = set(), set(), {}
-    for spec in specs:
-        cfg = spec.config
-        if cfg.model.name not in seen_models:
-            seen_models.add(cfg.model.name)
+    for model, data in inputs:
+        if model is not None and model.name not in seen_models:
+            seen_models.add(model.name)
             try:
-                models.check(cfg.model.name, file=file, field="model.name")
+                models.check(model.name, file=file, field="model.name")
             except ConfigError as exc:
                 problems.extend(exc.problems)
-        key = cfg.data.model_dump_json()
+        if data is None:
+            continue
+        key = data.model_dump_json()
         if key in seen_data:
             continue
         seen_data.add(key)
-        source = (cfg.data.name, cfg.data.path, cfg.data.split, cfg.data.prompt_field, cfg.data.response_field)
+        source = (data.name, data.path, data.split, data.prompt_field, data.response_field)
         try:
             if source not in records_cache:
-                records_cache[source] = DATASETS.get(cfg.data.name)().records(cfg.data)
-            split(records_cache[source], cfg.data)
+                records_cache[source] = DATASETS.get(data.name)().records(data)
+            split(records_cache[source], data)
         except DataError as exc:
             problem = (file, exc.field, str(exc))
             if problem not in problems:
                 problems.append(problem)
         except KeyError as exc:  # unknown dataset name
             problems.append((file, "data.name", str(exc)))
-    plan = PlanChecks(specs, file=file, root=root)
-    for spec in specs:
-        problems.extend(p for p in spec.config.objective.build().check(spec, plan) if p not in problems)
-    problems.extend(p for p in check_sources(specs, file=file, root=root) if p not in problems)
-    problems.extend(p for p in check_methods(specs, file=file) if p not in problems)
-    problems.extend(check_tasks(sorted({t for s in specs for t in s.config.eval.tasks}), file=file))
-    if problems:
-        raise ConfigError(problems)
+    return problems
 
 
 class PlanChecks:
@@ -191,6 +204,61 @@ def _rank_too_large(model) -> str | None:
             for rank in ranks.values():
                 if rank > width:
                     return f"r={rank} is larger than layer `{name}` ({width} wide): use r <= {width}"
+    return None
+
+
+def check_gpu_options(specs, *, file: str, cuda: bool | None = None) -> list[tuple[str, str, str]]:
+    """`train.kernels` and `train.attn_implementation` that cannot run here: Liger and FlashAttention-2
+    need a CUDA device and their packages (FlashAttention-2 also bf16/fp16), and Liger a model type it
+    has kernels for. Checked where the sweep starts, which is where its local runs train.
+
+    Args:
+        cuda: whether a CUDA device is usable (None: ask torch).
+    """
+    wanted = [s for s in specs
+              if s.config.train.kernels != "none" or s.config.train.attn_implementation == "flash_attention_2"]
+    if not wanted:
+        return []
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    problems: list[tuple[str, str, str]] = []
+    no_cuda = "needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False)"
+    for spec in wanted:
+        train, where = spec.config.train, f"[{spec.slug}] train"
+        if train.kernels == "liger":
+            why = (no_cuda if not cuda else None if models.installed("liger_kernel") else
+                   "needs the liger-kernel package, which is not installed: pip install liger-kernel")
+            why = why or _liger_unsupported(spec.config.model)
+            if why:
+                problems.append((file, f"{where}.kernels", f"`liger` {why}. Allowed here: none."))
+        if train.attn_implementation == "flash_attention_2":
+            allowed_here = "Allowed here: auto, eager, sdpa."
+            if not cuda:
+                why = no_cuda
+            elif not models.installed("flash_attn"):
+                why = "needs the flash-attn package, which is not installed: pip install flash-attn"
+            elif str(models.pick_dtype(spec.config.model.dtype, "cuda")) not in ("torch.bfloat16", "torch.float16"):
+                why = (f"runs in bf16 or fp16 only, and `model.dtype: {spec.config.model.dtype}` is float32 "
+                       "on this GPU (use bfloat16 or float16)")
+            else:
+                continue
+            problems.append((file, f"{where}.attn_implementation", f"`flash_attention_2` {why}. {allowed_here}"))
+    return problems
+
+
+def _liger_unsupported(model_cfg) -> str | None:
+    """Why Liger cannot patch this model (a model type it has no kernels for), or None."""
+    config = _model_config(model_cfg.name, model_cfg)
+    if config is None:  # a hub id offline: the run itself reports it
+        return None
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError as exc:  # installed, but its import fails (no Triton, an old torch)
+        return f"cannot import liger-kernel here ({type(exc).__name__}: {exc})"
+    if config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return f"has no kernels for model type `{config.model_type}` of `{model_cfg.name}`"
     return None
 
 

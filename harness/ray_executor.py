@@ -32,7 +32,8 @@ from harness.contention import sweep_token
 from harness.errors import ConfigError
 from harness.executor import child_env
 from harness.launch import start_process
-from harness.executor_loop import Executor, Job, Monitor, last_progress, record_without_result
+from harness.executor_loop import (UNRECORDED, Executor, Job, Monitor, last_progress, oom_evidence, oom_kill_counts,
+                                   record, record_without_result, store_error_message)
 from harness.grid import RunSpec
 
 #: files of a run that are its record (always back to the driver); everything else is an artifact
@@ -106,6 +107,7 @@ class RunWorker:
         env = child_env(threads=payload.get("threads"), sweep=payload.get("sweep"),
                         sweep_cores=payload.get("sweep_cores"), exclusive=payload.get("exclusive", False))
         env.setdefault("WANDB_DIR", str(self.directory))  # offline W&B runs travel back with the record
+        self.oom_counts = oom_kill_counts()  # this node's: a SIGKILL is `oom` only if one rises
         self.proc = start_process(self.directory, env)
         self.node = ray.util.get_node_ip_address()
 
@@ -119,7 +121,9 @@ class RunWorker:
             chunk = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only
         except OSError:
             pass
-        return {"metrics": chunk, "code": self.proc.poll(), "node": self.node, "pid": os.getpid()}
+        code = self.proc.poll()
+        oom = oom_evidence(self.oom_counts) if code == -9 else None
+        return {"metrics": chunk, "code": code, "node": self.node, "pid": os.getpid(), "oom": oom}
 
     def stop(self) -> None:
         """SIGTERM the run (a search pruned it)."""
@@ -303,8 +307,11 @@ class RayExecutor(Executor):
             return self._lost(flight, exc)
         flight.node = answer["node"]
         if answer["metrics"]:
-            with open(flight.directory / "metrics.jsonl", "ab") as fh:
-                fh.write(answer["metrics"])
+            try:
+                with open(flight.directory / "metrics.jsonl", "ab") as fh:
+                    fh.write(answer["metrics"])
+            except OSError:  # the live mirror is best effort (a full disk): the run's own file comes back at its end
+                pass
             flight.offset += len(answer["metrics"])
         if answer["code"] is None:
             if monitor is not None and flight.stopped is None:
@@ -316,25 +323,29 @@ class RayExecutor(Executor):
             returned = ray.get(flight.actor.collect.remote())
         except ray.exceptions.RayError as exc:
             return self._lost(flight, exc)
-        return self._record(flight, answer["code"], returned)
+        return self._record(flight, answer["code"], returned, oom=answer.get("oom"))
 
-    def _record(self, flight: Flight, code: int, returned: dict) -> dict:
+    def _record(self, flight: Flight, code: int, returned: dict, oom: str | None = None) -> dict:
         try:
             files = dict(returned["files"])
             result_bytes = files.pop("result.json", None)
-            for rel, data in files.items():
-                path = flight.directory / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+            try:
+                for rel, data in files.items():
+                    path = flight.directory / rel
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
+            except OSError as exc:  # a full disk on the driver: the run stays unfinished, the sweep goes on
+                return {"run_id": flight.spec.run_id, "status": "failed",
+                        UNRECORDED: store_error_message(exc, self.root)}
             executor = {"name": "ray", "attempts": flight.attempt, "lost": flight.lost,
                         "artifacts_uri": returned.get("artifacts_uri")}
             if result_bytes is not None:  # as locally: a run that finished before a stop landed keeps its result
                 result = json.loads(result_bytes)
                 result["env"] = {**(result.get("env") or {}), "executor": executor}
-                store.write_json_atomic(flight.directory / "result.json", result)  # the last act, as locally
+                result = record(flight.directory, result)  # the last act, as locally
             else:
                 result = record_without_result(flight.spec, flight.directory, code, flight.stopped,
-                                               extra_env={"executor": executor})
+                                               extra_env={"executor": executor}, oom=oom)
             return result
         finally:
             self.ray.kill(flight.actor)
@@ -361,14 +372,18 @@ class RayExecutor(Executor):
             flight.claim.release()
 
     def _abandon(self, flights: list[Flight]) -> None:
-        """Ctrl-C (or any error) on the driver: kill the in-flight runs and leave no partial record."""
+        """Ctrl-C (or any error) on the driver: kill the in-flight runs and leave no partial record (what
+        was mirrored of an unfinished run is archived, never deleted)."""
         for flight in flights:
             try:
                 self.ray.kill(flight.actor)
             except Exception:  # already dead
                 pass
-            if store.read_result(flight.directory) is None:
-                shutil.rmtree(flight.directory, ignore_errors=True)
+            if flight.directory.exists() and store.read_result(flight.directory) is None:
+                try:
+                    store.archive(flight.directory)
+                except OSError:
+                    pass
             flight.claim.release()
 
 

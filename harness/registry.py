@@ -45,7 +45,10 @@ class Registry(Generic[T]):
             ) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        try:
+            return name in self._items
+        except TypeError:  # an unhashable value (a list read from YAML) names nothing
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))

@@ -5,10 +5,13 @@ Usage (by the executor): `python -m harness.run RUN_DIR`.
 
 from __future__ import annotations
 
-import ctypes
+if __name__ == "__main__":  # `python -m harness.run`: tied to the sweep before the heavy imports below
+    from harness.lifeline import hold
+
+    hold()
+
 import logging
 import os
-import signal
 import sys
 import time
 import traceback
@@ -20,6 +23,7 @@ import yaml
 from harness import store
 from harness.config import RUN_KEYS, build_run_config
 from harness.contention import Watch, check_exclusive
+from harness.lifeline import die_with_parent, hold, terminate_as_exit
 from harness.plugins import import_plugins
 
 
@@ -33,10 +37,7 @@ def now() -> str:
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL us when the sweep that started us dies, so no orphan run keeps going."""
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    die_with_parent()
 
 
 def classify(exc: BaseException) -> str:
@@ -94,7 +95,8 @@ def execute(run_dir: Path) -> dict:
 
         task_meta = {t: task_key(t, spec.eval.limit, spec.eval.num_fewshot) for t in spec.eval.tasks
                      if any(k.startswith(f"task.{t}.") for k in metrics)}
-    result = store.make_result(raw, status=status, error=error, metrics=metrics, env={**_env(device), **contention},
+    env = {**_env(device, raw), **contention}
+    result = store.make_result(raw, status=status, error=error, metrics=metrics, env=env,
                                started_at=started, finished_at=now(), task_meta=task_meta)
     if tracker is not None:
         try:
@@ -106,16 +108,18 @@ def execute(run_dir: Path) -> dict:
     return result
 
 
-def _env(device):
+def _env(device, raw: dict) -> dict:
     from harness.measure import env_info
+    from harness.models import runtime_env
 
-    return env_info(device)
+    return {**env_info(device), **runtime_env(raw, device)}
 
 
 def forked_main(directory: str, env: dict, inherited: list[int]) -> None:
     """`main` in a child of the launcher's fork server (`harness.launch`): take this run's
     environment and thread count, write to DIRECTORY/run.log like a fresh process, then run.
     `inherited` are the descriptors it holds while it lives (the run's claim)."""
+    hold(env, via_server=True)  # first: a sweep that died while the server forked us leaves nobody to run for
     import gc
 
     gc.freeze()  # the server's imported objects: never collected, so each collection skips them
@@ -140,6 +144,7 @@ def forked_main(directory: str, env: dict, inherited: list[int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _die_with_parent()
+    terminate_as_exit()  # SIGTERM (a pruned run, a stopped sweep) runs `finally` blocks: temp folders go
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = execute(Path(argv[0]))
     return 0 if result["status"] == "ok" else 1

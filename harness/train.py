@@ -113,7 +113,8 @@ def write_metric(path: Path, row: dict) -> None:
 def training_args(cfg, *, out_dir: Path, seed: int, device: str, packing: bool,
                   args_cls: type[TrainingArguments] = TrainingArguments, **extra) -> TrainingArguments:
     """TrainingArguments (or a TRL subclass, `args_cls`, with its `extra` options) from a TrainCfg;
-    checkpoints are ours to save, so the Trainer saves none."""
+    checkpoints are ours to save, so the Trainer saves none. `compile` hands the model to
+    torch.compile through the Trainer (`torch_compile`)."""
     t = cfg
     return args_cls(
         output_dir=str(out_dir),
@@ -141,6 +142,7 @@ def training_args(cfg, *, out_dir: Path, seed: int, device: str, packing: bool,
         disable_tqdm=True,
         # packed batches have no padding: every token is real; padded ones count attention_mask
         include_num_input_tokens_seen="all" if packing else "non_padding",
+        torch_compile=t.compile,
         **extra,
     )
 
@@ -155,6 +157,10 @@ class LabelLogitsTrainer(Trainer):
     turn, most of a chatterbot example. The recipe uses it where the method allows
     (`Method.logits_at_labels`); a prompt-learning peft config (virtual tokens shift the positions)
     or a model without `logits_to_keep` still gets the plain Trainer's loss.
+
+    A model that can compute the loss itself from the hidden states (`train.kernels: liger`: fused
+    linear cross-entropy, `fuses_loss`) gets the label positions, their targets and `skip_logits` and
+    returns that loss: the same sum ÷ count, accumulated in fp32 chunks without materialising logits.
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -162,12 +168,19 @@ class LabelLogitsTrainer(Trainer):
 
         labels = inputs.get("labels")
         own_loss = self.compute_loss_func is not None or self.label_smoother is not None  # an objective's (ORPO)
-        if labels is None or own_loss or not keeps_logits(model):
+        inner = getattr(model, "_orig_mod", model)  # under `train.compile` the model is torch.compile's wrapper
+        if labels is None or own_loss or not keeps_logits(inner):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         targets = inputs.get("shift_labels")
         if targets is None:
             targets = F.pad(labels, (0, 1), value=-100)[..., 1:]
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+        if fuses_loss(inner):
+            keep = targets.ne(-100).any(dim=0).nonzero().flatten()
+            count = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+            outputs = model(**model_inputs, logits_to_keep=keep, shift_labels=targets[:, keep], skip_logits=True,
+                            **count)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
         outputs, targets = label_logits(model, model_inputs, targets)
         logits = outputs.logits.float()
         targets = targets.to(logits.device)
@@ -177,6 +190,16 @@ class LabelLogitsTrainer(Trainer):
         count = targets.ne(-100).sum() if num_items_in_batch is None else num_items_in_batch
         loss = loss / (count.to(loss.device) if hasattr(count, "to") else count)
         return (loss, outputs) if return_outputs else loss
+
+
+def fuses_loss(model) -> bool:
+    """Whether `model` (a peft model's base) computes the loss from the hidden states when called with
+    targets and `skip_logits=True`, with no logits: Liger's fused linear cross-entropy
+    (`train.kernels: liger`, `harness.models.apply_kernels`)."""
+    from harness.models import FUSED_LOSS
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, FUSED_LOSS, False) is True
 
 
 def _fused(optimizer: str, device: str) -> str:

@@ -60,21 +60,23 @@ def test_status_of(tmp_path):
     assert store.status_of(directory) == "unfinished"
     assert (directory / "spec.yaml").is_file()
     (directory / "result.json").write_text("{not json")
-    assert store.status_of(directory) == "unfinished"  # a torn file is not a result
+    assert store.status_of(directory) == "damaged"  # a torn file is not a result: read as damaged, rerun
+    assert store.read_result(directory) is None
     finish(tmp_path, "y", status="diverged")
     assert store.status_of(store.run_dir("exp", "y", tmp_path)) == "diverged"
 
 
-def test_prepare_run_dir_wipes_unfinished_but_never_finished(tmp_path):
+def test_prepare_run_dir_archives_what_is_there_never_deletes(tmp_path):
     directory = store.run_dir("exp", "x", tmp_path)
-    store.prepare_run_dir(directory, spec("x"))
+    assert store.prepare_run_dir(directory, spec("x")) is None
     (directory / "metrics.jsonl").write_text('{"step": 1}\n')
-    store.prepare_run_dir(directory, spec("x"))
+    moved = store.prepare_run_dir(directory, spec("x"))
     assert sorted(p.name for p in directory.iterdir()) == ["spec.yaml"]
+    assert moved.parent == tmp_path / "exp" / ".archive" and (moved / "metrics.jsonl").is_file()
     finished = finish(tmp_path, "done")
-    with pytest.raises(FileExistsError):
-        store.prepare_run_dir(finished, spec("done"))
-    assert (finished / "result.json").is_file()
+    record = (finished / "result.json").read_bytes()
+    kept = store.prepare_run_dir(finished, spec("done"))
+    assert (kept / "result.json").read_bytes() == record
 
 
 def test_archive_moves_and_never_overwrites(tmp_path):

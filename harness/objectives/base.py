@@ -142,8 +142,8 @@ class Objective:
         start = self.start_ref(ctx.spec)
         if start:
             folder = ctx.refs.model_folder(start)
-            return models.load(ctx.spec.model.model_copy(update={"name": str(folder)}), ctx.device)
-        return models.load(ctx.spec.model, ctx.device)
+            return models.load(ctx.spec.model.model_copy(update={"name": str(folder)}), ctx.device, ctx.spec.train)
+        return models.load(ctx.spec.model, ctx.device, ctx.spec.train)
 
     def records(self, ctx: RunContext, metrics: dict) -> tuple[list, list[dict]]:
         """(training records, validation records) of the run's data."""

@@ -46,6 +46,8 @@ class ReportContext:
     target_loss: float | None = None
     storage: str | None = None
     generated_at: str = field(default_factory=_now)
+    #: runs the store lacks a usable record of (`harness.report.build.absent_runs`), for the failures section
+    absent: list[dict] = field(default_factory=list)
 
     @cached_property
     def axes(self) -> list[str]:

@@ -51,6 +51,9 @@ class Report:
     summary: pd.DataFrame
     sections: list[Section]
     fits: dict[str, PowerLawFit | None] = field(default_factory=dict)
+    #: runs not in the report: damaged records, unfinished runs, grid points missing from the store
+    #: ({slug, status, error_type, error} each; see `harness.report.build.absent_runs`)
+    absent: list[dict] = field(default_factory=list)
 
 
 def metric_cell(summary_row, metric: Metric, best: bool, busy: bool = False) -> Cell:

@@ -19,7 +19,10 @@ from harness.report.stats import (PairedDiff, holm, minimum_detectable_differenc
 ALPHA = 0.05
 #: the test-split twin of a validation figure
 TEST_OF = {"eval_loss": TEST[0], "eval_ppl": TEST[1]}
-BUDGET_COLUMNS = ["train.micro_batch", "train.grad_accum", "train.seq_len", "train.max_steps", "train.epochs"]
+BUDGET_COLUMNS = ["train.micro_batch", "train.grad_accum", "train.seq_len", "train.max_steps", "train.epochs",
+                  "train.kernels", "train.compile", "env.attn_implementation"]
+#: what a budget column means where a run does not record it (older runs, options at their defaults)
+BUDGET_DEFAULTS = {"train.kernels": "none", "train.compile": False, "env.attn_implementation": "sdpa"}
 VERSION_COLUMNS = ["env.git_sha", "env.git_dirty", "env.torch", "env.transformers", "env.peft",
                    "env.bitsandbytes", "env.accelerate", "env.datasets", "env.python"]
 
@@ -33,6 +36,21 @@ def significance(a: list[float], b: list[float]) -> str:
     if math.isnan(p):
         return f"no test possible over {n}"
     return f"{'significant' if p < ALPHA else 'not significant'} over {n} (Welch p={p:.2g})"
+
+
+def seed_significance(runs: pd.DataFrame, a: str, b: str, key: str) -> str:
+    """How configuration `a` against `b` on `key` reads over seeds: a paired t-test over the seeds both ran
+    (a seed's runs share its data order), else `significance` of the unpaired samples. Uncorrected: for a
+    section's own sentence, not the findings' family."""
+    sa, sb = _by_seed(runs, a, key), _by_seed(runs, b, key)
+    shared = sorted(set(sa) & set(sb))
+    if len(shared) < 2:
+        return significance(list(sa.values()), list(sb.values()))
+    p = paired_t_p([sa[s] for s in shared], [sb[s] for s in shared])
+    if math.isnan(p):
+        return f"no test possible over {len(shared)} paired seeds (their differences do not vary)"
+    return (f"{'significant' if p < ALPHA else 'not significant'} over {len(shared)} paired seeds "
+            f"(paired t p={p:.2g}, uncorrected)")
 
 
 def _pct(new: float, old: float) -> float:
@@ -314,11 +332,16 @@ def findings(df: pd.DataFrame, summary: pd.DataFrame, quality: Metric, costs: li
     return assess(df, summary, quality, costs, tasks, examples).bullets
 
 
-def failures(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs that did not end ok, with their reasons."""
+def failures(df: pd.DataFrame, absent: list[dict] = ()) -> pd.DataFrame:
+    """Runs that did not end ok, with their reasons, then `absent` ones (damaged, unfinished or missing
+    from the store: `harness.report.build.absent_runs`)."""
     bad = df[df["status"] != "ok"] if not df.empty else df
     cols = [c for c in ("slug", "status", "error_type", "error") if c in bad]
-    return bad[cols].reset_index(drop=True)
+    bad = bad[cols].reset_index(drop=True)
+    if not absent:
+        return bad
+    extra = pd.DataFrame(list(absent), columns=["slug", "status", "error_type", "error"])
+    return extra if bad.empty else pd.concat([bad, extra], ignore_index=True)
 
 
 def caveats(df: pd.DataFrame) -> list[str]:
@@ -329,8 +352,11 @@ def caveats(df: pd.DataFrame) -> list[str]:
     if runs.empty:
         return out
     for col in BUDGET_COLUMNS:
-        if col in runs and runs[col].astype(str).nunique() > 1:
-            values = ", ".join(sorted(runs[col].astype(str).unique()))
+        if col not in runs:
+            continue
+        column = runs[col].where(runs[col].notna(), BUDGET_DEFAULTS.get(col)) if col in BUDGET_DEFAULTS else runs[col]
+        if column.astype(str).nunique() > 1:
+            values = ", ".join(sorted(column.astype(str).unique()))
             out.append(f"`{col}` differs between compared runs ({values}): memory, speed and quality are not "
                        f"like for like across it.")
     if "train_tokens" in runs:

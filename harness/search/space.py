@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import tasks as _tasks  # noqa: F401  (built-in tasks declare their primary scores' directions)
 from harness.config import load_experiment, load_yaml
 from harness.errors import ConfigError, allowed, did_you_mean
+from harness.inputs import NAME_RULE, name_problem
 from harness.metrics import METRICS
 
 SWEEP_KEYS = ["description", "experiment", "set", "space", "objectives", "constraints", "sampler", "pruner",
@@ -163,6 +164,9 @@ def read_sweep(path: str | Path) -> Sweep:
     doc = load_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError.one(file, "", f"must be a mapping with keys {', '.join(SWEEP_KEYS)}")
+    if name_problem(path.stem):  # the sweep's runs, study and best.yaml live in results/<name>/
+        raise ConfigError.one(file, "", f"the sweep is named after its file, `{path.stem}`, which must be "
+                              f"{NAME_RULE}: rename the file")
     problems = [(file, k, f"unknown top-level key `{k}`.{did_you_mean(k, SWEEP_KEYS)} {allowed(SWEEP_KEYS)}")
                 for k in doc if k not in SWEEP_KEYS]
     for key in ("experiment", "space", "objectives"):

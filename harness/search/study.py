@@ -18,7 +18,9 @@ FIRST_OBJECTIVE_SUFFIX = ":first-objective"
 
 def default_storage(results: Path, sweep: str) -> str:
     """SQLite beside the sweep's run records: results/<sweep>/study.db."""
-    path = (results / sweep).resolve()
+    from harness import store
+
+    path = store.experiment_dir(sweep, results).resolve()  # a sweep name is one folder name inside the root
     path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path / 'study.db'}"
 

@@ -9,7 +9,7 @@ from harness.report import figures
 from harness.report.columns import missing, text
 from harness.report.context import ReportContext
 from harness.report.document import Cell, Section, Table, metric_cell
-from harness.report.findings import _seeds, significance
+from harness.report.findings import seed_significance
 from harness.report.frame import DISTILL, QUALITY, best_rows, ok_runs
 from harness.report.kinds import runs_for
 from harness.report.objectives import MIX, loss_mix, objective_summary, pair_cell, spec_cell, teacher_label
@@ -53,7 +53,7 @@ def distill_findings(runs: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
             continue
         top = group.iloc[0]  # rows are sorted by retention, best first
         other = group[group["group"] != top["group"]].iloc[0]
-        seeds = significance(_seeds(runs, top["config"], RETENTION.key), _seeds(runs, other["config"], RETENTION.key))
+        seeds = seed_significance(runs, top["config"], other["config"], RETENTION.key)
         out.append(f"At {ratio:g}× compression, {top['group']} ({top['config']}) kept the most of the teacher's quality: "
                    f"{_retention(top)}, against {RETENTION.format(other[f'{RETENTION.key}_mean'])}% for "
                    f"{other['group']} ({other['config']}); {seeds}.")

@@ -10,7 +10,7 @@ from harness.report import figures
 from harness.report.columns import column, missing, text
 from harness.report.context import ReportContext
 from harness.report.document import Cell, Section, Table, metric_cell
-from harness.report.findings import _seeds, significance
+from harness.report.findings import seed_significance
 from harness.report.frame import COSTS, PREFERENCE, QUALITY, best_rows, ok_runs
 from harness.report.kinds import objective_of, runs_for
 from harness.report.objectives import objective_summary, spec_cell
@@ -55,7 +55,7 @@ def preference_findings(runs: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
             f"ranked right (chance: 50%) at a KL to the reference of {KL_REF.format(top[f'{KL_REF.key}_mean'])}")
     if len(rows) > 1:
         other = rows.iloc[1]
-        seeds = significance(_seeds(runs, top["config"], ACCURACY.key), _seeds(runs, other["config"], ACCURACY.key))
+        seeds = seed_significance(runs, top["config"], other["config"], ACCURACY.key)
         line += f"; next {other['group']} ({other['config']}) at {_accuracy(other)}, {seeds}"
     out = [line + "."]
     kl = rows[np.isfinite(rows[f"{KL_REF.key}_mean"])]
