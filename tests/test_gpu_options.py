@@ -11,7 +11,7 @@ from harness.config import TrainCfg, build_run_config
 from harness.errors import ConfigError
 
 from conftest import run_cli, tiny_base, write_experiment
-from test_train import _examples
+from test_train import _examples, tiny_with_method
 
 # --- the config -------------------------------------------------------------------------------------
 
@@ -219,9 +219,7 @@ def test_a_compiled_model_still_projects_only_the_label_positions(tmp_path):
         def forward(self, *args, **kwargs):
             return self._orig_mod(*args, **kwargs)
 
-    spec = build_run_config({"model": "tiny-smollm2", "method": "lora", "tracking": "none"}, file="test")
-    model, tok = models.load(spec.model, "cpu")
-    model = spec.method.build().apply(model, RunContext(spec=spec, run_dir=tmp_path, device="cpu", total_steps=10))
+    model, tok = tiny_with_method(tmp_path, "lora")
     batch = make_collator(tok, True)(_examples(tok))
     trainer = LabelLogitsTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True,
                                                                      report_to="none"))

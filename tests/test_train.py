@@ -27,6 +27,13 @@ def _examples(tok):
     return out
 
 
+def tiny_with_method(tmp_path, name: str = "lora"):
+    """The tiny model with method `name` applied, and its tokenizer."""
+    spec = build_run_config({"model": "tiny-smollm2", "method": name, "tracking": "none"}, file="test")
+    model, tok = models.load(spec.model, "cpu")
+    return spec.method.build().apply(model, RunContext(spec=spec, run_dir=tmp_path, device="cpu", total_steps=10)), tok
+
+
 def _loss_and_grads(trainer_cls, model, batch, num_items):
     from transformers import TrainingArguments
 
@@ -73,9 +80,7 @@ def test_only_label_positions_are_projected(tmp_path):
 
     from harness.train import LabelLogitsTrainer
 
-    spec = build_run_config({"model": "tiny-smollm2", "method": "lora", "tracking": "none"}, file="test")
-    model, tok = models.load(spec.model, "cpu")
-    model = spec.method.build().apply(model, RunContext(spec=spec, run_dir=tmp_path, device="cpu", total_steps=10))
+    model, tok = tiny_with_method(tmp_path, "lora")
     batch = make_collator(tok, True)(_examples(tok))
     trainer = LabelLogitsTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True,
                                                                      report_to="none"))
@@ -89,9 +94,7 @@ def test_only_label_positions_are_projected(tmp_path):
 def test_evaluation_at_label_positions_equals_the_full_projection(name, packing, tmp_path, monkeypatch):
     from harness import evaluate
 
-    spec = build_run_config({"model": "tiny-smollm2", "method": name, "tracking": "none"}, file="test")
-    model, tok = models.load(spec.model, "cpu")
-    model = spec.method.build().apply(model, RunContext(spec=spec, run_dir=tmp_path, device="cpu", total_steps=10))
+    model, tok = tiny_with_method(tmp_path, name)
     examples, collator = _examples(tok), make_collator(tok, packing)
     assert evaluate.keeps_logits(model)
     kept = evaluate.token_loss(model, examples, collator, 2, "cpu")
@@ -106,9 +109,7 @@ def test_per_example_losses_are_the_same_packed_padded_and_one_at_a_time(name, t
     add up to the token-weighted loss."""
     from harness import evaluate
 
-    spec = build_run_config({"model": "tiny-smollm2", "method": name, "tracking": "none"}, file="test")
-    model, tok = models.load(spec.model, "cpu")
-    model = spec.method.build().apply(model, RunContext(spec=spec, run_dir=tmp_path, device="cpu", total_steps=10))
+    model, tok = tiny_with_method(tmp_path, name)
     examples = _examples(tok)
     alone = [evaluate.example_losses(model, [e], make_collator(tok, False), 1, "cpu") for e in examples]
     expected_tokens = [sum(v != -100 for v in e["labels"][1:]) for e in examples]
