@@ -207,7 +207,6 @@ def test_a_compiled_model_still_projects_only_the_label_positions(tmp_path):
     import torch
     from transformers import TrainingArguments
 
-    from harness.context import RunContext
     from harness.data.tokenize import make_collator
     from harness.train import LabelLogitsTrainer
 
