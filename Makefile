@@ -31,7 +31,7 @@ help:
 	@echo "make report SWEEP=name [STORAGE=url]          the same for a search, with its study section"
 	@echo "make transfer EXP=name                        print the transfer matrix (rows trained on, columns scored on)"
 	@echo "make test                                     the test suite (CPU, minutes)"
-	@echo "make faults                                   only the fault tests (damaged store, full disk, killed runs)"
+	@echo "make faults                                   only the fault tests (damaged store, full disk, killed runs, hostile input)"
 	@echo "make bench                                    speed/memory figures"
 	@echo "make bench-search                             TPE+pruning against the rank_alpha grid, same step budget (135M)"
 	@echo "make bench-ray                                smoke sweep: local executor vs Ray with 2 workers, Ray's overhead per run"
@@ -91,9 +91,10 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not ray" $(ARGS)
 
 # the store under faults (issue 19): damaged records, a full disk, an unusable results root, killed runs;
-# `make test` runs it too
+# hostile input: names, alias bombs, huge grids, every mistake at once, divergence; and the property-based
+# test of the loader and grid (Hypothesis, 500 examples a property). `make test` runs them too
 faults: $(STAMP)
-	$(BIN)/python -m pytest -q tests/test_faults.py $(ARGS)
+	$(BIN)/python -m pytest -q tests/test_faults.py tests/test_input_properties.py $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(ARGS)

@@ -54,9 +54,10 @@ def cmd_run(args) -> int:
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     specs = plan.specs
+    estimates, over_budget = _memory_check(args, specs)
     if args.dry_run:
         statuses = [store.status_of(store.run_dir(s.experiment, s.run_id, root)) for s in specs]
-        console.print(_grid_table(specs, statuses))
+        console.print(_grid_table(specs, statuses, estimates))
         for s, status in zip(specs, statuses):
             if status == store.DAMAGED:
                 damage = store.inspect(store.run_dir(s.experiment, s.run_id, root))[1]
@@ -66,6 +67,14 @@ def cmd_run(args) -> int:
         for st in statuses:
             counts[st] = counts.get(st, 0) + 1
         console.print(f"{len(specs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + " (dry run: nothing started)")
+    if over_budget:
+        for line in over_budget:
+            console.print(f"[red]over budget:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        if not args.allow_over_budget:
+            console.print(f"{len(over_budget)} runs would not fit: nothing started "
+                          "(--allow-over-budget runs them anyway)")
+            return 2
+    if args.dry_run:
         return 0
     executor = _executor(args, experiment, root)
     # reference rows first (the runs read their general_ppl for the forgetting figures), teachers before students
@@ -76,6 +85,36 @@ def cmd_run(args) -> int:
     if bad:
         console.print(f"[red]{len(bad)} of {len(results)} runs did not finish ok[/] (see `ftbench show RUN_ID`)")
     return 1 if bad else 0
+
+
+def _memory_check(args, specs) -> tuple[dict | None, list[str]]:
+    """(the peak-memory estimate of every run, or None when not needed; one line per run whose train
+    estimate exceeds the budget). The budget is `--memory-budget`, else on CUDA the GPU's free memory;
+    on CPU without the flag nothing is refused.
+
+    Raises:
+        ConfigError: `--memory-budget` is not a size.
+    """
+    from harness import memory, models, preflight
+
+    budget = getattr(args, "memory_budget", None)
+    if budget is not None:
+        try:
+            budget = memory.parse_size(budget)
+        except ValueError as exc:
+            raise ConfigError.one("", "--memory-budget", str(exc)) from None
+    device = models.pick_device()
+    if budget is None and device == "cuda" and not args.dry_run:
+        import torch
+
+        budget = torch.cuda.mem_get_info()[0] / 2**20
+    if budget is None and not args.dry_run:
+        return None, []
+    estimates = preflight.estimates(specs, device)
+    over = [memory.over_budget_line(s.slug, s.config, estimates[s.run_id], budget) for s in specs
+            if budget is not None and estimates.get(s.run_id) is not None and estimates[s.run_id].train_mb > budget
+            and s.config.method.cls.trains]
+    return estimates, over
 
 
 def _check_counts(args) -> None:
@@ -129,13 +168,17 @@ def _add_max_runs(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"the most {what}; more is refused before anything is built (default {MAX_RUNS})")
 
 
-def _grid_table(specs, statuses: list[str]) -> Table:
+def _grid_table(specs, statuses: list[str], estimates: dict | None = None) -> Table:
     axes = list(dict.fromkeys(k for s in specs for k in s.varied))
     table = Table(header_style="bold")
-    for col in ("slug", "run id", *axes, "status"):
-        table.add_column(col)
+    mem = ("train MiB (est)", "eval MiB (est)") if estimates is not None else ()
+    for col in ("slug", "run id", *axes, *mem, "status"):
+        table.add_column(col, justify="right" if col in mem else "left")
     for s, status in zip(specs, statuses):
-        table.add_row(s.slug, s.run_id.rsplit("-", 1)[1], *[str(s.varied.get(a, "")) for a in axes],
+        est = (estimates or {}).get(s.run_id)
+        cells = () if not mem else ("–", "–") if est is None else (
+            f"{est.train_mb:,.0f}" if s.config.method.cls.trains else "–", f"{est.eval_mb:,.0f}")
+        table.add_row(s.slug, s.run_id.rsplit("-", 1)[1], *[str(s.varied.get(a, "")) for a in axes], *cells,
                       {"ok": "done"}.get(status, status))
     return table
 
@@ -417,7 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("experiment", help="experiments/NAME.yaml, or just NAME")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. train.max_steps=500 (repeatable)")
-    run.add_argument("--dry-run", action="store_true", help="print the expanded grid and run nothing")
+    run.add_argument("--dry-run", action="store_true", help="print the expanded grid (with each run's estimated peak "
+                     "memory) and run nothing")
+    run.add_argument("--memory-budget", default=None, metavar="SIZE",
+                     help="refuse (exit 2) before anything starts if a run's estimated train peak exceeds SIZE "
+                          "(1.5GiB, 800MiB); default: the free GPU memory on CUDA, no limit on CPU")
+    run.add_argument("--allow-over-budget", action="store_true",
+                     help="report runs over the memory budget but run them anyway")
     run.add_argument("--workers", type=int, default=None, help="runs at once (default: one per GPU, 1 on CPU)")
     run.add_argument("--force", action="store_true", help="rerun finished runs (old results are archived)")
     run.add_argument("--retry-failed", action="store_true", help="rerun failed/oom/diverged runs")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
-from harness.errors import ConfigError, allowed, did_you_mean
-from harness.inputs import check_name, name_problem, read_yaml
+from harness.errors import ConfigError, allowed, did_you_mean, shown
+from harness.inputs import NAME_RULE, name_problem, read_yaml
 from harness.methods import METHODS
 from harness.methods.base import MethodCfg
 from harness.objectives import DEFAULT, OBJECTIVES, ObjectiveOptions, default_options
@@ -72,6 +73,13 @@ class TrainCfg(Section):
         False, description="torch.compile the model (TrainingArguments.torch_compile): pays on long runs "
         "of a GPU once the first steps have compiled (tens of seconds; each new packed length may recompile "
         "at first); fused kernels change the last bits of the loss")
+    # divergence beyond NaN/inf (harness.train.DivergenceRule): the run stops and is recorded `diverged`
+    diverge_factor: float | None = Field(
+        10.0, gt=1, description="diverged when the training loss rises above this many times its first logged "
+        "value and above ln(vocab), the loss of guessing uniformly; null: off")
+    collapse_steps: int | None = Field(
+        3, gt=0, description="diverged when this many logged steps in a row sit at the uniform loss ln(vocab) "
+        "(within 0.05) with a gradient norm below 1e-6: the model collapsed to uniform output; null: off")
 
     @model_validator(mode="after")
     def _steps_or_epochs(self):
@@ -110,7 +118,8 @@ class EvalCfg(Section):
 
 #: options added after runs were stored, with the default that leaves a run id as it was: at that
 #: default they are left out of the run spec (and so of the id's hash)
-_LATER_TRAIN = {"kernels": "none", "attn_implementation": "auto", "compile": False}
+_LATER_TRAIN = {"kernels": "none", "attn_implementation": "auto", "compile": False, "diverge_factor": 10.0,
+                "collapse_steps": 3}
 _LATER_EVAL = {"sources": [], "in_domain_tasks": False, "speed_warmup_steps": 1, "latency_repeats": 5}
 
 
@@ -202,7 +211,7 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
     for name, cls in SECTIONS.items():
         data = normalize(name, raw.get(name) or {})
         if not isinstance(data, dict):
-            problems.append((file, f"{where}{name}", f"must be a mapping, but got {data!r}"))
+            problems.append((file, f"{where}{name}", f"must be a mapping, but got {shown(data)}"))
             continue
         try:
             sections[name] = validate_section(cls, data, file=file, prefix=f"{where}{name}")
@@ -221,10 +230,10 @@ def build_run_config(raw: dict, *, file: str, where: str = "") -> RunConfig:
         problems.extend(exc.problems)
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        problems.append((file, f"{where}seed", f"must be a non-negative integer, but got {seed!r}"))
+        problems.append((file, f"{where}seed", f"must be a non-negative integer, but got {shown(seed)}"))
     repeat = raw.get("repeat", 0)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 0:
-        problems.append((file, f"{where}repeat", f"must be a non-negative integer, but got {repeat!r}"))
+        problems.append((file, f"{where}repeat", f"must be a non-negative integer, but got {shown(repeat)}"))
     if problems:  # in the order the run's sections were given (the base's keys, then the grid's)
         order = {str(k): i for i, k in enumerate(raw)}
         raise ConfigError(sorted(problems, key=lambda p: order.get(p[1][len(where):].split(".")[0], len(order))))
@@ -271,7 +280,7 @@ def _with_in_domain_tasks(eval_cfg: EvalCfg, data: DataCfg, objective: Objective
 def _build_objective(data: Any, *, file: str, field: str) -> ObjectiveOptions:
     """Validate the `objective:` section with the named objective's own options model."""
     if not isinstance(data, dict):
-        raise ConfigError.one(file, field, f"must be an objective name or a mapping with `name`, but got {data!r}")
+        raise ConfigError.one(file, field, f"must be an objective name or a mapping with `name`, but got {shown(data)}")
     name = data.get("name", DEFAULT)
     try:
         cls = OBJECTIVES.get(name)
@@ -308,7 +317,7 @@ def _validate_known(cls, data: dict, problems: list, *, file: str, field: str):
 
 def _build_method(data: Any, *, file: str, field: str) -> MethodCfg:
     if not isinstance(data, dict):
-        raise ConfigError.one(file, field, f"must be a method name or a mapping with `name`, but got {data!r}")
+        raise ConfigError.one(file, field, f"must be a method name or a mapping with `name`, but got {shown(data)}")
     data = dict(data)
     name = data.pop("name", "lora")
     try:
@@ -335,7 +344,7 @@ def _build_stack(data: dict, *, file: str, field: str) -> MethodCfg:
 
     items = data.get("methods")
     if not isinstance(items, list):
-        raise ConfigError.one(file, f"{field}.methods", f"must be a list of methods, but got {items!r}")
+        raise ConfigError.one(file, f"{field}.methods", f"must be a list of methods, but got {shown(items)}")
     problems, components = [], []
     for i, item in enumerate(items):
         item = normalize("method", item)
@@ -403,8 +412,8 @@ def load_experiment(path: str | Path, *, strict: bool = True) -> Experiment:
             problem kept in `Experiment.problems` for the grid expansion to report with the rest.
 
     Raises:
-        ConfigError: missing, empty, too large or binary file, malformed YAML, a name that is not one
-            safe folder name; with `strict`, unknown or wrongly typed top-level keys too.
+        ConfigError: missing, empty, too large or binary file, malformed YAML; with `strict`, a name that
+            is not one safe folder name, unknown or wrongly typed top-level keys too.
     """
     path = Path(path)
     loaded = read_yaml(path)
@@ -415,28 +424,30 @@ def load_experiment(path: str | Path, *, strict: bool = True) -> Experiment:
     if not isinstance(doc, dict):
         raise ConfigError.one(file, "", f"must be a mapping with keys {', '.join(EXPERIMENT_KEYS)}")
     name = doc.get("name")
+    problems: list[tuple[str, str, str]] = []
     if name is None:
-        if name_problem(path.stem):
-            raise ConfigError.one(file, "name", f"the experiment is named after its file, `{path.stem}`, which "
-                                  f"{name_problem(path.stem).replace('must be', 'is not')[:-1]}; rename the file "
-                                  "or set `name:`")
         name = path.stem
+        if name_problem(name):
+            problems.append((file, "name", f"the experiment is named after its file, `{name}`, which is not a folder "
+                             f"name ({NAME_RULE}); rename the file or set `name:`"))
     else:
         name = str(name) if isinstance(name, int) and not isinstance(name, bool) else name
-        check_name(name, file=file, field="name")
-    problems = [
+        if name_problem(name):
+            problems.append((file, "name", name_problem(name)))
+            name = str(name)
+    problems += [
         (file, str(key), f"unknown top-level key `{key}`.{did_you_mean(key, EXPERIMENT_KEYS)} {allowed(EXPERIMENT_KEYS)}")
         for key in doc if key not in EXPERIMENT_KEYS
     ]
     doc = {k: v for k, v in doc.items() if k in EXPERIMENT_KEYS}
     for key, kind in (("base", dict), ("grid", dict), ("plugins", list), ("resources", dict)):
         if doc.get(key) is not None and not isinstance(doc[key], kind):
-            problems.append((file, key, f"must be a {'mapping' if kind is dict else 'list'}, but got {doc.pop(key)!r}"))
+            problems.append((file, key, f"must be a {'mapping' if kind is dict else 'list'}, but got {shown(doc.pop(key))}"))
     if doc.get("artifacts_uri") is not None and not isinstance(doc["artifacts_uri"], str):
-        problems.append((file, "artifacts_uri", f"must be a path or URI string, but got {doc.pop('artifacts_uri')!r}"))
+        problems.append((file, "artifacts_uri", f"must be a path or URI string, but got {shown(doc.pop('artifacts_uri'))}"))
     plugins = doc.get("plugins") or []
     if any(not isinstance(p, str) for p in plugins):
-        problems.append((file, "plugins", f"must be a list of module names or .py files, but got {plugins!r}"))
+        problems.append((file, "plugins", f"must be a list of module names or .py files, but got {shown(plugins)}"))
         plugins = []
     resources = Resources()
     try:
@@ -470,9 +481,15 @@ def in_file_order(problems: list[tuple[str, str, str]], lines: dict[str, int], f
     def line(problem: tuple[str, str, str]) -> float:
         if problem[0] != file:
             return float("inf")
-        fieldname = problem[1]
+        fieldname, applied = problem[1], []
         if fieldname.startswith("[") and "] " in fieldname:
-            fieldname = fieldname.rsplit("] ", 1)[1]
+            point, fieldname = fieldname.rsplit("] ", 1)
+            applied = re.findall(r"(?:^\[|, )([\w.]+)=", point)  # the grid axes that gave this point its values
+        for key in applied:  # a value a grid axis gave: the axis's line (`method: [a, b]` gives only the name)
+            named = key in ("model", "data", "method", "objective")
+            if (fieldname in (key, f"{key}.name") if named else fieldname == key or fieldname.startswith(f"{key}.")) \
+                    and f"grid.{key}" in lines:
+                return lines[f"grid.{key}"]
         parts = fieldname.split(".")
         for n in range(len(parts), 0, -1):
             head = ".".join(parts[:n])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
 
 
@@ -38,3 +39,14 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def allowed(choices: Iterable[str]) -> str:
     """Render an 'Allowed: a, b, c.' suffix."""
     return "Allowed: " + ", ".join(sorted(str(c) for c in choices)) + "."
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 120
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxtuple = _SHOWN.maxset = 8
+_SHOWN.maxlevel = 4
+
+
+def shown(value: object) -> str:
+    """`repr(value)` cut to a readable length (a 100,000-value list read from YAML stays one short line)."""
+    return _SHOWN.repr(value)

@@ -92,8 +92,12 @@ def set_dotted(raw: dict, key: str, value: Any) -> None:
     node = raw.setdefault(top, {})
     node = raw[top] = normalize(top, node) if not isinstance(node, dict) else node
     for part in parts[1:-1]:
+        if not isinstance(node, dict):
+            break
         node = node.setdefault(part, {})
-    node[parts[-1]] = copy.deepcopy(value)
+    if isinstance(node, dict):
+        node[parts[-1]] = copy.deepcopy(value)
+    # else: `top` holds no mapping (`method: false`); the run's validation reports that value
 
 
 def _switch_method(old: dict, new: Any) -> Any:
@@ -103,7 +107,9 @@ def _switch_method(old: dict, new: Any) -> Any:
     keep = {}
     if name in METHODS:
         accepted = METHODS.get(name).Options.model_fields
-        keep = {k: v for k, v in old.items() if k != "name" and k in accepted}
+        anyone = {f for m in METHODS.names() for f in METHODS.get(m).Options.model_fields}
+        # an option no method has is a typo: kept, so the new method reports it instead of it vanishing
+        keep = {k: v for k, v in old.items() if k != "name" and (k in accepted or k not in anyone)}
     return {"name": name, **keep, **{k: v for k, v in new.items() if k != "name"}}
 
 
@@ -151,7 +157,8 @@ def read_axes(grid: dict, *, file: str, max_runs: int | None = None) -> tuple[li
         if isinstance(spec, dict) and "values" in spec:
             extra = set(spec) - {"values", "when"}
             if extra:
-                problems.append((file, where, f"unknown key(s) {sorted(extra)}; an axis mapping takes `values` and `when`"))
+                problems.append((file, where, f"unknown key(s) {sorted(map(str, extra))}; an axis mapping takes `values` "
+                                 "and `when`"))
                 continue
             values, when = spec["values"], spec.get("when")
             if when is not None:
@@ -169,6 +176,10 @@ def read_axes(grid: dict, *, file: str, max_runs: int | None = None) -> tuple[li
             values = [values]
         if not values:
             problems.append((file, where, "empty axis: give at least one value"))
+            continue
+        if max_runs is not None and len(values) > max_runs:  # never built: the product would be larger still
+            problems.append((file, where, f"{len(values):,} values: the grid expands to at least {len(values):,} "
+                             f"runs, more than the {max_runs:,} allowed; pass `--max-runs {len(values)}` if you mean it"))
             continue
         if _is_path(label):
             axes.append(Axis(label=label, values=[[(label, v)] for v in values], when=when))
@@ -341,7 +352,8 @@ def expand_all(experiment: Experiment, overrides: list[str] | None = None, *, ma
     points_upper = math.prod(len(a.values) for a in axes)  # before any point is built: a bound, `when` aside
     if points_upper > max_runs:
         sizes = " × ".join(f"{len(a.values)} ({a.label})" for a in axes if len(a.values) > 1)
-        problems.append((file, "grid", f"expands to {points_upper:,} runs ({sizes}), more than the {max_runs:,} "
+        bound = "up to " if any(a.when for a in axes) else ""  # conditional axes may skip some of the product
+        problems.append((file, "grid", f"expands to {bound}{points_upper:,} runs ({sizes}), more than the {max_runs:,} "
                          f"allowed; pass `--max-runs {points_upper}` if you mean it, or use fewer values"))
         raise ConfigError(in_file_order(problems, experiment.lines, file))
     # repeats vary slowest: the whole grid once, then again (a repeat is timed apart from its twin)
@@ -358,7 +370,7 @@ def expand_all(experiment: Experiment, overrides: list[str] | None = None, *, ma
             for key, value in assignments:
                 set_dotted(raw, key, value)
                 applied.append((key, value))
-        marker = json.dumps(applied, sort_keys=True, default=str)
+        marker = _marker(applied)
         if marker not in seen:
             seen.add(marker)
             points.append((raw, applied))
@@ -382,6 +394,14 @@ def expand_all(experiment: Experiment, overrides: list[str] | None = None, *, ma
                 ids.add(spec.run_id)
                 specs.append(spec)
     return Expansion(specs=specs, problems=problems, inputs=inputs)
+
+
+def _marker(applied: list[tuple[str, Any]]) -> str:
+    """A grid point's assignments as text, to drop duplicate points (keys of mixed types: their repr)."""
+    try:
+        return json.dumps(applied, sort_keys=True, default=str)
+    except (TypeError, ValueError):  # {1: a, "b": c} cannot be sorted; a structure too deep
+        return repr(applied)
 
 
 def _in(value: Any, allowed_values: list) -> bool:

@@ -100,6 +100,19 @@ def _expanded(node: yaml.Node, level: int, memo: dict[int, tuple[int, int]], act
     return count, height
 
 
+def _largest(node: yaml.Node, memo: dict[int, tuple[int, int]]) -> tuple[str, tuple[Any, yaml.Node]]:
+    """The dotted key, through mappings, of the deepest value that alone stands for more than MAX_NODES,
+    with (the mark where its key is written, the value)."""
+    path, mark = "", (node.start_mark, node)
+    while isinstance(node, yaml.MappingNode):
+        pairs = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)]
+        key, value = max(pairs, key=lambda kv: memo[id(kv[1])][0], default=(None, None))
+        if key is None or memo[id(value)][0] <= MAX_NODES:
+            break
+        path, mark, node = f"{path}.{key.value}" if path else str(key.value), (key.start_mark, value), value
+    return path, mark
+
+
 def _lines(node: yaml.Node, prefix: str, out: dict[str, int], seen: set[int]) -> None:
     """Record the line (1-based) of every mapping key and list item as a dotted field
     (`base.method.methods[0].r`), walking each node once."""
@@ -134,15 +147,19 @@ def parse_yaml(text: str, *, source: str, field: str = "") -> YamlDoc:
         ConfigError: malformed YAML, or a value YAML cannot build (a date such as 2024-13-01); the
             message names `source`, the line and column.
     """
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # its reader refuses control characters (NUL, ...) right here
         node = loader.get_single_node()
         if node is None:
             return YamlDoc(None)
-        count, _ = _expanded(node, 1, {}, set())
+        memo: dict[int, tuple[int, int]] = {}
+        count, _ = _expanded(node, 1, memo, set())
         if count > MAX_NODES:
-            raise InputLimit(f"stands for {count:,} values once its aliases (`*name`) are expanded; at most "
-                             f"{MAX_NODES:,} are read (write the values out, or use fewer aliases)", node.start_mark)
+            where, mark = _largest(node, memo)
+            raise InputLimit(f"{f'`{where}` ' if where else 'the file '}stands for {memo[id(mark[1])][0]:,} values "
+                             f"once its aliases (`*name`) are expanded; at most {MAX_NODES:,} are read (write the "
+                             "values out, or use fewer aliases)", mark[0])
         lines: dict[str, int] = {}
         _lines(node, "", lines, set())
         return YamlDoc(loader.construct_document(node), lines)
@@ -156,7 +173,8 @@ def parse_yaml(text: str, *, source: str, field: str = "") -> YamlDoc:
     except (ValueError, OverflowError, TypeError, RecursionError) as exc:  # a value YAML parsed but cannot build
         raise ConfigError.one(source, field, f"a value cannot be read: {type(exc).__name__}: {exc}"[:300]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: str | Path) -> YamlDoc:

@@ -37,6 +37,9 @@ RESERVED_MEMORY = ("CUDA torch.cuda.max_memory_reserved over the phase (what mee
                    "peak reset at the phase start); null on CPU")
 ACCOUNTING = ("bytes of the tensors as stored, summed the same way on every device (no allocator or RSS reading): "
               "4-bit weights packed with their scales, shared storage counted once")
+ESTIMATED_MEMORY = ("an ESTIMATE made before the run (harness.memory), not a measurement: it predicts the PEAK_MEMORY "
+                    "figure of its device (CUDA max_memory_allocated, no CUDA context; CPU the run process's RSS, the "
+                    "runtime included)")
 WALL_TIME = "wall-clock (time.perf_counter) on the run's device; CUDA synchronized at both ends"
 STEP_TIME = ("the optimizer steps after the first eval.speed_warmup_steps (default 1; all steps when there are no "
              "more), each timed from the Trainer's on_step_begin to on_step_end: forward, backward and update of the "
@@ -328,6 +331,21 @@ declare("test_loss", "nats/token", False, "token-weighted NLL of the response to
 declare("test_ppl", "", False, "exp(test_loss)", **_A)
 declare("test_tokens", "tokens", None, "response tokens test_loss is averaged over", **_A)
 declare("test_s", "s", False, "the test-loss pass", device=WALL_TIME, **_A)
+# issue 20: the peak-memory estimate made before the run, kept beside what was measured (predictions: no direction)
+_E = dict(unit="MiB", higher_is_better=None, device=ESTIMATED_MEMORY, **_A)
+declare("mem_est_weights_mb", definition="estimated weights as loaded (4-bit packed with their scales), after the "
+        "method is applied", **_E)
+declare("mem_est_grads_mb", definition="estimated gradients: the trainable values in their dtype", **_E)
+declare("mem_est_optimizer_mb", definition="estimated optimizer state for train.optimizer (AdamW: two moments per "
+        "trainable value; 8-bit: one byte each; SGD: none)", **_E)
+declare("mem_est_activations_mb", definition="estimated activations kept for backward over one micro-batch (layers "
+        "with a gradient path, checkpointing, the method's extra activations) plus the loss's logits", **_E)
+declare("mem_est_overhead_mb", definition="estimated device overhead: on CPU the runtime's resident memory before "
+        "the model is loaded; 0 on CUDA", **_E)
+declare("peak_mem_train_est_mb", definition="estimated peak_mem_train_mb: weights + grads + optimizer + activations "
+        "+ overhead (gradients and activations are counted where they coexist, see docs/results.md)", **_E)
+declare("peak_mem_eval_est_mb", definition="estimated peak_mem_eval_mb: weights + one evaluation batch's "
+        "activations and logits without gradients + overhead", **_E)
 
 # -- written only where they apply ------------------------------------------------------------------------------------
 declare("task.<task>.<metric>", "", None, "an lm-eval task score", group="tasks", task_score=True)

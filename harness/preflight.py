@@ -345,3 +345,64 @@ def check_sources(specs, *, file: str, root=None) -> list[tuple[str, str, str]]:
                                      f"split of source `{held_out}` (e.g. {sorted(shared)[0][:60]!r}): its score would "
                                      "count memorised answers; remove them from one of the two"))
     return problems
+
+
+def estimates(specs, device_kind: str) -> dict:
+    """{run id: `harness.memory.MemoryEstimate` or None} for every run: the method applied to the
+    weightless copy of its model (as `check_methods` does), the batch sizes read from its tokenized
+    data where that can be built here (else upper bounds from `seq_len`). None where the model's
+    config cannot be read here (a hub id offline) or the method cannot be applied on the meta device.
+
+    Args:
+        device_kind: "cpu" or "cuda": whose peak-memory semantics the estimate predicts.
+    """
+    import warnings
+
+    from harness import memory
+    from harness.context import RunContext
+
+    out, skeletons, token_cache = {}, {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for spec in specs:
+            cfg = spec.config
+            key = cfg.model.model_dump_json() + json.dumps(cfg.method.as_dict(), sort_keys=True, default=str)
+            if key not in skeletons:
+                skeletons[key] = None
+                skeleton = _meta_model(cfg.model) if cfg.method.cls.__module__.startswith("harness.methods.") else None
+                if skeleton is not None:
+                    try:
+                        ctx = RunContext(spec=cfg, run_dir=None, device="meta", total_steps=100)
+                        skeletons[key] = cfg.method.build().apply(skeleton, ctx)
+                    except Exception:  # noqa: BLE001  (check_methods reports what is wrong with the pair)
+                        pass
+            if skeletons[key] is None:
+                out[spec.run_id] = None
+                continue
+            data_key = (cfg.model.name, cfg.data.model_dump_json(), cfg.train.seq_len, cfg.train.packing,
+                        cfg.train.micro_batch, cfg.eval.batch_size, cfg.seed)
+            if data_key not in token_cache:
+                token_cache[data_key] = _batch_tokens(spec)
+            out[spec.run_id] = memory.estimate(cfg, skeletons[key], device_kind, tokens=token_cache[data_key])
+    return out
+
+
+def _batch_tokens(spec):
+    """Positions per batch from the run's tokenized data (its objective's records and encoding), or
+    None (upper bounds) when the tokenizer or data cannot be read here."""
+    from transformers import AutoTokenizer
+
+    from harness import memory
+    from harness.context import RunContext
+
+    cfg = spec.config
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(models.resolve(cfg.model.name),
+                                                  trust_remote_code=cfg.model.trust_remote_code)
+        ctx = RunContext(spec=cfg, run_dir=None, device="meta", total_steps=100)
+        objective = cfg.objective.build()
+        train_records, val_records = objective.records(ctx, {})
+        train_set, val_set = objective.encode(ctx, tokenizer, train_records, val_records)
+    except Exception:  # noqa: BLE001  (a hub id offline, an objective that needs finished runs: bounds instead)
+        return None
+    return memory.batch_tokens(train_set, val_set, cfg)

@@ -41,6 +41,7 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
         return device
 
     # setup: the model, the data, the method on the model
+    runtime_mb = _runtime_mb(device)  # what the process holds before the model: the estimate's CPU overhead
     t0 = time.perf_counter()
     model, tokenizer = objective.load(ctx)
     train_records, val_records = objective.records(ctx, metrics)
@@ -60,6 +61,7 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
                    trainable_params_peft=peft_trainable_params(model))
     weights, trainable_bytes = weight_bytes(model)
     metrics.update(mem_weights_mb=_mib(weights), mem_trainable_mb=_mib(trainable_bytes))
+    metrics.update(_memory_estimate(spec, model, device, train_set, val_set, runtime_mb))
 
     # train
     collator = make_collator(tokenizer, spec.train.packing)
@@ -131,8 +133,8 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
     """The Trainer part of the recipe: train with the run's callbacks, record the training figures
     and return the Trainer. `parts` are the objective's (`Objective.trainer_parts`): its Trainer
     class and arguments, and the training set or collator it replaces."""
-    from harness.train import (LabelLogitsTrainer, MetricsLog, PeriodicEval, StepClock, TrainStats, build_trainer,
-                               training_args)
+    from harness.train import (DivergenceRule, LabelLogitsTrainer, MetricsLog, PeriodicEval, StepClock, TrainStats,
+                               build_trainer, training_args)
 
     parts = dict(parts)
     if method.logits_at_labels:  # an objective's own Trainer computes its own loss
@@ -141,7 +143,9 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
     metrics_path = run_dir / "metrics.jsonl"
     stats = TrainStats()
     mem = PeakMemory(device)
-    callbacks = [MetricsLog(metrics_path, tracker, stats), *method.callbacks(ctx), StepClock(stats, device)]
+    rule = DivergenceRule(factor=spec.train.diverge_factor, collapse_steps=spec.train.collapse_steps,
+                          vocab_size=getattr(getattr(model, "config", None), "vocab_size", None))
+    callbacks = [MetricsLog(metrics_path, tracker, stats, rule), *method.callbacks(ctx), StepClock(stats, device)]
     if spec.eval.every_steps:
         eval_collator = collator  # the recipe's, even where the objective's Trainer batches its own way
 
@@ -182,6 +186,28 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
         flops = train_flops_per_token(model, metrics["trainable_params"]) * metrics["train_tokens_per_s"]
         metrics["mfu"] = flops / (peak * 1e12)
     return trainer
+
+
+def _runtime_mb(device: str) -> float | None:
+    """The process's resident memory now (CPU), in MiB; None on CUDA."""
+    if device != "cpu":
+        return None
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _memory_estimate(spec, model, device: str, train_set, val_set, runtime_mb: float | None) -> dict:
+    """The peak-memory estimate's result keys (harness.memory), from the model as the method left it."""
+    from harness import memory
+
+    try:
+        tokens = memory.batch_tokens(train_set, val_set, spec)
+        return memory.estimate(spec, model, device, tokens=tokens, runtime_mb=runtime_mb).metrics()
+    except Exception as exc:  # noqa: BLE001  (a prediction must not cost the run its measurements)
+        logging.getLogger("ftbench").warning("no memory estimate for %s: %s: %s", spec.method.name,
+                                             type(exc).__name__, exc)
+        return {}
 
 
 def _launched_at() -> float | None:

@@ -9,7 +9,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from harness.errors import ConfigError, allowed, did_you_mean
+from harness.errors import ConfigError, allowed, did_you_mean, shown
 
 #: the keys of a run spec that decide what it computes (the store reads them without the config models)
 #: (`repeat` numbers the runs of one spec with the same seed, for the noise floor: grid `repeats: N`)
@@ -133,7 +133,7 @@ def problems_from(exc: ValidationError, cls: type[BaseModel], *, file: str, pref
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, "):]
             if err["type"] not in ("value_error", "assertion_error", "missing"):
-                msg += f", but got {err.get('input')!r}"
+                msg += f", but got {shown(err.get('input'))}"
         problems.append((file, field, msg))
     return problems
 

@@ -16,7 +16,51 @@ from harness.measure import clock, grad_bytes, optimizer_bytes
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or diverged by a `DivergenceRule`."""
+
+
+@dataclass(frozen=True)
+class DivergenceRule:
+    """When a finite training loss counts as diverged (`train.diverge_factor`, `train.collapse_steps`).
+
+    - blow-up: a logged loss above `factor` × the first logged loss and above ln(vocab) (the loss of
+      guessing uniformly: a floor that keeps losses starting near zero, a distillation KL, from tripping
+      on noise). A fine-tune's loss falls from its first value; 10× it is no noise of a small batch.
+    - collapse: `collapse_steps` logged steps in a row whose loss sits at ln(vocab) (within
+      `UNIFORM_TOL`) with a gradient norm below `FLAT_GRAD`: the model outputs the uniform
+      distribution and no longer learns (after lr 1e3, the loss jumps to ~1e7, then stays there).
+
+    Either one needs the vocabulary size for ln(vocab) (without it only the factor rule applies, with
+    the factor as its floor).
+    """
+
+    factor: float | None = 10.0
+    collapse_steps: int | None = 3
+    vocab_size: int | None = None
+    UNIFORM_TOL = 0.05
+    FLAT_GRAD = 1e-6
+
+    def verdict(self, history: list[tuple[int, float, float | None]]) -> str | None:
+        """Why the logged (step, loss, grad norm) rows so far are a diverged run, or None."""
+        if not history:
+            return None
+        uniform = math.log(self.vocab_size) if self.vocab_size and self.vocab_size > 1 else None
+        (first_step, first, _), (step, loss, _) = history[0], history[-1]
+        if self.factor is not None and len(history) > 1 and first > 0:
+            floor = uniform if uniform is not None else self.factor
+            if loss > self.factor * first and loss > floor:
+                return (f"training loss {loss:.4g} at step {step} is above {self.factor:g} × its first value "
+                        f"{first:.4g} (step {first_step})" + (f" and above ln(vocab) = {uniform:.2f}" if uniform else "")
+                        + " (train.diverge_factor)")
+        n = self.collapse_steps
+        if n is not None and uniform is not None and len(history) >= n:
+            tail = history[-n:]
+            if all(g is not None and g < self.FLAT_GRAD and abs(v - uniform) < self.UNIFORM_TOL for _, v, g in tail):
+                return (f"the model collapsed to uniform output: the training loss sat at ln(vocab) = {uniform:.2f} "
+                        f"with a gradient norm below {self.FLAT_GRAD:g} for {n} logged steps (steps "
+                        f"{tail[0][0]}–{tail[-1][0]}: losses {', '.join(f'{v:.4f}' for _, v, _ in tail)}; grad norms "
+                        f"{', '.join(f'{g:.1e}' for _, _, g in tail)}) (train.collapse_steps)")
+        return None
 
 
 @dataclass
@@ -38,12 +82,15 @@ class TrainStats:
 
 
 class MetricsLog(TrainerCallback):
-    """Writes each logged step to metrics.jsonl and the tracker; stops on a non-finite loss."""
+    """Writes each logged step to metrics.jsonl and the tracker; stops on a non-finite loss, or one that
+    diverged by `rule` (the row that shows it is written first)."""
 
-    def __init__(self, path: Path, tracker, stats: TrainStats):
+    def __init__(self, path: Path, tracker, stats: TrainStats, rule: DivergenceRule | None = None):
         self.path = Path(path)
         self.tracker = tracker
         self.stats = stats
+        self.rule = rule or DivergenceRule(factor=None, collapse_steps=None)
+        self._history: list[tuple[int, float, float | None]] = []
         self._last = (time.perf_counter(), 0)
 
     def on_log(self, args, state, control, logs=None, **kw):
@@ -63,6 +110,11 @@ class MetricsLog(TrainerCallback):
         if loss is None or not math.isfinite(loss):
             raise Diverged(f"training loss became {loss} at step {state.global_step}")
         self.stats.losses.append(loss)
+        grad = row["grad_norm"]
+        self._history.append((state.global_step, loss, grad if isinstance(grad, (int, float)) else None))
+        why = self.rule.verdict(self._history)
+        if why:
+            raise Diverged(why)
 
 
 class StepClock(TrainerCallback):

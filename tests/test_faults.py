@@ -19,6 +19,7 @@ import yaml
 from conftest import (PROJECT_ROOT, PYTHON, WIDE, expand_file, read_result, run_cli, run_dirs, tiny_base,
                       write_experiment)
 from harness import store
+from harness.errors import ConfigError
 
 #: test-only methods: one ends its process without a result, one SIGKILLs itself (as a person or the OOM
 #: killer would); written once per module (a method name registers once per process)
@@ -465,3 +466,341 @@ def test_oom_kill_counters_are_read_here():
     if not os.path.exists("/proc/vmstat"):
         pytest.skip("no /proc/vmstat")
     assert isinstance(counts.get("machine"), int)  # Linux ≥ 4.13 counts OOM kills machine-wide
+
+
+# === Input (issue 19, second half): names, bounded YAML, every mistake at once, flags, divergence ==========
+# Each test gives the input a hostile or careless user would and asserts the exit code (2: refused, with a
+# message naming the file, the field and what is allowed), that no traceback is printed, and that nothing is
+# written where it should not be.
+
+def refused(res, *needles: str) -> str:
+    """The one `error:` message of a refused command (exit 2, no traceback), holding every needle."""
+    assert res.code == 2, res.out + res.err
+    assert res.err.startswith("error: ") and "Traceback" not in res.out + res.err, res.err
+    for needle in needles:
+        assert needle in flat(res.err), f"{needle!r} not in {res.err}"
+    return res.err
+
+
+def billion_laughs(under: str = "description") -> str:
+    """The issue's ~430-byte YAML alias bomb: nine levels of nine aliases (9**9 = 387,420,489 strings), as nested
+    keys under `description` or as the values of one grid axis."""
+    levels = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'] + [
+        f"&{level} [" + ",".join([f"*{prev}"] * 9) + "]" for prev, level in zip("abcdefgh", "bcdefghi")]
+    if under == "grid":
+        body = "grid:\n  method.r: [" + ", ".join(levels) + "]\n"
+    else:
+        body = "description:\n" + "".join(f"  {key}: {value}\n" for key, value in zip("abcdefghi", levels))
+    return "name: bomb\n" + body + "base: {model: tiny-smollm2, tracking: none}\n"
+
+
+# --- 9. names are names: one safe folder name, every derived path inside its root -------------------------
+
+@pytest.mark.parametrize("name", ["../escaped", "../../escaped", "/tmp/ftbench-escaped-abs", "a/b", "..",
+                                  "sp ace", "-flag", ""])
+def test_experiment_name_must_be_one_safe_folder_name(tmp_path, name):
+    path = write_experiment(tmp_path / "exp", "named", base=tiny_base(), name=name)
+    results = tmp_path / "results"
+    before = {p for p in tmp_path.rglob("*")}
+    for args in (("run", str(path), "--results", str(results)), ("run", str(path), "--dry-run", "--results", str(results))):
+        refused(run_cli(*args), f"{path}: `name`: must be letters, digits, `.`, `_` and `-`", repr(name))
+    assert {p for p in tmp_path.rglob("*")} == before  # no run directory, lock or report anywhere
+    assert not os.path.exists("/tmp/ftbench-escaped-abs")
+
+
+def test_experiment_named_after_an_unsafe_file_name_is_refused(tmp_path):
+    path = write_experiment(tmp_path, "my experiment", base=tiny_base())
+    refused(run_cli("run", str(path), "--dry-run", "--results", str(tmp_path / "r")),
+            "named after its file, `my experiment`", "rename the file or set `name:`")
+
+
+def test_commands_refuse_a_name_that_leaves_the_results_root(tiny_sweep, tmp_path):
+    results, _, _ = copy_store(tiny_sweep, tmp_path / "in")
+    (tmp_path / "outside").mkdir()
+    for args in (("ls", "../outside"), ("report", "../outside", "--out", str(tmp_path / "reports")),
+                 ("show", "../outside/x"), ("eval", "../outside")):
+        refused(run_cli(*args, "--results", str(results)), "`experiment`: must be letters, digits")
+    assert not (tmp_path / "reports").exists()
+    with pytest.raises(ConfigError):
+        store.run_dir("tiny", "../../escaped", results)
+    with pytest.raises(ConfigError):
+        store.try_claim("tiny", "../escaped", results)
+    assert store.run_dir("tiny", "lora-s0-1a2b3c4d", results) == results / "tiny" / "lora-s0-1a2b3c4d"
+
+
+def test_sweep_named_after_an_unsafe_file_name_is_refused(tmp_path):
+    experiment = write_experiment(tmp_path, "s_exp", base=tiny_base())
+    sweep = tmp_path / "lora hpo.yaml"
+    sweep.write_text(yaml.safe_dump({"experiment": str(experiment), "objectives": ["eval_loss"], "space": {
+        "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}}))
+    refused(run_cli("search", str(sweep), "--results", str(tmp_path / "results")),
+            "named after its file, `lora hpo`", "rename the file")
+    assert not (tmp_path / "results").exists()
+
+
+# --- 10. bounded input: size, binary, aliases, depth, grid points ---------------------------------------------
+
+@pytest.mark.parametrize("under", ["description", "grid"])
+def test_alias_bomb_is_refused_in_under_a_second(tmp_path, under):
+    import tracemalloc
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(billion_laughs(under))
+    assert len(path.read_bytes()) < 600
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    res = run_cli("run", str(path), "--dry-run", "--results", str(tmp_path / "r"))
+    seconds, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    where = {"description": "line 11, column 3: `description.i`", "grid": "line 3, column 3: `grid.method.r`"}[under]
+    refused(res, f"{path}: {where} stands for", "values once its aliases (`*name`) are expanded", "at most 100,000")
+    assert seconds < 1.0 and peak < 50 * 2**20, (seconds, peak)
+
+
+def test_alias_bomb_process_stays_under_200_mb(tmp_path):
+    """The whole `ftbench run BOMB --dry-run` process, imports included (its own peak RSS, as /usr/bin/time -v
+    reports it)."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(billion_laughs())
+    # VmHWM: this process's own peak (ru_maxrss would carry over the forking pytest's peak through exec)
+    code = ("import sys\nfrom harness.cli import main\ncode = main(sys.argv[1:])\n"
+            "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "print('maxrss_kib', hwm, file=sys.stderr)\nsys.exit(code)")
+    t0 = time.perf_counter()
+    proc = subprocess.run([PYTHON, "-c", code, "run", str(path), "--dry-run"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "FTBENCH_RESULTS": str(tmp_path)})
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 2 and "stands for" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    peak_kib = int(proc.stderr.split("maxrss_kib ")[1].split()[0])
+    assert peak_kib < 200 * 1024 and seconds < 10, (peak_kib, seconds)  # (the interpreter's start-up included)
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("base: &r\n  x: *r\n", "refers to a list or mapping that contains it"),
+    ("base: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than 64 levels"),
+    ("base:\n  train:\n" + "".join(f"    {'  ' * i}k{i}:\n" for i in range(80)) + "\n", "nested deeper than 64 levels"),
+    ("a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n" + "".join(f"b{i}: &b{i} [*{'a' if i == 0 else f'b{i - 1}'}, *{'a' if i == 0 else f'b{i - 1}'}]\n"
+                                                          for i in range(70)), "nested deeper than 64 levels"),
+])
+def test_recursive_and_deep_yaml_is_refused_without_a_traceback(tmp_path, content, needle):
+    path = tmp_path / "deep.yaml"
+    path.write_text(content)
+    t0 = time.perf_counter()
+    refused(run_cli("run", str(path), "--dry-run", "--results", str(tmp_path / "r")), str(path), needle)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_binary_and_oversized_files_are_refused(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    refused(run_cli("run", str(binary), "--dry-run"), f"{binary}: is not UTF-8 text (a binary file?)")
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"base: {}\n\x00\n")
+    refused(run_cli("run", str(nul), "--dry-run"), f"{nul}: malformed YAML", "#x0000")
+    big = tmp_path / "seeds.yaml"  # the issue's 10**6 seeds: 6.9 MB of YAML
+    big.write_text("base: {model: tiny-smollm2}\ngrid:\n  seeds: [" + ", ".join(map(str, range(10**6))) + "]\n")
+    t0 = time.perf_counter()
+    refused(run_cli("run", str(big), "--dry-run"), f"{big}: is {big.stat().st_size:,} bytes",
+            "may hold at most 1,048,576 bytes (1 MiB)")
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_grid_points_are_capped_before_the_grid_is_built(tmp_path):
+    from harness.config import load_experiment
+    from harness.grid import expand
+
+    path = write_experiment(tmp_path, "huge", base=tiny_base(), grid={
+        "seeds": list(range(100)), "method.r": list(range(1, 101)), "train.lr": [1e-3 * k for k in range(1, 101)]})
+    t0 = time.perf_counter()
+    refused(run_cli("run", str(path), "--dry-run"), f"{path}: `grid`: expands to 1,000,000 runs",
+            "more than the 5,000 allowed; pass `--max-runs 1000000`")
+    assert time.perf_counter() - t0 < 1.0
+    seeds = load_experiment(write_experiment(tmp_path, "seeds", base=tiny_base())).model_copy(
+        update={"grid": {"seeds": list(range(10**6))}})  # 10**6 values, as the issue's file held them
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="`grid.seeds`: 1,000,000 values: the grid expands to at least 1,000,000 "
+                                          "runs, more than the 5,000 allowed; pass `--max-runs 1000000`"):
+        expand(seeds)
+    assert time.perf_counter() - t0 < 1.0
+    repeats = write_experiment(tmp_path, "repeats", base=tiny_base(), grid={"repeats": 10**9})
+    refused(run_cli("run", str(repeats), "--dry-run"), "`grid.repeats`: 1,000,000,000 repeats are more than the "
+            "5,000 runs allowed; pass `--max-runs 1000000000`")
+    four = write_experiment(tmp_path, "four", base=tiny_base(), grid={"seeds": [0, 1], "method": ["lora", "full"]})
+    refused(run_cli("run", str(four), "--dry-run", "--max-runs", "3"), "expands to 4 runs (2 (seeds) × 2 (method))",
+            "more than the 3 allowed")
+    assert run_cli("run", str(four), "--dry-run", "--max-runs", "4").code == 0
+    refused(run_cli("run", str(four), "--dry-run", "--max-runs", "0"), "`--max-runs`: must be a positive integer")
+
+
+def test_search_trials_are_capped_by_max_runs(tmp_path):
+    experiment = write_experiment(tmp_path, "s_exp", base=tiny_base())
+    sweep = tmp_path / "capped.yaml"
+    sweep.write_text(yaml.safe_dump({"experiment": str(experiment), "objectives": ["eval_loss"], "n_trials": 100000,
+                                     "space": {"train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2}}}))
+    results = tmp_path / "results"
+    refused(run_cli("search", str(sweep), "--results", str(results)), f"{sweep}: `n_trials`: 100,000 trials are more "
+            "than the 5,000 runs allowed; pass `--max-runs 100000`")
+    refused(run_cli("search", str(sweep), "--trials", "7", "--max-runs", "6", "--results", str(results)),
+            "`--trials`: 7 trials are more than the 6 runs allowed")
+    assert not results.exists()
+
+
+# --- 11. every mistake of a file in one message, in file order -------------------------------------------------
+
+NINE_MISTAKES = """\
+name: nine
+descriptoin: a typo
+base:
+  model: ./no/such/model
+  data: {name: file, path: ./no/such/data.jsonl}
+  method: {name: lora, r: -4, alfa: 8}
+  train: {micro_batch: four, lr: -1, lr_rate: 3}
+grid:
+  seeds: []
+  method: [lora, nosuch]
+"""
+
+
+def test_every_mistake_of_a_file_comes_in_one_message_in_file_order(tmp_path):
+    path = tmp_path / "nine.yaml"
+    path.write_text(NINE_MISTAKES)
+    err = refused(run_cli("run", str(path), "--dry-run", "--results", str(tmp_path / "r")))
+    expected = [  # (field, message) in the order the file gives them
+        ("`descriptoin`", "unknown top-level key `descriptoin`. Did you mean `description`?"),
+        ("`model.name`", "local model folder `./no/such/model` does not exist"),
+        ("`data.path`", "data file `./no/such/data.jsonl` does not exist"),
+        ("`[method=lora] method.r`", "greater than 0, but got -4"),
+        ("`[method=lora] method.alfa`", "option `alfa` does not belong to method `lora`. Did you mean `alpha`?"),
+        ("`[method=lora] train.micro_batch`", "must be an integer (or arithmetic over this section's numbers, such "
+                                              "as `2*r`), but got 'four'"),
+        ("`[method=lora] train.lr`", "greater than 0, but got -1"),
+        ("`[method=lora] train.lr_rate`", "unknown key `lr_rate`"),
+        ("`grid.seeds`", "empty axis: give at least one value"),
+        ("`[method=nosuch] method.name`", "unknown method `nosuch`"),
+    ]
+    lines = [line.removeprefix("error: ") for line in err.strip().splitlines()]
+    assert all(line.startswith(f"{path}: `") for line in lines), lines
+    positions = [next(i for i, line in enumerate(lines) if field in line and message in line)
+                 for field, message in expected]
+    assert positions == sorted(positions), lines
+    assert "unknown name `four`" not in err  # the evaluator's words are not a type error's
+
+
+def test_a_word_in_a_numeric_field_reads_as_a_type_error(tmp_path):
+    path = write_experiment(tmp_path, "words", base=tiny_base(train={"micro_batch": "four", "lr": "fast",
+                                                                     "grad_accum": "2*micro_batchh"}))
+    refused(run_cli("run", str(path), "--dry-run"),
+            "`train.micro_batch`: must be an integer (or arithmetic over this section's numbers, such as `2*r`), "
+            "but got 'four'", "`train.lr`: must be a number (or arithmetic", "but got 'fast'",
+            "`train.grad_accum`: must be an integer: unknown name `micro_batchh`")
+
+
+# --- 12. flags, empty axes by --set, empty files, JSONL lines ---------------------------------------------------
+
+@pytest.mark.parametrize("workers", ["0", "-3"])
+def test_workers_must_be_positive(tmp_path, workers):
+    path = write_experiment(tmp_path, "w", base=tiny_base())
+    refused(run_cli("run", str(path), "--workers", workers, "--results", str(tmp_path / "r")),
+            f"`--workers`: must be a positive integer, but got {workers}")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("override", ["seeds=[]", "method.r=[]"])
+def test_an_empty_axis_by_set_is_refused_like_one_in_the_file(tmp_path, override):
+    path = write_experiment(tmp_path, "axes", base=tiny_base(), grid={"seeds": [0, 1], "method.r": [2, 4]})
+    key = override.split("=")[0]
+    refused(run_cli("run", str(path), "--dry-run", "--set", override), f"SET: `{key}`: empty axis: give at least one value")
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n\n# and another\n", "{}\n", "---\n"])
+def test_an_empty_experiment_file_is_refused(tmp_path, content):
+    path = tmp_path / "empty.yaml"
+    path.write_text(content)
+    refused(run_cli("run", str(path), "--results", str(tmp_path / "r")), f"{path}: the experiment file is empty")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_jsonl_line_is_named_by_its_number(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    good = json.dumps({"prompt": "p", "response": "r"})
+    cases = {"not json": (f"{good}\n{good}\n{{\"prompt\": \"x\",\n", "line 3 is not valid JSON"),
+             "a list": (f"{good}\n\n[1, 2]\n", "line 3 must be a JSON object, but holds a list"),
+             "no field": (f"{good}\n{json.dumps({'prompt': 'p'})}\n", "line 2 has no field `response`"),
+             "binary": (f"{good}\n".encode() + b"\xff\xfe\n", "line 2 is not UTF-8 text")}
+    for content, needle in cases.values():
+        data.write_bytes(content if isinstance(content, bytes) else content.encode())
+        path = write_experiment(tmp_path, "jsonl", base=tiny_base(data={"name": "file", "path": str(data), "n_train": 1,
+                                                                        "n_val": 1}))
+        refused(run_cli("run", str(path), "--dry-run"), f"{path}: `data.", needle)
+
+
+# --- 13. divergence beyond NaN: a loss that blows up, a model collapsed to uniform output ----------------------
+
+def test_divergence_rule_blow_up_and_collapse():
+    from harness.train import DivergenceRule
+
+    rule = DivergenceRule(vocab_size=49152)  # ln V = 10.80
+    assert rule.verdict([(1, 10.82, 2.1), (2, 19.9, 3.0)]) is None  # noisy, but not 10x
+    blown = rule.verdict([(1, 10.82, 2.1), (2, 1.996e7, 2.3e11)])
+    assert blown.startswith("training loss 1.996e+07 at step 2 is above 10 × its first value 10.82 (step 1) and "
+                            "above ln(vocab) = 10.80")
+    assert rule.verdict([(1, 0.01, 1.0), (2, 5.0, 1.0)]) is None  # a KL starting near 0: ln V is the floor
+    flat = [(1, 10.82, 2.1), (2, 1e3, 1e9), (3, 10.8027, 0.0), (4, 10.8027, 0.0)]
+    assert DivergenceRule(factor=None, vocab_size=49152).verdict(flat) is None  # 2 flat steps of 3
+    collapsed = DivergenceRule(factor=None, vocab_size=49152).verdict([*flat, (5, 10.8027, 0.0)])
+    assert collapsed.startswith("the model collapsed to uniform output: the training loss sat at ln(vocab) = 10.80 "
+                                "with a gradient norm below 1e-06 for 3 logged steps (steps 3–5")
+    assert DivergenceRule(factor=None, vocab_size=49152).verdict([(3, 10.8027, 0.01)] * 3) is None  # still learning
+    assert DivergenceRule(factor=None, collapse_steps=None, vocab_size=49152).verdict([*flat, (5, 10.80, 0.0)]) is None
+
+
+def test_divergence_options_keep_run_ids_at_their_defaults():
+    from harness.config import build_run_config
+
+    plain = build_run_config(tiny_base(), file="f")
+    assert build_run_config(tiny_base(train={"diverge_factor": 10, "collapse_steps": 3}), file="f") == plain
+    assert not {"diverge_factor", "collapse_steps"} & set(plain.as_dict()["train"])  # same spec, same run id
+    assert build_run_config(tiny_base(train={"diverge_factor": None}), file="f").as_dict()["train"]["diverge_factor"] is None
+
+
+def test_lr_1e3_is_recorded_diverged_with_its_evidence(tmp_path):
+    """The issue's run: lr 1e3 on the tiny model (loss 10.8 → ~2e7 → ln(vocab) with zero gradient) finished `ok`."""
+    path = write_experiment(tmp_path, "blowup", base=tiny_base(method="full", train={"lr": 1.0e3, "max_steps": 6}),
+                            grid={"train.diverge_factor": [10, None]})
+    results = tmp_path / "results"
+    res = run_cli("run", str(path), "--results", str(results))
+    assert res.code == 1, res.out + res.err
+    blown, collapsed = (read_result(d) for d in sorted(run_dirs(results, "blowup"), key=lambda d: "None" in d.name))
+    assert [blown["status"], collapsed["status"]] == ["diverged", "diverged"]
+    assert "is above 10 × its first value" in blown["error"]["message"]
+    assert "collapsed to uniform output" in collapsed["error"]["message"]
+    assert "(train.collapse_steps)" in collapsed["error"]["message"]
+
+
+# --- 14. plugins: imported for `run` (on --dry-run too), never for ls/show/report ------------------------------
+
+def test_plugins_are_imported_for_run_and_dry_run_only(tiny_sweep, tmp_path, monkeypatch):
+    import sys
+
+    results, lora, _ = copy_store(tiny_sweep, tmp_path)
+    marker = tmp_path / "imported"
+    plugin = tmp_path / "marker_plugin.py"
+    plugin.write_text(f"open({str(marker)!r}, 'a').write('x')\n")
+    doc = yaml.safe_load(tiny_sweep.path.read_text())
+    path = write_experiment(tmp_path / "exp", "tiny", plugins=[str(plugin)], **doc)
+    for args in (("ls", "tiny"), ("ls", str(path)), ("show", f"tiny/{lora.name}"),
+                 ("report", str(path), "--out", str(tmp_path / "reports"))):
+        res = run_cli(*args, "--results", str(results))
+        assert res.code in (0, 2) and "Traceback" not in res.err, res.out + res.err
+    assert not marker.exists()
+    # --dry-run loads no model weights either: only configs and a weightless (meta) copy for the method check
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("a dry run loaded model weights")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    res = run_cli("run", str(path), "--dry-run", "--results", str(results))
+    assert res.code == 0 and "2 runs: 2 ok" in flat(res.out), res.out + res.err
+    assert marker.read_text() == "x"
+    assert any(name.startswith("ftbench_plugin_") for name in sys.modules)

@@ -24,7 +24,7 @@ def test_every_section_module_registers_one_section_at_its_own_position():
 def test_report_order_is_the_registered_order():
     assert [s.name for s in ordered()] == [
         "trust", "summary", "fronts", "distillation", "preference", "transfer", "adaptation", "multitask", "continual",
-        "routing", "data_size", "rank_alpha", "training_curves", "findings", "search", "cost", "noise_floor",
+        "routing", "data_size", "rank_alpha", "training_curves", "findings", "search", "cost", "memory_estimate", "noise_floor",
         "failures", "environment"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from harness.data.base import Dataset, DataError, map_fields, register
@@ -22,14 +23,53 @@ class LocalFile(Dataset):
             raise DataError("data.path", f"`{cfg.path}` has an unsupported extension; allowed: {', '.join(FORMATS)}")
         if not path.is_file():
             raise DataError("data.path", f"data file `{cfg.path}` does not exist")
+        if path.suffix.lower() == ".jsonl":
+            return map_fields(read_jsonl(path, cfg), cfg, cfg.path)
         import pandas as pd
 
         try:
-            frame = {"json": lambda p: pd.read_json(p, lines=p.suffix == ".jsonl"),
-                     "csv": pd.read_csv, "parquet": pd.read_parquet}[fmt](path)
+            frame = {"json": pd.read_json, "csv": pd.read_csv, "parquet": pd.read_parquet}[fmt](path)
         except Exception as exc:  # a parse error of any reader is bad input, not a crash
             raise DataError("data.path", f"could not read `{cfg.path}`: {exc}") from None
         return map_fields(frame.to_dict("records"), cfg, cfg.path)
+
+
+def read_jsonl(path: Path, cfg) -> list[dict]:
+    """The records of a JSON Lines file: one JSON object per line holding the prompt and response fields
+    (blank lines skipped).
+
+    Raises:
+        DataError: the first line that is not UTF-8, not JSON, not an object, or lacks a field, by number.
+    """
+    rows = []
+    try:
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                where = f"could not read `{cfg.path}`: line {number}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError("data.path", f"{where} is not UTF-8 text") from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:  # json.JSONDecodeError; RecursionError is not a ValueError
+                    raise DataError("data.path", f"{where} is not valid JSON: {getattr(exc, 'msg', exc)} "
+                                    f"(column {getattr(exc, 'colno', '?')})") from None
+                except RecursionError:
+                    raise DataError("data.path", f"{where} is nested too deeply") from None
+                if not isinstance(row, dict):
+                    raise DataError("data.path", f"{where} must be a JSON object, but holds a {type(row).__name__}")
+                missing = [f"`{f}`" for f in (cfg.prompt_field, cfg.response_field) if f not in row]
+                if missing:
+                    raise DataError(f"data.{'prompt_field' if cfg.prompt_field not in row else 'response_field'}",
+                                    f"`{cfg.path}` line {number} has no field {' or '.join(missing)}; its fields "
+                                    f"are {sorted(row)}")
+                rows.append(row)
+    except OSError as exc:
+        raise DataError("data.path", f"could not read `{cfg.path}`: {exc.strerror or exc}") from None
+    return rows
 
 
 class HubDataset(Dataset):

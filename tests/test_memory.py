@@ -1,0 +1,151 @@
+"""The peak-memory estimate (harness/memory.py): components by hand, relations, the budget, the dry run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import memory, preflight
+from harness.memory import MIB
+from tests.conftest import expand_file, run_cli, tiny_base, write_experiment
+
+#: tiny-smollm2: hidden 64, 2 layers, intermediate 128, 4 heads (2 key/value heads of 16), vocab 49,152, tied head
+TINY_PARAMS = 49152 * 64 + 2 * (64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3 + 2 * 64) + 64
+TINY_TENSORS = 1 + 2 * 9 + 1  # embedding, 9 per layer (7 linear + 2 norms), the final norm
+
+
+def _specs(tmp_path, methods, **sections):
+    path = write_experiment(tmp_path / "exp", "mem", base=tiny_base(**sections), grid={"method": methods})
+    return path, expand_file(path)
+
+
+def _real_model(spec):
+    from harness import models
+    from harness.context import RunContext
+
+    model, _ = models.load(spec.config.model, "cpu", spec.config.train)
+    ctx = RunContext(spec=spec.config, run_dir=None, device="cpu", total_steps=3)
+    return spec.config.method.build().apply(model, ctx)
+
+
+def test_full_fine_tuning_components_are_exact_to_the_byte(tmp_path):
+    _, (spec,) = _specs(tmp_path, ["full"])
+    model = _real_model(spec)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    est = memory.estimate(spec.config, model, "cpu")
+    assert round(est.weights_mb * MIB) == 4 * TINY_PARAMS + buffers
+    assert round(est.grads_mb * MIB) == 4 * TINY_PARAMS
+    assert round(est.optimizer_mb * MIB) == 2 * 4 * TINY_PARAMS + 4 * TINY_TENSORS  # AdamW: 2 fp32 moments + steps
+    # the weightless copy preflight builds gives the same figures
+    skeleton = preflight.estimates([spec], "cpu")[spec.run_id]
+    assert round(skeleton.weights_mb * MIB) == round(est.weights_mb * MIB)
+    assert round(skeleton.optimizer_mb * MIB) == round(est.optimizer_mb * MIB)
+
+
+def test_optimizer_state_per_optimizer():
+    tensors = [(10_000, 4), (100, 4)]
+    assert memory.optimizer_state_bytes("adamw_torch", tensors) == 2 * 4 * 10_100 + 8
+    assert memory.optimizer_state_bytes("adamw_torch_fused", [(10, 2)]) == 2 * 2 * 10 + 4  # moments in the bf16 dtype
+    assert memory.optimizer_state_bytes("sgd", tensors) == 0
+    eight = memory.optimizer_state_bytes("adamw_bnb_8bit", tensors)
+    assert eight == 2 * (10_000 + 4 * 40) + 4 + 2 * 4 * 100 + 4  # 1 byte a moment + scales; small tensors fp32
+    assert memory.optimizer_state_bytes("paged_adamw_8bit", tensors) == eight
+    assert memory.optimizer_state_bytes("lion_32bit", [(10, 4)]) == 4 * 10 + 4
+
+
+def test_relations_between_methods_on_the_135m_skeleton(tmp_path):
+    path = write_experiment(tmp_path / "exp", "rel", base=tiny_base(model="smollm2-135m"),
+                            grid={"method": ["full", "lora", "qlora", "prompt_tuning"]})
+    specs = expand_file(path)
+    est = {s.config.method.name: e for s, e in zip(specs, preflight.estimates(specs, "cpu").values())}
+    state = {k: e.weights_mb + e.grads_mb + e.optimizer_mb for k, e in est.items()}
+    assert state["full"] > state["lora"] > state["qlora"]  # LoRA's weights are the base's plus its adapters
+    assert est["lora"].weights_mb > est["qlora"].weights_mb
+    # on CPU bitsandbytes keeps dequantized weights for backward: QLoRA's peak is LoRA's, not below it
+    assert est["full"].train_mb > max(est["lora"].train_mb, est["qlora"].train_mb)
+    assert min(est.values(), key=lambda e: e.trainable_mb) is est["prompt_tuning"]
+    # 134.5M fp32 values: weights, gradients and AdamW state alone are about 2 GiB
+    full = est["full"]
+    assert 1900 < full.weights_mb + full.grads_mb + full.optimizer_mb < 2100
+    assert est["qlora"].weights_mb < 0.45 * est["lora"].weights_mb  # 4-bit decoder weights, fp32 embedding
+
+
+def test_checkpointing_and_smaller_batches_lower_the_activations(tmp_path):
+    _, (plain,) = _specs(tmp_path / "a", ["full"])
+    _, (ckpt,) = _specs(tmp_path / "b", ["full"], train={"gradient_checkpointing": True})
+    _, (small,) = _specs(tmp_path / "c", ["full"], train={"micro_batch": 1})
+    a, b, c = (preflight.estimates([s], "cpu")[s.run_id] for s in (plain, ckpt, small))
+    assert b.activations_mb < a.activations_mb and c.activations_mb < a.activations_mb
+    assert a.weights_mb == b.weights_mb == c.weights_mb
+
+
+@pytest.mark.parametrize("text, mib", [("1.5GiB", 1536), ("800MiB", 800), ("2GB", 2e9 / MIB), ("1024KiB", 1)])
+def test_sizes_parse(text, mib):
+    assert memory.parse_size(text) == pytest.approx(mib)
+
+
+@pytest.mark.parametrize("text", ["1.5", "GiB", "-1GiB", "0MiB", "1.5 gib", "lots"])
+def test_bad_sizes_are_refused(text):
+    with pytest.raises(ValueError, match="must be a positive size with a unit"):
+        memory.parse_size(text)
+
+
+def test_dry_run_shows_each_points_estimate(tmp_path):
+    path, _ = _specs(tmp_path, ["full", "lora"])
+    result = run_cli("run", str(path), "--dry-run", "--results", str(tmp_path / "results"))
+    assert result.code == 0, result.err
+    assert "train MiB (est)" in result.out and "eval MiB (est)" in result.out
+
+
+def test_a_budget_below_the_estimate_refuses_with_a_fix(tmp_path):
+    path, specs = _specs(tmp_path, ["full", "lora"])
+    est = {s.config.method.name: e for s, e in zip(specs, preflight.estimates(specs, "cpu").values())}
+    budget = (est["full"].train_mb + est["lora"].train_mb) / 2
+    args = ("run", str(path), "--memory-budget", f"{budget:.0f}MiB", "--results", str(tmp_path / "results"))
+    result = run_cli(*args, "--dry-run")
+    assert result.code == 2
+    lines = [line for line in result.out.splitlines() if line.startswith("over budget:")]
+    assert len(lines) == 1 and lines[0].startswith("over budget: full-")  # LoRA fits
+    assert f"> budget {budget:,.0f} MiB" in lines[0]
+    assert "train.gradient_checkpointing=true" in lines[0] and "train.micro_batch=2 with train.grad_accum=2" in lines[0]
+    result = run_cli(*args, "--dry-run", "--allow-over-budget")
+    assert result.code == 0 and "over budget: full-" in result.out
+    result = run_cli(*args)  # a real run is refused before anything starts
+    assert result.code == 2 and not (tmp_path / "results" / "mem").exists()
+    bad = run_cli("run", str(path), "--memory-budget", "lots", "--dry-run")
+    assert bad.code == 2 and "--memory-budget" in bad.err and "must be a positive size" in bad.err
+
+
+@pytest.mark.slow
+def test_the_estimate_is_within_20_percent_of_the_measured_peak_on_the_135m(tmp_path):
+    base = tiny_base(model="smollm2-135m", data={"n_train": 48, "n_val": 32, "n_test": 0},
+                     train={"max_steps": 8, "micro_batch": 6, "seq_len": 256, "packing": True},  # one epoch
+                     eval={"latency": False})
+    path = write_experiment(tmp_path / "exp", "mem135", base=base, grid={"method": ["full", "lora"]})
+    result = run_cli("run", str(path), "--results", str(tmp_path / "results"))
+    assert result.code == 0, result.err
+    for found in (tmp_path / "results" / "mem135").glob("*/result.json"):
+        m = json.loads(found.read_text())["metrics"]
+        assert m["peak_mem_train_est_mb"] == pytest.approx(m["peak_mem_train_mb"], rel=0.2)
+        assert m["peak_mem_eval_est_mb"] == pytest.approx(m["peak_mem_eval_mb"], rel=0.2)
+
+
+def test_the_report_puts_estimate_and_measurement_side_by_side():
+    import pandas as pd
+
+    from harness.report.sections.memory_estimate import estimate_table
+
+    df = pd.DataFrame([
+        {"config": "full", "status": "ok", "reference": False, "peak_mem_train_est_mb": 1100.0,
+         "peak_mem_train_mb": 1000.0, "peak_mem_eval_est_mb": 450.0, "peak_mem_eval_mb": 500.0},
+        {"config": "full", "status": "ok", "reference": False, "peak_mem_train_est_mb": 1100.0,
+         "peak_mem_train_mb": 1200.0, "peak_mem_eval_est_mb": 450.0, "peak_mem_eval_mb": 500.0},
+        {"config": "lora", "status": "failed", "reference": False, "peak_mem_train_est_mb": 900.0,
+         "peak_mem_train_mb": None, "peak_mem_eval_est_mb": 400.0, "peak_mem_eval_mb": None},
+    ])
+    table = estimate_table(df)
+    assert list(table["configuration"]) == ["full"]  # only finished runs
+    row = table.iloc[0]
+    assert row["train measured MiB"] == 1100 and row["train error %"] == pytest.approx(0.0)
+    assert row["eval error %"] == pytest.approx(-10.0)
