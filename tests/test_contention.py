@@ -194,7 +194,7 @@ def test_a_busy_gpu_fails_the_run_before_the_model_loads(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run, "import_plugins", reached)
     # versions and the Diverged check import torch and transformers (slow): not what this test is about
-    monkeypatch.setattr(run, "_env", lambda device: {"device": device})
+    monkeypatch.setattr(run, "_env", lambda device, raw=None: {"device": device})
     monkeypatch.setattr(run, "classify", lambda exc: "failed")
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"experiment": "x", "run_id": "r", "slug": "s"}))
     result = run.execute(tmp_path)

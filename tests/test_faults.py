@@ -19,6 +19,7 @@ import yaml
 from conftest import (PROJECT_ROOT, PYTHON, WIDE, expand_file, read_result, run_cli, run_dirs, tiny_base,
                       write_experiment)
 from harness import store
+from harness.report.frame import config_label
 from harness.errors import ConfigError
 
 #: test-only methods: one ends its process without a result, one SIGKILLs itself (as a person or the OOM
@@ -150,7 +151,7 @@ def test_report_lists_a_damaged_record_and_reports_the_rest(tiny_sweep, tmp_path
     [row] = [l for l in failures.splitlines() if lora.name in l]
     assert "damaged" in row and DAMAGE[kind][1] in row
     assert text.count("\n## ") >= 3  # the other sections are still there
-    assert tiny_sweep.by_method("full").slug in text.split("## Failures and caveats")[0]
+    assert config_label(tiny_sweep.by_method("full").slug) in text.split("## Failures and caveats")[0]
 
 
 # --- 2. reruns archive unfinished and damaged directories -------------------------------------------------

@@ -82,7 +82,7 @@ def test_result_contract(tiny_sweep, method):
         assert (directory / "adapter" / "adapter_config.json").is_file()
     else:
         assert "adapter" not in names
-    assert set(names) <= {"adapter", "metrics.jsonl", "result.json", "run.log", "spec.yaml"}, names
+    assert set(names) <= {"adapter", "examples.json", "metrics.jsonl", "result.json", "run.log", "spec.yaml"}, names
 
 
 def test_run_ids_match_directories(tiny_sweep):
