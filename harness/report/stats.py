@@ -311,6 +311,18 @@ def _pvalues(pvalues) -> tuple[np.ndarray, np.ndarray]:
     return p, ok
 
 
+def _adjusted(pvalues, step) -> np.ndarray:
+    """`step(sorted_p, m)` → the adjusted values of the finite p-values sorted ascending, put back in place;
+    NaN entries stay NaN and are not counted in the family size m."""
+    p, ok = _pvalues(pvalues)
+    out = np.full_like(p, math.nan)
+    m = int(ok.sum())
+    if m:
+        order = np.argsort(p[ok])
+        out[np.flatnonzero(ok)[order]] = step(p[ok][order], m)
+    return out
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm step-down adjusted p-values: sorted ascending, p_(i)·(m − i + 1) made non-decreasing by a running
     maximum, capped at 1 (as statsmodels' multipletests(method="holm")). NaN entries stay NaN and are not
@@ -319,14 +331,7 @@ def holm(pvalues) -> np.ndarray:
     Raises:
         ValueError: a p-value outside [0, 1].
     """
-    p, ok = _pvalues(pvalues)
-    out = np.full_like(p, math.nan)
-    m = int(ok.sum())
-    if m:
-        order = np.argsort(p[ok])
-        adjusted = np.minimum(np.maximum.accumulate(p[ok][order] * np.arange(m, 0, -1)), 1.0)
-        out[np.flatnonzero(ok)[order]] = adjusted
-    return out
+    return _adjusted(pvalues, lambda p, m: np.minimum(np.maximum.accumulate(p * np.arange(m, 0, -1)), 1.0))
 
 
 def benjamini_hochberg(pvalues) -> np.ndarray:
@@ -337,14 +342,8 @@ def benjamini_hochberg(pvalues) -> np.ndarray:
     Raises:
         ValueError: a p-value outside [0, 1].
     """
-    p, ok = _pvalues(pvalues)
-    out = np.full_like(p, math.nan)
-    m = int(ok.sum())
-    if m:
-        order = np.argsort(p[ok])
-        raw = p[ok][order] * m / np.arange(1, m + 1)
-        out[np.flatnonzero(ok)[order]] = np.minimum(np.minimum.accumulate(raw[::-1])[::-1], 1.0)
-    return out
+    return _adjusted(pvalues, lambda p, m: np.minimum(
+        np.minimum.accumulate((p * m / np.arange(1, m + 1))[::-1])[::-1], 1.0))
 
 
 def minimum_detectable_difference(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
