@@ -31,7 +31,6 @@ help:
 	@echo "make report SWEEP=name [STORAGE=url]          the same for a search, with its study section"
 	@echo "make transfer EXP=name                        print the transfer matrix (rows trained on, columns scored on)"
 	@echo "make test                                     the test suite (CPU, minutes)"
-	@echo "make faults                                   the store under faults and hostile input alone (tests/test_faults.py, Hypothesis)"
 	@echo "make faults                                   only the fault tests (damaged store, full disk, killed runs, hostile input)"
 	@echo "make bench                                    speed/memory figures"
 	@echo "make bench-search                             TPE+pruning against the rank_alpha grid, same step budget (135M)"
