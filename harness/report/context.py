@@ -12,14 +12,11 @@ import numpy as np
 import pandas as pd
 
 from harness.report.datasize import DataSizeCurves, data_size_analysis
-from harness.report.examples import ExampleScores
+from harness.report.examples import EXAMPLE_KEYS, ExampleScores
 from harness.report.findings import Findings, assess
 from harness.report.frame import COSTS, FORGETTING, QUALITY, TEST, Metric, summarize, task_metrics, varied_axes
 
-__all__ = ["FRONT_COSTS", "QUALITY_KEYS", "ReportContext"]
-
-#: the quality figures whose intervals come from per-example scores (validation and test)
-QUALITY_KEYS = {m.key for m in QUALITY + TEST}
+__all__ = ["FRONT_COSTS", "ReportContext"]
 
 #: the costs a quality is plotted against
 FRONT_COSTS = ["peak_mem_train_mb", "trainable_params", "train_s"]
@@ -77,7 +74,7 @@ class ReportContext:
         summary = summarize(self.df, self.metrics, self.axes)
         if summary.empty:
             return summary
-        keys = [m.key for m in self.metrics if m.key.startswith("task.") or m.key in QUALITY_KEYS]
+        keys = [m.key for m in self.metrics if m.key.startswith("task.") or m.key in EXAMPLE_KEYS]
         for key in keys:
             summary[f"{key}_ci_from"] = "seeds"
             for i, row in summary.iterrows():
