@@ -229,3 +229,14 @@ def test_the_data_size_table_shows_intervals_and_what_is_not_identified(tmp_path
     assert full["identified"].text.startswith("no: a parameter at its bound")
     assert full["n to reach target"].text.startswith("not identified: a parameter at its bound")
     assert any("do not pin down the law of full" in p for p in section.paragraphs)
+
+
+def test_seed_level_interval_holds_the_mean_over_seeds_and_one_seed_is_the_plain_bootstrap():
+    from harness.report.stats import bootstrap_ratio_ci, bootstrap_ratio_ci_seeds
+
+    rng = np.random.default_rng(0)
+    seeds = [(rng.normal(20 + 2 * s, 3, 50), np.full(50, 10.0)) for s in range(3)]
+    both = bootstrap_ratio_ci_seeds(seeds)
+    assert both.mean == pytest.approx(np.mean([s.sum() / c.sum() for s, c in seeds]))
+    assert both.low < both.mean < both.high and both.n == 50
+    assert bootstrap_ratio_ci_seeds(seeds[:1]) == bootstrap_ratio_ci(*seeds[0])

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from harness import store
-from harness.report.stats import (Interval, PairedDiff, bootstrap_ratio_ci, paired_difference,
+from harness.report.stats import (Interval, PairedDiff, bootstrap_ratio_ci_seeds, paired_difference,
                                   paired_difference_seeds)
 
 __all__ = ["EXAMPLE_KEYS", "ExampleScores", "Scores", "scores_of"]
@@ -85,24 +85,6 @@ def _transformed(interval: Interval, transform: Callable) -> Interval:
     return Interval(t(interval.mean), t(interval.low), t(interval.high), interval.n)
 
 
-def _seeds_interval(per_seed: list[Scores], level: float, seed: int) -> Interval:
-    """Mean over seeds of each seed's ratio, with a two-level bootstrap: seeds drawn with replacement, then each
-    drawn seed's examples (seed and example noise both in the interval). On the ratio scale."""
-    rng = np.random.default_rng(seed)
-    k = len(per_seed)
-    drawn = rng.integers(0, k, size=(N_BOOT, k))
-    values = np.empty((N_BOOT, k))
-    for i, s in enumerate(per_seed):
-        where = drawn == i
-        if where.any():
-            sums, counts = s.sums, s.counts if s.counts is not None else np.ones_like(s.sums)
-            picks = rng.integers(0, len(sums), size=(int(where.sum()), len(sums)))
-            values[where] = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
-    means = [float(s.sums.sum() / (s.counts.sum() if s.counts is not None else len(s.sums))) for s in per_seed]
-    low, high = np.nanquantile(values.mean(axis=1), [(1 - level) / 2, (1 + level) / 2])
-    return Interval(float(np.mean(means)), float(low), float(high), min(len(s) for s in per_seed))
-
-
 class ExampleScores:
     """The per-example scores of an experiment's runs (`load_runs`'s frame), read on first use.
 
@@ -154,10 +136,7 @@ class ExampleScores:
         if not per_seed or len(per_seed) != len(self._runs.get(config, [])):
             return None
         scores = list(per_seed.values())
-        if len(scores) == 1:
-            ratio = bootstrap_ratio_ci(*scores[0].pair(), level=self.level, n_boot=N_BOOT)
-        else:
-            ratio = _seeds_interval(scores, self.level, seed=0)
+        ratio = bootstrap_ratio_ci_seeds([s.pair() for s in scores], level=self.level, n_boot=N_BOOT)
         return _transformed(ratio, scores[0].transform)
 
     def difference(self, a: str, b: str, key: str) -> PairedDiff | None:

@@ -266,16 +266,47 @@ def paired_difference_seeds(a, b, *, level: float = 0.95, n_boot: int = 2000, se
     per_seed = [_paired_columns(sa, ca, sb, cb) for (sa, ca), (sb, cb) in zip(a, b)]
     if empty := [i for i, x in enumerate(per_seed) if len(x) == 0]:
         raise ValueError(f"every seed must have paired examples, but seeds at positions {empty} have none")
-    rng = np.random.default_rng(seed)
+    boot = _two_level(per_seed, n_boot, np.random.default_rng(seed), _resampled_diffs)
+    diff = float(np.mean([_diff(x) for x in per_seed]))
+    return _paired_result(diff, boot, level, min(len(x) for x in per_seed), len(per_seed))
+
+
+def _two_level(per_seed: list[np.ndarray], n_boot: int, rng: np.random.Generator, resample) -> np.ndarray:
+    """`n_boot` replicates of the mean over seeds: each draws the seeds with replacement, then every drawn seed's
+    examples (`resample(x, count, rng)` → `count` statistics of resamples of the rows of x)."""
     k = len(per_seed)
     drawn = rng.integers(0, k, size=(n_boot, k))
     values = np.empty((n_boot, k))
     for i, x in enumerate(per_seed):
         where = drawn == i  # every draw of seed i gets its own example resample
         if where.any():
-            values[where] = _resampled_diffs(x, int(where.sum()), rng)
-    diff = float(np.mean([_diff(x) for x in per_seed]))
-    return _paired_result(diff, values.mean(axis=1), level, min(len(x) for x in per_seed), k)
+            values[where] = resample(x, int(where.sum()), rng)
+    return values.mean(axis=1)
+
+
+def _resampled_ratios(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    tot = _resampled_totals(x, n_boot, rng)
+    return _ratio(tot[:, 0], tot[:, 1])
+
+
+def bootstrap_ratio_ci_seeds(per_seed, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Interval:
+    """The mean over seeds of each seed's Σsums / Σcounts (`per_seed`: one (sums, counts) per seed; counts None:
+    plain means) with the two-level bootstrap of `paired_difference_seeds`: seeds drawn with replacement, then
+    each drawn seed's examples, so seed and example noise are both in the interval. One seed is
+    `bootstrap_ratio_ci`; `n` is the smallest seed's example count.
+
+    Raises:
+        ValueError: no seeds, a seed without examples, or the errors of `bootstrap_ratio_ci`.
+    """
+    _check_bootstrap(level, n_boot)
+    if len(per_seed) == 1:
+        return bootstrap_ratio_ci(*per_seed[0], level=level, n_boot=n_boot, seed=seed)
+    xs = [_columns(pair) for pair in per_seed]
+    if not xs or any(len(x) == 0 for x in xs):
+        raise ValueError("per_seed must hold one (sums, counts) with examples per seed")
+    boot = _two_level(xs, n_boot, np.random.default_rng(seed), _resampled_ratios)
+    mean = float(np.mean([_ratio(x[:, 0].sum(), x[:, 1].sum()) for x in xs]))
+    return Interval(mean, *_percentiles(boot, level), min(len(x) for x in xs))
 
 
 def paired_t_p(a, b) -> float:
