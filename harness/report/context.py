@@ -14,7 +14,8 @@ import pandas as pd
 from harness.report.datasize import DataSizeCurves, data_size_analysis
 from harness.report.examples import EXAMPLE_KEYS, ExampleScores
 from harness.report.findings import Findings, assess
-from harness.report.frame import COSTS, FORGETTING, QUALITY, TEST, Metric, summarize, task_metrics, varied_axes
+from harness.report.frame import (COSTS, FORGETTING, QUALITY, TEST, Metric, reference_row, summarize, task_metrics,
+                                  varied_axes)
 
 __all__ = ["FRONT_COSTS", "ReportContext"]
 
@@ -92,10 +93,8 @@ class ReportContext:
         col = FORGETTING.key
         summary[f"{col}_ci_from"] = "seeds"
         for i, row in summary[~summary["reference"]].iterrows():
-            base = row.get("reference_config")
-            if not isinstance(base, str):
-                base = summary.loc[summary["reference"], "config"].iloc[0] if summary["reference"].any() else None
-            diff = self.examples.difference(row["config"], base, key) if base else None
+            base = reference_row(summary, row)
+            diff = self.examples.difference(row["config"], base["config"], key) if base is not None else None
             if diff is not None and np.isfinite(diff.low):
                 summary.loc[i, [f"{col}_ci_low", f"{col}_ci_high", f"{col}_ci_from"]] = [
                     100 * math.expm1(diff.low), 100 * math.expm1(diff.high), "examples"]

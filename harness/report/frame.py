@@ -270,21 +270,25 @@ def aggregate(key: str, values: list) -> Interval:
     return Interval(value, math.nan, math.nan, len(finite))
 
 
-def reference_value(summary: pd.DataFrame, row, col: str, full_precision: bool = False) -> float:
-    """`col` of the untouched-base row a configuration is measured against: its own (4-bit runs have a
-    4-bit base), else the first reference row; NaN without one. `full_precision`: the base as it
-    ships, not quantized, whatever the run loaded (a gain over it is not the run's own quantization
-    loss recovered)."""
+def reference_row(summary: pd.DataFrame, row, full_precision: bool = False) -> pd.Series | None:
+    """The untouched-base row a configuration is measured against: its own (4-bit runs have a 4-bit base),
+    else the first reference row; None without one. `full_precision`: the base as it ships, not quantized,
+    whatever the run loaded (a gain over it is not the run's own quantization loss recovered)."""
     refs = summary[summary["reference"]] if "reference" in summary else summary.iloc[0:0]
-    if refs.empty or col not in refs:
-        return math.nan
     if full_precision and "quantized" in refs:
         refs = own = refs[~refs["quantized"].astype(bool)]
-        if refs.empty:
-            return math.nan
     else:
         own = refs[refs["config"] == row.get("reference_config")]
-    value = (own if len(own) else refs)[col].iloc[0]
+    chosen = own if len(own) else refs
+    return chosen.iloc[0] if len(chosen) else None
+
+
+def reference_value(summary: pd.DataFrame, row, col: str, full_precision: bool = False) -> float:
+    """`col` of `reference_row`; NaN without a reference row or that column."""
+    base = reference_row(summary, row, full_precision)
+    if base is None or col not in base:
+        return math.nan
+    value = base[col]
     return float(value) if value is not None else math.nan
 
 
