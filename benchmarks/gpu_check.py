@@ -13,7 +13,8 @@ transformers' Llama module for the whole process, accelerate keeps one state per
     LoRA (r 8, alpha 16, all linear layers) and full fine-tuning of a 1.7B Llama (SmolLM2-1.7B's
     dimensions): real tokens/s, the ratio, MFU against the device's spec-sheet peak
     (`harness.measure.peak_tflops`) and against a bf16 matmul measured here, peak memory;
-(b) ftbench with `train.kernels: liger`, `train.compile: true`, `train.attn_implementation:
+(b) ftbench with `train.kernels: liger`, `train.attn_implementation: sdpa` (transformers' mask over the
+    whole packed row, against the default `sdpa_varlen`), `train.compile: true`, `train.attn_implementation:
     flash_attention_2` (only when `flash_attn` is installed there), unpacked batches, and SmolLM2-135M's
     dimensions; and a probe of transformers' `flex_attention` (not a `train` option: block-sparse
     attention per packed example without the flash_attn package).
@@ -63,6 +64,8 @@ def cases(big: str, small: str | None, flash_attn: bool) -> list[dict]:
                 dict(name=f"ftbench-{method}-{big}", kind="ftbench", model=big, method=method)]
     out += [dict(name=f"ftbench-{m}-{big}-liger", kind="ftbench", model=big, method=m, kernels="liger")
             for m in ("lora", "full")]
+    # transformers' sdpa over the whole packed row (the default before sdpa_varlen): what per-example attention buys
+    out.append(dict(name=f"ftbench-lora-{big}-sdpa-rowmask", kind="ftbench", model=big, method="lora", attn="sdpa"))
     out.append(dict(name=f"ftbench-lora-{big}-fa2", kind="ftbench", model=big, method="lora",
                     attn="flash_attention_2", skip=None if flash_attn else "flash_attn is not installed there"))
     out.append(dict(name=f"ftbench-lora-{big}-unpacked", kind="ftbench", model=big, method="lora", packing=False))

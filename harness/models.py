@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from harness import attention
 from harness.errors import ConfigError, allowed, did_you_mean
 from harness.registry import Registry
 
@@ -160,14 +161,15 @@ def installed(package: str) -> bool:
 
 def pick_attn_implementation(requested: str, device: str, dtype) -> str:
     """The attention kernel a run uses: `auto` is FlashAttention-2 on CUDA in bf16/fp16 when the
-    `flash_attn` package is installed (packed batches then run as padding-free varlen attention),
-    else torch's sdpa; any other value as given (preflight has checked that it can run here)."""
+    `flash_attn` package is installed, else `sdpa_varlen` (torch's sdpa once per example of a packed
+    row: `harness.attention`); both run packed batches as padding-free varlen attention. Any other
+    value as given (preflight has checked that it can run here)."""
     import torch
 
     if requested != "auto":
         return requested
     half = dtype in (torch.bfloat16, torch.float16)
-    return "flash_attention_2" if device == "cuda" and half and installed("flash_attn") else "sdpa"
+    return "flash_attention_2" if device == "cuda" and half and installed("flash_attn") else attention.NAME
 
 
 #: set (True) on a model whose forward, called with `skip_logits=True` and targets, returns the loss
@@ -251,6 +253,8 @@ def load(cfg, device: str, train=None):
     # file's touched pages in the process's RSS (a 4-bit load touches all of them), and weights that
     # are views into it count only once read, so RSS would not measure the model
     attn = pick_attn_implementation(getattr(train, "attn_implementation", "auto"), device, dtype)
+    if attn == attention.NAME:
+        attention.register()
     kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
                   attn_implementation=attn, disable_mmap=device == "cpu")
     if cfg.load_in_4bit:

@@ -17,7 +17,7 @@ from test_train import _examples, tiny_with_method
 
 
 @pytest.mark.parametrize("key, value", [("kernels", "none"), ("kernels", "liger"),
-                                        *[("attn_implementation", v) for v in ("auto", "sdpa", "eager",
+                                        *[("attn_implementation", v) for v in ("auto", "sdpa_varlen", "sdpa", "eager",
                                                                                "flash_attention_2")],
                                         ("compile", True), ("compile", False)])
 def test_the_config_accepts_each_value(key, value):
@@ -53,7 +53,7 @@ def _dry_run(tmp_path, **train):
 
 @pytest.mark.parametrize("key, value, allowed", [
     ("kernels", "liger", "Allowed here: none."),
-    ("attn_implementation", "flash_attention_2", "Allowed here: auto, eager, sdpa."),
+    ("attn_implementation", "flash_attention_2", "Allowed here: auto, sdpa_varlen, sdpa, eager."),
 ])
 def test_preflight_rejects_what_needs_cuda_on_this_machine(tmp_path, key, value, allowed):
     import torch
@@ -114,20 +114,23 @@ def test_compile_reaches_the_training_arguments(tmp_path):
     assert on.torch_compile is True and off.torch_compile is False
 
 
-def test_auto_attention_is_sdpa_without_cuda_or_flash_attn(monkeypatch):
+def test_auto_attention_is_sdpa_varlen_without_cuda_or_flash_attn(monkeypatch):
     import torch
 
-    assert models.pick_attn_implementation("auto", "cpu", torch.float32) == "sdpa"
-    assert models.pick_attn_implementation("auto", "cpu", torch.bfloat16) == "sdpa"
+    assert models.pick_attn_implementation("auto", "cpu", torch.float32) == "sdpa_varlen"
+    assert models.pick_attn_implementation("auto", "cpu", torch.bfloat16) == "sdpa_varlen"
+    assert models.pick_attn_implementation("sdpa", "cpu", torch.float32) == "sdpa"
     assert models.pick_attn_implementation("eager", "cpu", torch.float32) == "eager"
     monkeypatch.setattr(models, "installed", lambda package: package == "flash_attn")
     assert models.pick_attn_implementation("auto", "cuda", torch.bfloat16) == "flash_attention_2"
-    assert models.pick_attn_implementation("auto", "cuda", torch.float32) == "sdpa"  # FA2 is half precision only
+    assert models.pick_attn_implementation("auto", "cuda", torch.float32) == "sdpa_varlen"  # FA2: half precision
     monkeypatch.setattr(models, "installed", lambda package: False)
-    assert models.pick_attn_implementation("auto", "cuda", torch.bfloat16) == "sdpa"
+    assert models.pick_attn_implementation("auto", "cuda", torch.bfloat16) == "sdpa_varlen"
 
 
-@pytest.mark.parametrize("train, expected", [(None, "sdpa"), ({}, "sdpa"), ({"attn_implementation": "eager"}, "eager")])
+@pytest.mark.parametrize("train, expected", [(None, "sdpa_varlen"), ({}, "sdpa_varlen"),
+                                             ({"attn_implementation": "sdpa"}, "sdpa"),
+                                             ({"attn_implementation": "eager"}, "eager")])
 def test_the_model_loads_with_the_chosen_attention_and_the_run_records_it(train, expected):
     spec = build_run_config({"model": "tiny-smollm2", "train": train or {}}, file="x.yaml")
     model, _ = models.load(spec.model, "cpu", None if train is None else spec.train)
