@@ -223,6 +223,15 @@ def peak_tflops(device: str, dtype: str | None) -> float | None:
     return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
 
 
+def device_name(device: str | None) -> str:
+    """What `env.device_name` records: the GPU's name on CUDA, else the processor's."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return platform.processor() or platform.machine()
+
+
 def dir_bytes(path: Path) -> int:
     """Bytes of every file under `path`."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
@@ -319,14 +328,12 @@ def env_info(device: str | None = None) -> dict:
     info["gpu_count"] = 0
     info["device"] = device
     info["cost_semantics"] = COST_SEMANTICS
-    info["device_name"] = platform.processor() or platform.machine()
+    info["device_name"] = device_name(device)
     try:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
         info["gpu_count"] = torch.cuda.device_count()
-        if device == "cuda":
-            info["device_name"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
     sha = _git("rev-parse", "HEAD")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-__all__ = ["BatchTokens", "MemoryEstimate", "batch_tokens", "estimate", "optimizer_state_bytes", "parse_size",
+__all__ = ["BatchTokens", "MemoryEstimate", "batch_tokens", "choose_micro_batch", "estimate", "optimizer_state_bytes", "parse_size",
            "CPU_RUNTIME_MB", "OVER_BUDGET_FIXES"]
 
 MIB = 2**20
@@ -21,17 +21,19 @@ MIB = 2**20
 #: the tokenizer and the data, as a run process (forked from the warm launcher) holds it before loading the
 #: model; measured on the 2-core box (2026-11). A run records its own reading instead
 CPU_RUNTIME_MB = 420.0
+#: what a CPU run process holds by its final evaluation beyond what it held before loading the model (the
+#: Trainer, the tokenized splits, the tracker's buffers): 100-120 MiB on every peft_comparison run here
+CPU_EVAL_GROWTH_MB = 100.0
 #: activation values per token kept for backward by one Llama-style decoder layer, per hidden unit (two RMSNorms,
 #: q and k with their RoPE halves, k and v repeated to every head, the attention output), per key/value unit and per
 #: MLP unit (gate, SiLU, up, product), in the compute dtype; counted from the modules, checked on SmolLM2 (tiny, 135M)
 _ACT_H, _ACT_KV, _ACT_I = 11, 3, 4
-#: of those, what only a trained projection keeps (its input, for its weight's gradient): the two normed
-#: inputs and the attention output per hidden unit, the MLP product per MLP unit
-_FROZEN_H, _FROZEN_I = 3, 1
 #: a 4-bit weight's quantization block (bitsandbytes) and the nested block of its scales (double quant)
 _BLOCK, _NESTED_BLOCK = 64, 256
-#: attention-matrix (heads × s × s) copies one layer keeps for backward, by (device kind, train.attn_implementation)
-_ATTN_MATRIX_COPIES = {("cpu", "auto"): 2, ("cpu", "sdpa"): 2, ("cpu", "eager"): 3, ("cuda", "eager"): 3}
+#: attention-matrix (heads × s × s) copies one layer keeps for backward: eager keeps the scores, the
+#: probabilities and their dropout; torch's sdpa kernels keep none (flash/memory-efficient) except on a CPU
+#: given a mask (padded rows, or transformers' `sdpa` over a packed row), whose kernel keeps part of one
+_EAGER_COPIES, _CPU_MASKED_COPIES = 1, 0.5
 #: how many logits-sized fp32 tensors the loss holds at its peak (logits, log-softmax, their gradient)
 _LOGIT_COPIES_TRAIN, _LOGIT_COPIES_EVAL = 3, 4
 OVER_BUDGET_FIXES = ("train.gradient_checkpointing=true", "a smaller train.micro_batch with a larger train.grad_accum "
@@ -42,13 +44,15 @@ OVER_BUDGET_FIXES = ("train.gradient_checkpointing=true", "a smaller train.micro
 class BatchTokens:
     """Tokens one step holds: `train` positions per micro-batch (padding included), `labels` positions
     whose logits the loss computes, `eval` positions per evaluation batch and `eval_labels` likewise.
-    `measured`: read from the tokenized data (else upper bounds from `seq_len`)."""
+    `measured`: read from the tokenized data (else upper bounds from `seq_len`). `example`: mean
+    positions of one training example (for a time forecast; `seq_len` without data)."""
 
     train: int
     labels: int
     eval: int
     eval_labels: int
     measured: bool = False
+    example: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class MemoryEstimate:
     tokens: BatchTokens
     #: gradients that exist while all activations still do: the output head's (made first in backward)
     head_grads_mb: float = 0.0
+    #: parameter counts (unpacked values; a time forecast's FLOPs per token)
+    params: int = 0
+    trainable_params: int = 0
 
     @property
     def train_mb(self) -> float:
@@ -133,7 +140,8 @@ def batch_tokens(train_set: list[dict] | None, val_set: list[dict] | None, spec)
 
     train, labels = count(train_set, t.micro_batch)
     evals, eval_labels = count(val_set, batch)
-    return BatchTokens(train, labels, evals, eval_labels, measured=bool(train_set))
+    example = (sum(len(e["input_ids"]) for e in train_set) / len(train_set)) if train_set else float(t.seq_len)
+    return BatchTokens(train, labels, evals, eval_labels, measured=bool(train_set), example=example)
 
 
 def optimizer_state_bytes(optimizer: str, trainable: list[tuple[int, int]]) -> int:
@@ -224,6 +232,15 @@ def _weights(model, spec, device_kind: str) -> tuple[int, list[tuple[int, int]]]
     return total, trainable
 
 
+def _param_count(model) -> int:
+    """Values of every parameter, tied ones once, 4-bit ones unpacked."""
+    from harness.measure import count_params
+
+    if not any(p.device.type == "meta" for p in model.parameters()):
+        return count_params(model)[1]
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
 def _layers_with_grad_path(model, n_layers: int) -> int:
     """Decoder layers whose activations backward needs: all layers from the lowest one holding a
     trainable parameter up (all of them when something below the layers trains: embeddings, prompts)."""
@@ -240,10 +257,25 @@ def _layers_with_grad_path(model, n_layers: int) -> int:
     return 0 if lowest is None else n_layers - lowest
 
 
-def _base_linears_train(model) -> bool:
-    """Whether any of the decoder's own projection weights trains (full fine-tuning, freeze)."""
-    return any(p.requires_grad and ".layers." in name and re.search(r"proj\.(base_layer\.)?weight$", name)
-               for name, p in model.named_parameters())
+#: the projections that read each input a trained projection would keep: the attention's normed input,
+#: the attention output, the MLP's normed input (hidden-sized) and the MLP product (intermediate-sized)
+_INPUTS = {"attn_in": ("q_proj", "k_proj", "v_proj"), "attn_out": ("o_proj",), "mlp_in": ("gate_proj", "up_proj"),
+           "mlp_mid": ("down_proj",)}
+
+
+def _frozen_inputs(model) -> tuple[int, int]:
+    """(hidden-sized, intermediate-sized) projection inputs per layer that nothing keeps for backward: an
+    input is kept when a projection reading it trains its own weight or carries an adapter (LoRA's A,
+    LoKr, VeRA, IA3 … multiply that input by trained values and keep it)."""
+    kept = dict.fromkeys(_INPUTS, False)
+    for name, p in model.named_parameters():
+        if not p.requires_grad or ".layers." not in name:
+            continue
+        for key, projections in _INPUTS.items():
+            if any(f".{proj}." in name for proj in projections):
+                kept[key] = True
+    hidden = sum(not kept[k] for k in ("attn_in", "attn_out", "mlp_in"))
+    return hidden, int(not kept["mlp_mid"])
 
 
 def _method_extras_per_token(model, act: int) -> int:
@@ -268,6 +300,16 @@ def _dora_bytes(model, act: int) -> int:
         if getattr(module, "lora_magnitude_vector", None) and getattr(module, "in_features", None):
             total += 2 * module.in_features * module.out_features * act
     return total
+
+
+def _attention_copies(device_kind: str, spec) -> float:
+    """Score matrices (rows × heads × s × s) one layer keeps for backward, by the attention the run uses
+    (`train.attn_implementation`; `auto` is a varlen kernel on both devices)."""
+    attn = spec.train.attn_implementation
+    if attn == "eager":
+        return _EAGER_COPIES
+    varlen = attn in ("auto", "sdpa_varlen", "flash_attention_2") and spec.train.packing
+    return 0 if device_kind == "cuda" or varlen else _CPU_MASKED_COPIES
 
 
 def estimate(spec, model, device_kind: str, *, tokens: BatchTokens | None = None,
@@ -304,13 +346,9 @@ def estimate(spec, model, device_kind: str, *, tokens: BatchTokens | None = None
     train_positions = tokens.train + rows * virtual
     per_layer = ((_ACT_H * h + _ACT_KV * kv + _ACT_I * inter) * act
                  + _method_extras_per_token(model, act) // max(1, n_layers))
-    if not _base_linears_train(model):  # a frozen projection keeps no input for its weight's gradient
-        per_layer -= (_FROZEN_H * h + _FROZEN_I * inter) * act
-    # attention as a rows × heads × s × s matrix: eager always; sdpa on CPU with a mask (packed examples,
-    # padding) falls back to its math kernel, which keeps the scores and the probabilities for backward
-    copies = _ATTN_MATRIX_COPIES.get((device_kind, spec.train.attn_implementation), 0)
-    row_len = train_positions // rows
-    attn_matrix = copies * rows * heads * row_len * row_len * act  # per layer
+    frozen_h, frozen_i = _frozen_inputs(model)  # a frozen projection keeps no input for its weight's gradient
+    per_layer -= (frozen_h * h + frozen_i * inter) * act
+    attn_matrix = _attention_copies(device_kind, spec) * rows * heads * (train_positions // rows) ** 2 * act
     saved_layers = _layers_with_grad_path(model, n_layers) if trains else 0
     if spec.train.gradient_checkpointing and saved_layers:  # layer inputs + one layer recomputed at a time
         activations = train_positions * (saved_layers * h * act + per_layer) + attn_matrix
@@ -328,19 +366,29 @@ def estimate(spec, model, device_kind: str, *, tokens: BatchTokens | None = None
     eval_logit_positions = tokens.eval_labels if virtual == 0 else eval_positions
     eval_rows = 1 if spec.train.packing else spec.eval.batch_size
     eval_act = (eval_positions * (4 * h + 2 * inter) * act + _LOGIT_COPIES_EVAL * eval_logit_positions * vocab * 4
-                + copies * heads * eval_positions * (eval_positions // eval_rows) * act)
+                + _attention_copies(device_kind, spec) * heads * eval_positions * (eval_positions // eval_rows) * act)
     if device_kind == "cuda":
         overhead = 0.0  # the CUDA context is not in max_memory_allocated
     else:
         overhead = CPU_RUNTIME_MB if runtime_mb is None else runtime_mb
     if device_kind == "cpu":  # the vocabulary matmul packs a copy of the output head's weight
-        eval_act += vocab * h * act
+        eval_act += vocab * h * act + CPU_EVAL_GROWTH_MB * MIB
     head_grads = sum(p.numel() * (4 if hasattr(model, "peft_config") else act) for name, p in model.named_parameters()
                      if p.requires_grad and any(k in name for k in ("lm_head", "embed_tokens")))
     return MemoryEstimate(weights_mb=weights / MIB, trainable_mb=trainable_bytes / MIB, grads_mb=grads / MIB,
                           optimizer_mb=optimizer / MIB, activations_mb=activations / MIB, logits_mb=logits / MIB,
                           overhead_mb=overhead, eval_activations_mb=eval_act / MIB, tokens=tokens,
-                          head_grads_mb=head_grads / MIB)
+                          head_grads_mb=head_grads / MIB, params=_param_count(model),
+                          trainable_params=sum(n for n, _ in trainable))
+
+
+def choose_micro_batch(effective: int, fits) -> int | None:
+    """The largest divisor of `effective` (examples per optimizer step) for which `fits(micro_batch)`
+    holds, or None when not even 1 does."""
+    for micro in sorted((d for d in range(1, effective + 1) if effective % d == 0), reverse=True):
+        if fits(micro):
+            return micro
+    return None
 
 
 def fixes(spec) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import types
 import typing
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -43,6 +43,7 @@ def resolve_expressions(cls: type[BaseModel], data: dict) -> tuple[dict, dict[st
     numeric fields (`alpha: 2*r`), and {field: why} for the strings that are not such an expression
     (left out of the returned data)."""
     numeric = {n: f for n, f in cls.model_fields.items() if _is_numeric(f.annotation)}
+    keywords = getattr(cls, "keywords", {})
     names: dict[str, float] = {}
     for name in numeric:
         value = data.get(name, cls.model_fields[name].default)
@@ -51,13 +52,13 @@ def resolve_expressions(cls: type[BaseModel], data: dict) -> tuple[dict, dict[st
     out, bad = dict(data), {}
     for name, info in numeric.items():
         value = data.get(name)
-        if not isinstance(value, str):
+        if not isinstance(value, str) or value.strip() in keywords.get(name, ()):
             continue
         try:
             out[name] = evaluate(value, {k: v for k, v in names.items() if k != name})
         except ExprError as exc:
             del out[name]
-            kind = _kind(info.annotation)
+            kind = _kind(info.annotation) + "".join(f" or `{w}`" for w in keywords.get(name, ()))
             if _WORD.match(value.strip()) and value.strip() not in names:  # `four`: a word, not a formula
                 bad[name] = (f"must be {kind} (or arithmetic over this section's numbers, such as `2*r`), "
                              f"but got {value!r}{did_you_mean(value.strip(), names).replace(' Did', '; did')}")
@@ -74,6 +75,8 @@ class Section(BaseModel):
     expressions over the section's other numeric fields (e.g. `alpha: 2*r`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: numeric fields that also take a word (`micro_batch: auto`), which the section's own validator reads
+    keywords: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @model_validator(mode="before")
     @classmethod

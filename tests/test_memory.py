@@ -149,3 +149,73 @@ def test_the_report_puts_estimate_and_measurement_side_by_side():
     row = table.iloc[0]
     assert row["train measured MiB"] == 1100 and row["train error %"] == pytest.approx(0.0)
     assert row["eval error %"] == pytest.approx(-10.0)
+
+
+# --- micro_batch: auto --------------------------------------------------------------------------------
+
+def test_choose_micro_batch_takes_the_largest_divisor_that_fits():
+    assert memory.choose_micro_batch(12, lambda m: m <= 5) == 4
+    assert memory.choose_micro_batch(12, lambda m: True) == 12
+    assert memory.choose_micro_batch(7, lambda m: m < 7) == 1
+    assert memory.choose_micro_batch(8, lambda m: False) is None
+
+
+def test_auto_keeps_its_run_id_whatever_the_machine_chooses(tmp_path):
+    from harness.config import build_run_config
+
+    auto = build_run_config({"train": {"micro_batch": "auto", "effective_batch": 8}}, file="x.yaml")
+    assert (auto.train.micro_batch, auto.train.grad_accum) == (8, 1)  # the plan starts from one micro-batch
+    chosen = auto.model_copy(update={"train": auto.train.with_batch(2)})
+    assert (chosen.train.micro_batch, chosen.train.grad_accum) == (2, 4)
+    assert chosen.as_dict() == auto.as_dict()
+    assert auto.as_dict()["train"]["micro_batch"] == "auto" and auto.as_dict()["train"]["effective_batch"] == 8
+    fixed = build_run_config({"train": {"micro_batch": 8}}, file="x.yaml").as_dict()["train"]
+    assert "effective_batch" not in fixed and fixed["micro_batch"] == 8  # runs without auto keep their ids
+
+
+@pytest.mark.parametrize("train, says", [({"micro_batch": "auto"}, "needs `effective_batch`"),
+                                         ({"effective_batch": 8}, "read only with `micro_batch: auto`"),
+                                         ({"micro_batch": "auto", "effective_batch": 8, "grad_accum": 2},
+                                          "`grad_accum` is chosen with it"),
+                                         ({"micro_batch": "some"}, "or `auto`")])
+def test_bad_auto_batches_are_refused_with_the_field(tmp_path, train, says):
+    path = write_experiment(tmp_path, "bad", base=tiny_base(train=train))
+    result = run_cli("run", str(path), "--dry-run")
+    assert result.code == 2 and says in result.err and "bad.yaml" in result.err and "train" in result.err
+
+
+def test_auto_under_a_budget_picks_a_smaller_micro_batch_at_the_same_effective_batch(tmp_path):
+    path, specs = _specs(tmp_path, ["full", "lora"], train={"micro_batch": "auto", "effective_batch": 8})
+    one = {s.config.method.name: e for s, e in zip(specs, preflight.estimates(specs, "cpu").values())}
+    budget = (one["lora"].train_mb + one["full"].train_mb) / 2  # all 8 in one pass: LoRA fits, full does not
+    args = ("run", str(path), "--memory-budget", f"{budget:.0f}MiB", "--results", str(tmp_path / "results"))
+    settled, _ = preflight.fit_batches(specs, "cpu", budget)
+    batches = {s.config.method.name: (s.config.train.micro_batch, s.config.train.grad_accum) for s in settled}
+    assert batches["lora"] == (8, 1)
+    assert batches["full"][0] < 8 and batches["full"][0] * batches["full"][1] == 8
+    assert [s.run_id for s in settled] == [s.run_id for s in specs]
+    assert all(s.batch == {"micro_batch": s.config.train.micro_batch, "grad_accum": s.config.train.grad_accum}
+               for s in settled)
+    result = run_cli(*args, "--dry-run")
+    assert result.code == 0, result.out + result.err
+    assert f"{batches['full'][0]} × {batches['full'][1]} (auto)" in result.out and "8 × 1 (auto)" in result.out
+
+
+def test_an_adapter_on_a_projection_keeps_its_input_and_a_frozen_one_does_not(tmp_path):
+    path, specs = _specs(tmp_path, ["full", "lora", "ia3", "prompt_tuning"])
+    models_ = {s.config.method.name: _real_model(s) for s in specs}
+    assert memory._frozen_inputs(models_["full"]) == (0, 0)
+    assert memory._frozen_inputs(models_["lora"]) == (0, 0)  # LoRA's A reads every projection's input
+    assert memory._frozen_inputs(models_["ia3"]) == (2, 0)  # k/v and down_proj carry IA3 vectors
+    assert memory._frozen_inputs(models_["prompt_tuning"]) == (3, 1)  # nothing in the layers trains
+
+
+def test_packed_rows_attend_per_example_and_keep_no_score_matrix(tmp_path):
+    from harness.config import build_run_config
+
+    packed = build_run_config({"train": {"packing": True}}, file="x.yaml")
+    assert memory._attention_copies("cpu", packed) == 0  # sdpa_varlen: torch's flash kernel per example
+    row_mask = build_run_config({"train": {"packing": True, "attn_implementation": "sdpa"}}, file="x.yaml")
+    assert memory._attention_copies("cpu", row_mask) > 0 and memory._attention_copies("cuda", row_mask) == 0
+    eager = build_run_config({"train": {"attn_implementation": "eager"}}, file="x.yaml")
+    assert memory._attention_copies("cuda", eager) >= 1
