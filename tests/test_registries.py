@@ -26,6 +26,10 @@ OBJECTIVE_ROWS = {
     "dpo": [{"data.name": PREFS, "objective": "dpo"}],
     "kto": [{"data.name": PREFS, "objective": "kto"}],
     "orpo": [{"data.name": PREFS, "objective": "orpo"}],
+    # RLHF: a reward model (pairs that fit seq_len whole), online RL with a rule reward on labelled data
+    "reward": [{"data.name": PREFS, "train.seq_len": 128, "objective": "reward"}],
+    "grpo": [{"data.name": "sentiment", "objective": {"name": "grpo", "reward": "exact_answer", "max_new_tokens": 2}}],
+    "rloo": [{"data.name": "sentiment", "objective": {"name": "rloo", "reward": "exact_answer", "max_new_tokens": 2}}],
     "multitask": [{"objective": {"name": "multitask", "tasks": SOURCES, "architecture": "per_task"}}],
     "continual": [{"objective": CHAIN}],
     # a router between the two stages of the continual chain (each a single LoRA adapter)

@@ -67,7 +67,11 @@ class PeftMethod(Method):
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=ctx.spec.train.gradient_checkpointing
             )
-        return get_peft_model(model, self.peft_config(model, ctx))
+        config = self.peft_config(model, ctx)
+        head = getattr(model, "scalar_head", None)  # a reward model (objective `reward`): its head trains and saves
+        if head and not config.is_prompt_learning:
+            config.task_type, config.modules_to_save = "SEQ_CLS", sorted({*(config.modules_to_save or []), head})
+        return get_peft_model(model, config)
 
     def inject(self, model, ctx):
         """In a stack: peft layers injected in place under the method's name (so several peft

@@ -92,6 +92,8 @@ class Objective:
     slug_options: ClassVar[tuple[str, ...]] = ()
     #: False: the run trains nothing itself (a router over finished runs): `run` replaces the recipe
     fine_tunes: ClassVar[bool] = True
+    #: False: the trained model writes no text (a reward model's scalar head): no generation latency
+    generates: ClassVar[bool] = True
 
     def __init__(self, options: ObjectiveOptions):
         self.options = options
@@ -194,6 +196,14 @@ class Objective:
     def after_training(self, trainer, model, tokenizer, ctx: RunContext, train_records: list,
                        val_records: list[dict], val_set: list[dict], collator, metrics: dict) -> None:
         """Figures of the trained model that only this objective measures (before the common evaluation)."""
+
+    def validation(self, model, ctx: RunContext, val_set: list[dict], collator, metrics: dict):
+        """The common evaluation's pass over the validation split: per-example response-token losses
+        (`harness.evaluate.ExampleLosses`), or None where the model scores no tokens (a reward model,
+        whose own held-out figures go into `metrics` here, inside the timed evaluation)."""
+        from harness.evaluate import example_losses
+
+        return example_losses(model, val_set, collator, ctx.spec.eval.batch_size, ctx.device)
 
     def trained_sources(self, ctx: RunContext) -> list[str]:
         """The sources whose validation splits are scored as trained-on (a mixture's tasks, a sequence)."""

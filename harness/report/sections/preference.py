@@ -3,20 +3,23 @@ configuration."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
 from harness.report import figures
 from harness.report.columns import column, missing, text
 from harness.report.context import ReportContext
-from harness.report.document import Cell, Section, Table, metric_cell
+from harness.report.document import Cell, Section, Table, metric_cell, number_cell, sortable
 from harness.report.findings import seed_significance
-from harness.report.frame import COSTS, PREFERENCE, QUALITY, best_rows, ok_runs
+from harness.report.frame import COSTS, PREFERENCE, QUALITY, Metric, best_rows, ok_runs
 from harness.report.kinds import objective_of, runs_for
 from harness.report.objectives import objective_summary, spec_cell
 from harness.report.sections.base import register
 
-__all__ = ["PREFERENCE_COLUMNS", "objective_labels", "preference_table", "preference_findings", "preference_section"]
+__all__ = ["PREFERENCE_COLUMNS", "objective_labels", "preference_table", "preference_findings", "preference_section",
+           "RLHF_OBJECTIVES", "reward_model_table", "policy_table", "rlhf_findings", "rlhf_section"]
 
 PPL = QUALITY[1]
 ACCURACY, ACCURACY_TRAIN, MARGIN, KL_REF = PREFERENCE
@@ -74,6 +77,7 @@ def _accuracy(row) -> str:
 def preference_section(df: pd.DataFrame) -> Section | None:
     """Held-out preference accuracy, reward margin and KL to the reference per configuration; None without such runs."""
     runs = runs_for(ok_runs(df), "preference")
+    runs = runs[~objective_of(runs).isin(RLHF_OBJECTIVES)]  # reward models and RL policies: `rlhf_section`
     if runs.empty:
         return None
     summary = objective_summary(runs, PREFERENCE_COLUMNS, ACCURACY)
@@ -93,7 +97,146 @@ def preference_section(df: pd.DataFrame) -> Section | None:
     return section
 
 
+# --- RLHF: SFT → reward model → online RL, beside DPO/ORPO from the same start ----------------------------------
+
+#: the objectives of RLHF's second and third steps (issue 22)
+RLHF_OBJECTIVES = ("reward", "grpo", "rloo")
+REWARD_MODEL = [Metric("reward_accuracy", "reward accuracy %", "{:.1f}", 100, noun="reward-model accuracy"),
+                Metric("reward_accuracy_train", "reward accuracy % (train)", "{:.1f}", 100),
+                Metric("reward_margin", "reward margin", "{:.3f}"),
+                Metric("reward_pairs", "held-out pairs", "{:.0f}")]
+RL = [Metric("rl_reward_mean_before", "reward at start", "{:.3f}"), Metric("rl_reward_mean", "reward", "{:.3f}"),
+      Metric("rl_reward_before_se", "reward at start SE", "{:.3f}"), Metric("rl_reward_se", "reward SE", "{:.3f}"),
+      Metric("gen_len_mean", "completion tokens", "{:.1f}"), Metric("gen_tokens_per_s", "rollout tokens/s", "{:.1f}"),
+      Metric("gen_time_share", "rollout share %", "{:.0f}", 100)]
+_COST = {m.key: m for m in COSTS}
+POLICY_COLUMNS = [*RL, KL_REF, ACCURACY, QUALITY[0], _COST["train_s"], _COST["peak_mem_train_mb"],
+                  _COST["trainable_params"]]
+Z95 = 1.959964
+
+
+def _interval(row, mean: Metric, se: Metric) -> str:
+    """"m ± h": over seeds, the seed t-interval; for one seed, 1.96 × the run's standard error over prompts."""
+    m = row[f"{mean.key}_mean"]
+    if not np.isfinite(m):
+        return "–"
+    if row["n_seeds"] > 1 and np.isfinite(row[f"{mean.key}_ci_high"]):
+        half = row[f"{mean.key}_ci_high"] - m
+    else:
+        half = Z95 * row[f"{se.key}_mean"] if np.isfinite(row[f"{se.key}_mean"]) else math.nan
+    return f"{mean.format(m)}" + (f" ± {mean.format(half)}" if np.isfinite(half) else "")
+
+
+def _wilson(share: float, n: float) -> tuple[float, float]:
+    """The 95% Wilson score interval of a share of n trials."""
+    if not (np.isfinite(share) and np.isfinite(n)) or n <= 0:
+        return math.nan, math.nan
+    centre = (share + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
+    half = Z95 * math.sqrt(share * (1 - share) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
+    return centre - half, centre + half
+
+
+def reward_model_table(summary: pd.DataFrame) -> Table:
+    """One row per reward-model configuration: held-out accuracy with its 95% interval, margin, cost."""
+    accuracy, train, margin, pairs = REWARD_MODEL
+    rows = []
+    for _, row in summary.iterrows():
+        low, high = _wilson(row[f"{accuracy.key}_mean"], row[f"{pairs.key}_mean"])
+        shown = accuracy.format(row[f"{accuracy.key}_mean"])
+        if np.isfinite(low):
+            shown += f" [{accuracy.format(low)}, {accuracy.format(high)}]"
+        rows.append([Cell(row["config"], row["config"]), spec_cell(row, "method.name"),
+                     spec_cell(row, "objective.start"), Cell(shown, sortable(row[f"{accuracy.key}_mean"])),
+                     metric_cell(row, train, False), metric_cell(row, margin, False), metric_cell(row, pairs, False),
+                     metric_cell(row, _COST["train_s"], False), metric_cell(row, _COST["peak_mem_train_mb"], False)])
+    return Table("Reward models: share of held-out pairs scored chosen > rejected, with its 95% Wilson interval "
+                 "(chance 50%)", ["configuration", "method", "started from", accuracy.label, train.label,
+                                  margin.label, pairs.label, _COST["train_s"].label, _COST["peak_mem_train_mb"].label],
+                 rows)
+
+
+def policy_table(summary: pd.DataFrame) -> Table:
+    """One row per policy configuration (RL and offline preference tuning side by side)."""
+    before, after, before_se, after_se, length, speed, share = RL
+    rows = []
+    for _, row in summary.iterrows():
+        gain = row[f"{after.key}_mean"] - row[f"{before.key}_mean"]
+        rows.append([Cell(row["config"], row["config"]), Cell(row["objective"], row["objective"]),
+                     spec_cell(row, "method.name"), spec_cell(row, "objective.beta"),
+                     Cell(f"{_interval(row, before, before_se)} → {_interval(row, after, after_se)}",
+                          sortable(row[f"{after.key}_mean"])),
+                     number_cell(gain, "{:+.3f}"),
+                     *(metric_cell(row, m, False) for m in (KL_REF, ACCURACY, QUALITY[0], _COST["train_s"],
+                                                            _COST["peak_mem_train_mb"], _COST["trainable_params"],
+                                                            share, speed, length))])
+    columns = ["configuration", "objective", "method", "β", "reward: start → after (± 95%)", "Δ reward",
+               KL_REF.label + " (start)", ACCURACY.label, "eval loss (held-out chosen)",
+               *(m.label for m in (_COST["train_s"], _COST["peak_mem_train_mb"], _COST["trainable_params"], share,
+                                   speed, length))]
+    return Table("Policies from the same SFT start: online RL (reward under the training reward on held-out prompts, "
+                 "start model → trained policy) beside offline preference tuning (its preference accuracy); KL is "
+                 "to the start model, eval loss on the held-out chosen answers", columns, rows)
+
+
+def rlhf_findings(models: pd.DataFrame, policies: pd.DataFrame) -> list[str]:
+    """How far to trust the reward, what RL gained, and at what distance and cost."""
+    out = []
+    accuracy = REWARD_MODEL[0]
+    for _, row in models.iterrows():
+        low, high = _wilson(row[f"{accuracy.key}_mean"], row[f"{REWARD_MODEL[3].key}_mean"])
+        out.append(f"Reward model {row['config']}: {accuracy.format(row[f'{accuracy.key}_mean'])}% of held-out pairs "
+                   f"ranked right (95% interval {accuracy.format(low)}–{accuracy.format(high)}%; chance 50%)"
+                   + ("; below ~70% its rewards are weak guidance for RL." if high < 0.7 else "."))
+    rl = policies[policies["objective"].isin(RLHF_OBJECTIVES)] if not policies.empty else policies
+    if not rl.empty:
+        gains = rl[f"{RL[1].key}_mean"] - rl[f"{RL[0].key}_mean"]
+        if np.isfinite(gains).any():
+            top = rl.loc[gains.idxmax()]
+            out.append(f"Largest reward gain over the start: {top['objective']} {text(top.get('method.name'))} "
+                       f"({top['config']}), {_interval(top, RL[0], RL[2])} → {_interval(top, RL[1], RL[3])} "
+                       "at a KL to "
+                       f"the start of {KL_REF.format(top[f'{KL_REF.key}_mean'])} nats/token.")
+        share = rl[f"{RL[6].key}_mean"]
+        if np.isfinite(share).any():
+            out.append(f"Writing rollouts took {100 * np.nanmin(share):.0f}–{100 * np.nanmax(share):.0f}% of RL "
+                       "training time: on a CPU, generation, not the update, is what online RL pays for.")
+    offline = policies[~policies["objective"].isin(RLHF_OBJECTIVES)] if not policies.empty else policies
+    if not offline.empty and not rl.empty:
+        out.append("DPO/ORPO have no rollouts and no reward model; compare them with RL on what both measure: eval "
+                   "loss on the held-out chosen answers, KL to the start, and cost.")
+    return out
+
+
+def rlhf_section(df: pd.DataFrame) -> Section | None:
+    """RLHF's reward models and RL policies beside DPO/ORPO policies from the same starts; None without them."""
+    runs = runs_for(ok_runs(df), "preference")
+    names = objective_of(runs)
+    if not names.isin(RLHF_OBJECTIVES).any():
+        return None
+    models = objective_summary(runs[names == "reward"], [*REWARD_MODEL, _COST["train_s"], _COST["peak_mem_train_mb"]],
+                               REWARD_MODEL[0]) if (names == "reward").any() else pd.DataFrame()
+    policies = runs[names != "reward"]
+    starts = set(column(runs[names.isin(("grpo", "rloo"))], "objective.start").dropna())
+    from_starts = column(policies, "objective.start").isin(starts)
+    policies = policies[from_starts | objective_of(policies).isin(("grpo", "rloo"))]
+    summary = objective_summary(policies, POLICY_COLUMNS, RL[1]) if not policies.empty else pd.DataFrame()
+    if not summary.empty:
+        summary["objective"] = objective_labels(summary)
+    section = Section("RLHF: reward model and online RL", paragraphs=[(
+        "RLHF in the course's three steps: SFT; a reward model (the SFT model with a scalar head) trained on the "
+        "preference pairs with −log σ(r_chosen − r_rejected); then online RL (GRPO, RLOO) against that frozen "
+        "reward "
+        "with a KL pull toward the SFT model. Rewards are the training reward's mean on the held-out prompts (one "
+        "sample each, same seed) for the start model and the trained policy; ± is 1.96 × the standard error over "
+        "prompts (over seeds when there are several). DPO and ORPO from the same start sit beside them.")])
+    section.bullets = rlhf_findings(models, summary)
+    if not models.empty:
+        section.tables.append(reward_model_table(models))
+    if not summary.empty:
+        section.tables.append(policy_table(summary))
+    return section
+
+
 @register("preference", order=40)
 def _build(ctx: ReportContext) -> list[Section]:
-    section = preference_section(ctx.df)
-    return [] if section is None else [section]
+    return [s for s in (preference_section(ctx.df), rlhf_section(ctx.df)) if s is not None]
