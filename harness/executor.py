@@ -16,8 +16,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from harness import store
+from harness import distributed, store
 from harness.contention import EXCLUSIVE_ENV, LAUNCHED_ENV, SWEEP_CORES_ENV, SWEEP_ENV, sweep_token
+from harness.errors import ConfigError
 from harness.executor_loop import (FINISHED, Executor, Job, Monitor, claim_run, last_progress, note_waiting,
                                    oom_evidence, record_without_result, status_line)
 from harness.grid import RunSpec
@@ -35,7 +36,10 @@ class Running(Job):
     """A run in a child process of this one."""
 
     proc: subprocess.Popen | ForkedRun
-    gpu: int | None = None
+    #: the GPUs handed to it (all of a distributed run's at once)
+    gpus: tuple[int, ...] = ()
+    #: ranks of a distributed run (torchrun), else None
+    processes: int | None = None
 
 
 def gpu_count() -> int:
@@ -90,18 +94,33 @@ class LocalExecutor(Executor):
     def _start(self, spec: RunSpec, directory: Path, claim: store.Claim, plugins: list[str],
                experiment_dir: str | None) -> Running:
         store.prepare_run_dir(directory, {**spec.as_dict(), "plugins": list(plugins), "experiment_dir": experiment_dir})
+        ranks = distributed.processes(spec.config.train) if spec.config.train.distributed != "none" else None
+        if ranks and self.gpus and ranks > self.gpus:
+            raise ConfigError.one("", f"[{spec.slug}] train.world_size", f"needs {ranks} GPUs at once, but this "
+                                  f"machine has {self.gpus}")
         with self._gpu_lock:
-            gpu = self._free_gpus.pop(0) if self._free_gpus else None
-        threads = max(1, (os.cpu_count() or 1) // self.workers) if gpu is None and self.gpus == 0 and self.workers > 1 else None
+            gpus = tuple(self._free_gpus.pop(0) for _ in range(min(ranks or 1, len(self._free_gpus))))
+        if self.gpus == 0 and (self.workers > 1 or ranks):  # CPU: the cores split between runs, then ranks
+            threads = max(1, (os.cpu_count() or 1) // self.workers // (ranks or 1))
+        else:
+            threads = None
         try:
-            # the child holds the claim as long as it lives
-            env = self._env(gpu=gpu, threads=threads)
-            start = start_fork if self.launcher == "fork" else start_process
-            proc = start(directory, env, pass_fds=(claim.fd,))
+            # the child holds the claim as long as it lives (a distributed run's: torchrun's agent)
+            env = self._env(gpu=",".join(map(str, gpus)) or None, threads=threads)
+            if ranks:  # torchrun starts fresh interpreters: no fork server
+                proc = start_process(directory, env, pass_fds=(claim.fd,), processes=ranks)
+            else:
+                start = start_fork if self.launcher == "fork" else start_process
+                proc = start(directory, env, pass_fds=(claim.fd,))
         except BaseException:
-            self._free(gpu)
+            self._free(gpus)
             raise
-        return Running(spec, directory, claim, proc=proc, gpu=gpu)
+        return Running(spec, directory, claim, proc=proc, gpus=gpus, processes=ranks)
+
+    def _fits(self, spec: RunSpec) -> bool:
+        """A run's GPUs are handed over all at once: it waits until that many are free."""
+        need = distributed.processes(spec.config.train)
+        return self.gpus == 0 or need > self.gpus or len(self._free_gpus) >= need
 
     def _watch(self, jobs: list[Running], monitor: Monitor | None) -> Iterator[tuple[Running, dict]]:
         for job in list(jobs):
@@ -122,11 +141,15 @@ class LocalExecutor(Executor):
             if result is None:
                 code = job.proc.returncode
                 oom = oom_evidence(job.oom_counts, job.rss_peak_mb) if code == -9 else None
-                result = record_without_result(job.spec, job.directory, code, job.stopped, oom=oom)
+                reason = distributed.failure_reason(job.directory / "run.log", job.processes) \
+                    if job.processes and not job.stopped else None
+                result = record_without_result(job.spec, job.directory, code, job.stopped, reason=reason, oom=oom)
             return result
         finally:
+            if job.processes:
+                distributed.remove_scratch(job.directory)
             job.claim.release()
-            self._free(job.gpu)
+            self._free(job.gpus)
 
     def _abandon(self, jobs: list[Running]) -> None:
         """Ctrl-C: stop the children, then let go of the claims (the child shares the lock: release
@@ -142,12 +165,11 @@ class LocalExecutor(Executor):
                 job.proc.kill()
                 job.proc.wait()
             job.claim.release()
-            self._free(job.gpu)
+            self._free(job.gpus)
 
-    def _free(self, gpu: int | None) -> None:
-        if gpu is not None:
-            with self._gpu_lock:
-                self._free_gpus.append(gpu)
+    def _free(self, gpus: tuple[int, ...]) -> None:
+        with self._gpu_lock:
+            self._free_gpus.extend(gpus)
 
     def _view(self, total: int) -> "_LocalView":
         return _LocalView(self.console, total)
@@ -192,7 +214,7 @@ def _rss_mb(pid: int | None) -> float | None:
         return None
 
 
-def child_env(*, gpu: int | None = None, threads: int | None = None, sweep: str | None = None,
+def child_env(*, gpu: int | str | None = None, threads: int | None = None, sweep: str | None = None,
               sweep_cores: float | None = None, exclusive: bool = False, project_root: Path = PROJECT_ROOT) -> dict:
     """The environment of a run process: this one's, quiet, pinned to `gpu` and/or `threads` CPU threads;
     `sweep` (the sweep's token), `sweep_cores` (cores it means to use) and `exclusive` (refuse a busy

@@ -97,6 +97,10 @@ class Executor:
         `ended(job)` and `update(done, queued, jobs)`."""
         raise NotImplementedError
 
+    def _fits(self, spec: RunSpec) -> bool:
+        """Whether `spec` can start now besides the live runs (a multi-GPU run waits for its GPUs)."""
+        return True
+
     def _abandon(self, jobs: list[Job]) -> None:
         """Ctrl-C (or any error) in the loop: stop the live runs and let go of their claims."""
         for job in jobs:
@@ -136,7 +140,7 @@ class Executor:
                         pending.clear()
                     progressed = False
                     for spec in list(pending):
-                        if len(jobs) >= self.capacity():
+                        if len(jobs) >= self.capacity() or not self._fits(spec):
                             break
                         try:
                             claim, directory = claim_run(spec, self.root, force=self.force,

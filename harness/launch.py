@@ -23,6 +23,7 @@ from multiprocessing import reduction
 from pathlib import Path
 from unittest.mock import patch
 
+from harness import distributed
 from harness.errors import ConfigError
 
 __all__ = ["LAUNCHER_ENV", "PRELOAD", "ForkedRun", "launcher_for", "start_fork", "start_process"]
@@ -47,10 +48,13 @@ def launcher_for(gpus: int) -> str:
     return "fork"
 
 
-def start_process(directory: Path, env: dict, pass_fds: tuple = ()) -> subprocess.Popen:
-    """`python -m harness.run DIRECTORY`, its output appended to DIRECTORY/run.log."""
+def start_process(directory: Path, env: dict, pass_fds: tuple = (), processes: int | None = None) -> subprocess.Popen:
+    """`python -m harness.run DIRECTORY`, its output appended to DIRECTORY/run.log; with `processes`, a
+    distributed run: torchrun starting that many ranks of it (`harness.distributed.command`)."""
+    argv = [sys.executable, "-m", "harness.run", str(directory)] if processes is None \
+        else distributed.command(Path(directory), processes)
     with open(Path(directory) / "run.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "harness.run", str(directory)], stdout=log,
+        return subprocess.Popen(argv, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, pass_fds=pass_fds)
 
 

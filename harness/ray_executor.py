@@ -27,7 +27,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness import store
+from harness import distributed, store
 from harness.contention import sweep_token
 from harness.errors import ConfigError
 from harness.executor import child_env
@@ -108,7 +108,7 @@ class RunWorker:
                         sweep_cores=payload.get("sweep_cores"), exclusive=payload.get("exclusive", False))
         env.setdefault("WANDB_DIR", str(self.directory))  # offline W&B runs travel back with the record
         self.oom_counts = oom_kill_counts()  # this node's: a SIGKILL is `oom` only if one rises
-        self.proc = start_process(self.directory, env)
+        self.proc = start_process(self.directory, env, processes=payload.get("processes"))
         self.node = ray.util.get_node_ip_address()
 
     def poll(self, offset: int) -> dict:
@@ -281,7 +281,8 @@ class RayExecutor(Executor):
         """(Re)create the run's mirror directory and its actor."""
         store.prepare_run_dir(flight.directory, flight.payload["spec"])
         flight.offset, flight.node, flight.poll_ref = 0, None, None
-        flight.actor = self._actor_class.options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
+        ranks = flight.payload.get("processes") or 1  # a distributed run: all its ranks' share on one node
+        flight.actor = self._actor_class.options(num_cpus=self.cpus * ranks, num_gpus=self.gpus * ranks, max_restarts=0,
                                                  max_task_retries=0).remote(flight.payload)
 
     def _payload(self, spec: RunSpec, plugins, experiment_dir, plugin_files) -> dict:
@@ -293,7 +294,9 @@ class RayExecutor(Executor):
         return {"experiment": spec.experiment, "run_id": spec.run_id, "plugin_files": plugin_files,
                 "spec": {**spec.as_dict(), "plugins": list(plugins), "experiment_dir": experiment_dir},
                 "reference_result": reference, "artifacts_uri": self.artifacts_uri, "threads": threads,
-                "sweep": self.sweep, "sweep_cores": self.sweep_cores, "exclusive": self.exclusive}
+                "sweep": self.sweep, "sweep_cores": self.sweep_cores, "exclusive": self.exclusive,
+                "processes": distributed.processes(spec.config.train) if spec.config.train.distributed != "none"
+                else None}
 
     def _handle(self, flight: Flight, ref, monitor) -> dict | None:
         """One poll answer: mirror metrics, ask the monitor; at the end write the record. Returns the

@@ -232,7 +232,8 @@ class LabelLogitsTrainer(Trainer):
             count = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
             outputs = model(**model_inputs, logits_to_keep=keep, shift_labels=targets[:, keep], skip_logits=True,
                             **count)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
+            loss = outputs.loss * self._rank_scale(num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
         outputs, targets = label_logits(model, model_inputs, targets)
         logits = outputs.logits.float()
         targets = targets.to(logits.device)
@@ -240,8 +241,15 @@ class LabelLogitsTrainer(Trainer):
                                reduction="sum")
         # ÷ the batch's label count (the Trainer's across accumulated micro-batches, else this one's): a mean
         count = targets.ne(-100).sum() if num_items_in_batch is None else num_items_in_batch
-        loss = loss / (count.to(loss.device) if hasattr(count, "to") else count)
+        loss = loss / (count.to(loss.device) if hasattr(count, "to") else count) * self._rank_scale(num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _rank_scale(self, num_items_in_batch) -> int:
+        """Ranks of a data-parallel run when the label count is every rank's (as `Trainer.compute_loss`
+        scales): DDP averages the ranks' gradients, so each rank's sum ÷ the global count is × ranks."""
+        if num_items_in_batch is None or not self.args.average_tokens_across_devices:
+            return 1
+        return self.accelerator.num_processes
 
 
 def fuses_loss(model) -> bool:

@@ -20,9 +20,10 @@ ALPHA = 0.05
 #: the test-split twin of a validation figure
 TEST_OF = {"eval_loss": TEST[0], "eval_ppl": TEST[1]}
 BUDGET_COLUMNS = ["train.micro_batch", "train.grad_accum", "train.seq_len", "train.max_steps", "train.epochs",
-                  "train.kernels", "train.compile", "env.attn_implementation"]
+                  "train.kernels", "train.compile", "env.attn_implementation", "train.world_size"]
 #: what a budget column means where a run does not record it (older runs, options at their defaults)
-BUDGET_DEFAULTS = {"train.kernels": "none", "train.compile": False, "env.attn_implementation": "sdpa"}
+BUDGET_DEFAULTS = {"train.kernels": "none", "train.compile": False, "env.attn_implementation": "sdpa",
+                   "train.world_size": 1}
 VERSION_COLUMNS = ["env.git_sha", "env.git_dirty", "env.torch", "env.transformers", "env.peft",
                    "env.bitsandbytes", "env.accelerate", "env.datasets", "env.python"]
 
