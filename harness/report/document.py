@@ -12,7 +12,7 @@ from harness.report.columns import missing
 from harness.report.frame import Metric
 from harness.report.stats import PowerLawFit
 
-__all__ = ["BUSY_MARK", "Cell", "Table", "Section", "Report", "busy_note", "metric_cell", "number_cell", "sortable",
+__all__ = ["BUSY_MARK", "Cell", "Table", "View", "Section", "Report", "busy_note", "metric_cell", "number_cell", "sortable",
            "mean_of", "best_positions", "frame_table", "number_table"]
 
 #: after a memory or time figure taken while something outside the sweep competed for the hardware
@@ -35,12 +35,32 @@ class Table:
 
 
 @dataclass
+class View:
+    """An interactive figure of the HTML page (`harness.report.interactive` builds and draws it).
+
+    Args:
+        kind: how the page draws it: "pareto" (the explorer: axes and groups chosen by the reader) or
+            "plotly" (a fixed Plotly figure).
+        data: its JSON-able payload.
+        caption: shown under it.
+        replaces: the section's PNG figures (file names) the HTML page leaves out because this view shows
+            them; report.md keeps them.
+    """
+
+    kind: str
+    data: dict
+    caption: str
+    replaces: tuple[str, ...] = ()
+
+
+@dataclass
 class Section:
     title: str
     paragraphs: list[str] = field(default_factory=list)
     bullets: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[tuple[str, bytes, str]] = field(default_factory=list)  # (file name, png, caption)
+    views: list[View] = field(default_factory=list)  # interactive figures of the HTML page (before its PNGs)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Write a built report: one self-contained HTML page, Markdown with PNGs beside it, and summary.csv."""
+"""Write a built report: one self-contained HTML page (interactive figures, tables that sort, filter and download
+as CSV; no request leaves it), Markdown with PNGs beside it, and summary.csv."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import html
 from pathlib import Path
 
+from harness.report import interactive
 from harness.report.document import Report, Table
 
 STYLE = """
@@ -17,7 +19,9 @@ th{background:#f4f4f4;cursor:pointer;user-select:none}th.asc::after{content:" â–
 td:first-child,th:first-child{text-align:left}td.best{font-weight:700;background:#e8f5e9}
 img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}figcaption{color:#666;font-size:12px}
 .wrap{overflow-x:auto}p.note{color:#666;font-size:12px;margin-top:-.8em}
-"""
+.tools{font-size:12px;margin:.6em 0 -.4em}.tools input{width:18em}.tools button{margin-left:.5em}
+tr.hidden{display:none}
+""" + interactive.VIEW_STYLE
 
 # sorts a table by the clicked column: numbers by their data-v value, text alphabetically, missing last
 SORT_JS = """
@@ -50,8 +54,44 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 });
 """
 
+# the box above a table keeps the rows whose text holds every word typed (any column, any case); the
+# button saves the header and the rows shown, in their current order, as CSV (a data: URL, no request)
+FILTER_JS = """
+document.querySelectorAll("div.table").forEach(function (box) {
+  var table = box.querySelector("table"), input = box.querySelector("input.filter");
+  var count = box.querySelector("span.count");
+  function apply() {
+    var words = input.value.toLowerCase().split(/\\s+/).filter(Boolean), shown = 0;
+    Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+      var text = row.textContent.toLowerCase();
+      var keep = words.every(function (w) { return text.indexOf(w) >= 0; });
+      row.classList.toggle("hidden", !keep);
+      shown += keep ? 1 : 0;
+    });
+    count.textContent = shown + " of " + table.tBodies[0].rows.length + " rows";
+  }
+  input.addEventListener("input", apply);
+  apply();
+  box.querySelector("button.csv").addEventListener("click", function () {
+    function quote(s) { return /[",\\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
+    var lines = [Array.prototype.map.call(table.tHead.rows[0].cells, function (c) { return quote(c.textContent); })];
+    Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+      if (row.classList.contains("hidden")) return;
+      lines.push(Array.prototype.map.call(row.cells, function (c) { return quote(c.textContent); }));
+    });
+    var a = document.createElement("a");
+    var text = lines.map(function (l) { return l.join(","); }).join("\\n") + "\\n";
+    a.href = "data:text/csv;charset=utf-8," + encodeURIComponent(text);
+    a.download = box.getAttribute("data-name") + ".csv";
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+  });
+});
+"""
 
-def _html_table(table: Table) -> str:
+
+def _html_table(table: Table, name: str = "table") -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
     body = []
     for row in table.rows:
@@ -62,8 +102,11 @@ def _html_table(table: Table) -> str:
             cells.append(f"<td{cls}{attrs}>{html.escape(cell.text)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in table.notes)
-    return (f'<div class="wrap"><table class="sortable"><caption>{html.escape(table.caption)}</caption>'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>{notes}")
+    tools = (f'<div class="tools"><input class="filter" type="search" placeholder="filter rows (words, any column)" '
+             f'aria-label="filter rows"><button class="csv" type="button">CSV</button> <span class="count"></span></div>')
+    return (f'<div class="table" data-name="{html.escape(name)}">{tools}<div class="wrap"><table class="sortable">'
+            f"<caption>{html.escape(table.caption)}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}"
+            f"</tbody></table></div>{notes}</div>")
 
 
 def _md_escape(text: str) -> str:
@@ -83,18 +126,30 @@ def to_html(report: Report) -> str:
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>ftbench report: {html.escape(report.experiment)}</title><style>{STYLE}</style></head><body>",
              f"<h1>ftbench report: {html.escape(report.experiment)}</h1>",
-             f"<p>Generated {html.escape(report.generated_at)} from the results store. Click a column header to sort.</p>"]
+             f"<p>Generated {html.escape(report.generated_at)} from the results store. Click a column header to sort, "
+             f"type in the box above a table to filter its rows, CSV saves the rows shown; hover a point for its "
+             f"configuration and figures.</p>"]
+    n_views = n_tables = 0
     for section in report.sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         parts += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
         if section.bullets:
             parts.append("<ul>" + "".join(f"<li>{html.escape(b)}</li>" for b in section.bullets) + "</ul>")
+        for view in section.views:
+            parts.append(interactive.view_html(view, n_views))
+            n_views += 1
+        shown = {name for view in section.views for name in view.replaces}
         for name, png, caption in section.figures:
+            if name in shown:  # the view above draws it; report.md keeps the PNG
+                continue
             data = base64.b64encode(png).decode()
             parts.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        parts += [_html_table(t) for t in section.tables]
-    parts.append(f"<script>{SORT_JS}</script></body></html>")
+        for t in section.tables:
+            n_tables += 1
+            parts.append(_html_table(t, f"{report.experiment}-table{n_tables}"))
+    parts.append(interactive.page_scripts(n_views))
+    parts.append(f"<script>{SORT_JS}{FILTER_JS}</script></body></html>")
     return "\n".join(parts)
 
 

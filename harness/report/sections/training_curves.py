@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.report import figures
+from harness.report import figures, interactive
 from harness.report.context import ReportContext
 from harness.report.document import Section
 from harness.report.frame import training_curves
@@ -15,4 +15,5 @@ def training_curves_section(ctx: ReportContext) -> list[Section]:
     if not len(curves):
         return []
     return [Section("Training curves", figures=[("training_curves.png", figures.training_curves(curves),
-                                                 "loss per step")])]
+                                                 "loss per step")],
+                    views=[interactive.training_curves_view(curves, replaces=("training_curves.png",))])]
