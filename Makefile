@@ -30,6 +30,10 @@ help:
 	@echo "make report EXP=name [PRICE=2.0] [ARGS=...]   reports/EXP/report.html, report.md, summary.csv"
 	@echo "make report SWEEP=name [STORAGE=url]          the same for a search, with its study section"
 	@echo "make transfer EXP=name                        print the transfer matrix (rows trained on, columns scored on)"
+	@echo "make compare EXPS=\"a b\"                        one side-by-side report over several experiments (reports/compare-a-vs-b/)"
+	@echo "make leaderboard [MODEL=m] [DATA=d]           every experiment's configurations on one model and data set, ranked"
+	@echo "make dashboard SWEEP=name [PORT=n]            optuna-dashboard on a search's study, on 127.0.0.1 (prints the URL)"
+	@echo "make export RUN=[exp/]run_id TO=dir [MERGED=1]  a run's adapter (or merged weights) with its model card, ready to upload"
 	@echo "make test                                     the test suite (CPU, minutes)"
 	@echo "make faults                                   only the fault tests (damaged store, full disk, killed runs, hostile input)"
 	@echo "make bench                                    speed/memory figures"
@@ -76,6 +80,23 @@ report: $(STAMP)
 
 transfer: $(STAMP)
 	$(BIN)/ftbench transfer $(EXP) $(ARGS)
+
+.PHONY: compare leaderboard
+compare: $(STAMP)
+	@test -n "$(EXPS)" || { echo "usage: make compare EXPS=\"exp_a exp_b ...\""; exit 2; }
+	$(BIN)/ftbench compare $(EXPS) $(ARGS)
+
+leaderboard: $(STAMP)
+	$(BIN)/ftbench leaderboard $(if $(MODEL),--model $(MODEL)) $(if $(DATA),--data $(DATA)) $(ARGS)
+
+.PHONY: dashboard export
+dashboard: $(STAMP)
+	@test -n "$(SWEEP)" || { echo "usage: make dashboard SWEEP=name [PORT=n] [STORAGE=url]"; exit 2; }
+	$(BIN)/ftbench dashboard $(SWEEP) $(if $(PORT),--port $(PORT)) $(if $(STORAGE),--storage '$(STORAGE)') $(ARGS)
+
+export: $(STAMP)
+	@test -n "$(RUN)" && test -n "$(TO)" || { echo "usage: make export RUN=[exp/]run_id TO=dir [MERGED=1]"; exit 2; }
+	$(BIN)/ftbench export $(RUN) --to $(TO) $(if $(MERGED),--merged) $(ARGS)
 
 eval: $(STAMP)
 	$(BIN)/ftbench eval $(EXP) $(if $(TASKS),--tasks $(TASKS)) $(ARGS)

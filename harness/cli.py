@@ -1,10 +1,11 @@
-"""The `ftbench` command line: run (sweep), ls, show, methods, eval, search, report."""
+"""The `ftbench` command line: run (sweep), ls, show, methods, eval, search, report, compare, leaderboard."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -53,11 +54,12 @@ def cmd_run(args) -> int:
     plan = plan_experiment(experiment, args.set, file=str(path), root=root, max_runs=args.max_runs)
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+    estimates, over_budget, plan = _memory_check(args, plan)
     specs = plan.specs
-    estimates, over_budget = _memory_check(args, specs)
     if args.dry_run:
         statuses = [store.status_of(store.run_dir(s.experiment, s.run_id, root)) for s in specs]
-        console.print(_grid_table(specs, statuses, estimates))
+        forecasts, device_name = _forecasts(specs, statuses, estimates, root)
+        console.print(_grid_table(specs, statuses, estimates, forecasts))
         for s, status in zip(specs, statuses):
             if status == store.DAMAGED:
                 damage = store.inspect(store.run_dir(s.experiment, s.run_id, root))[1]
@@ -67,6 +69,10 @@ def cmd_run(args) -> int:
         for st in statuses:
             counts[st] = counts.get(st, 0) + 1
         console.print(f"{len(specs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + " (dry run: nothing started)")
+        from harness.forecast import summary
+
+        for line in summary(specs, estimates or {}, forecasts, device_name, workers=getattr(args, "workers", 1) or 1):
+            console.print(line, highlight=False, soft_wrap=True)
     if over_budget:
         for line in over_budget:
             console.print(f"[red]over budget:[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -87,14 +93,17 @@ def cmd_run(args) -> int:
     return 1 if bad else 0
 
 
-def _memory_check(args, specs) -> tuple[dict | None, list[str]]:
+def _memory_check(args, plan):
     """(the peak-memory estimate of every run, or None when not needed; one line per run whose train
-    estimate exceeds the budget). The budget is `--memory-budget`, else on CUDA the GPU's free memory;
-    on CPU without the flag nothing is refused.
+    estimate exceeds the budget; the plan with every `micro_batch: auto` run settled). The budget is
+    `--memory-budget`, else on CUDA the GPU's free memory; on CPU without the flag nothing is refused,
+    and `micro_batch: auto` fits the machine's available memory.
 
     Raises:
         ConfigError: `--memory-budget` is not a size.
     """
+    import dataclasses
+
     from harness import memory, models, preflight
 
     budget = getattr(args, "memory_budget", None)
@@ -104,17 +113,28 @@ def _memory_check(args, specs) -> tuple[dict | None, list[str]]:
         except ValueError as exc:
             raise ConfigError.one("", "--memory-budget", str(exc)) from None
     device = models.pick_device()
-    if budget is None and device == "cuda" and not args.dry_run:
+    auto = any(s.config.train.auto_batch for s in plan.specs)
+    if budget is None and device == "cuda" and (auto or not args.dry_run):
         import torch
 
         budget = torch.cuda.mem_get_info()[0] / 2**20
-    if budget is None and not args.dry_run:
-        return None, []
+    if budget is None and not args.dry_run and not auto:
+        return None, [], plan
+    fitted = budget
+    if fitted is None:  # CPU without --memory-budget: auto fits what the machine has free now
+        import psutil
+
+        fitted = psutil.virtual_memory().available / 2**20
+    specs, _ = preflight.fit_batches(plan.specs, device, fitted)
+    if auto:
+        by_id = {s.run_id: s for s in specs}
+        plan = dataclasses.replace(plan, specs=specs, phases=[[by_id[s.run_id] for s in ph] for ph in plan.phases],
+                                   settled={k: by_id.get(v.run_id, v) for k, v in plan.settled.items()})
     estimates = preflight.estimates(specs, device)
     over = [memory.over_budget_line(s.slug, s.config, estimates[s.run_id], budget) for s in specs
             if budget is not None and estimates.get(s.run_id) is not None and estimates[s.run_id].train_mb > budget
             and s.config.method.cls.trains]
-    return estimates, over
+    return estimates, over, plan
 
 
 def _check_counts(args) -> None:
@@ -168,17 +188,38 @@ def _add_max_runs(parser: argparse.ArgumentParser, what: str) -> None:
                         help=f"the most {what}; more is refused before anything is built (default {MAX_RUNS})")
 
 
-def _grid_table(specs, statuses: list[str], estimates: dict | None = None) -> Table:
+def _forecasts(specs, statuses: list[str], estimates: dict | None, root: Path) -> tuple[dict, str]:
+    """({run id: `harness.forecast.Forecast`} for the runs not finished, the device's name)."""
+    from harness import forecast, measure, models
+
+    device_name = measure.device_name(models.pick_device())
+    history = forecast.History.read(root, device_name)
+    out = {}
+    for s, status in zip(specs, statuses):
+        est = (estimates or {}).get(s.run_id)
+        if status != "ok" and est is not None and s.config.method.cls.trains and s.config.objective.build().fine_tunes:
+            out[s.run_id] = forecast.forecast(s.config, est.tokens, est, history)
+    return out, device_name
+
+
+def _grid_table(specs, statuses: list[str], estimates: dict | None = None, forecasts: dict | None = None) -> Table:
     axes = list(dict.fromkeys(k for s in specs for k in s.varied))
     table = Table(header_style="bold")
     mem = ("train MiB (est)", "eval MiB (est)") if estimates is not None else ()
-    for col in ("slug", "run id", *axes, *mem, "status"):
+    batch = ("micro × accum",) if any(s.batch for s in specs) else ()
+    mem += ("min (est)",) if any(f and f.total_s for f in (forecasts or {}).values()) else ()
+    for col in ("slug", "run id", *axes, *batch, *mem, "status"):
         table.add_column(col, justify="right" if col in mem else "left")
     for s, status in zip(specs, statuses):
         est = (estimates or {}).get(s.run_id)
         cells = () if not mem else ("–", "–") if est is None else (
             f"{est.train_mb:,.0f}" if s.config.method.cls.trains else "–", f"{est.eval_mb:,.0f}")
-        table.add_row(s.slug, s.run_id.rsplit("-", 1)[1], *[str(s.varied.get(a, "")) for a in axes], *cells,
+        if "min (est)" in mem:
+            f = (forecasts or {}).get(s.run_id)
+            cells += (f"{f.total_s / 60:.1f}" if f and f.total_s else "–",)
+        chosen = () if not batch else (f"{s.batch['micro_batch']} × {s.batch['grad_accum']} (auto)" if s.batch
+                                        else f"{s.config.train.micro_batch} × {s.config.train.grad_accum}",)
+        table.add_row(s.slug, s.run_id.rsplit("-", 1)[1], *[str(s.varied.get(a, "")) for a in axes], *chosen, *cells,
                       {"ok": "done"}.get(status, status))
     return table
 
@@ -373,6 +414,48 @@ def cmd_transfer(args) -> int:
     return 0
 
 
+def _write_cross_report(report, out: str, name: str) -> int:
+    """Write a report over several experiments under `out/name` and print where it went."""
+    from harness.inputs import inside
+    from harness.report.render import write
+
+    paths = write(report, inside(out, name, field="--out"))
+    console = _console()
+    for kind, path in paths.items():
+        console.print(f"{kind:>8}: {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """One side-by-side report over several experiments of one store."""
+    from harness import store
+    from harness.report.compare import compare
+
+    root = Path(args.results) if args.results else store.results_root()
+    names = [_experiment_name(e) for e in args.experiments]
+    report = compare(names, root)
+    return _write_cross_report(report, args.out, "compare-" + "-vs-".join(names))
+
+
+def cmd_leaderboard(args) -> int:
+    """Every experiment's configurations on one model and data set, ranked; printed and written as a report."""
+    from harness import store
+    from harness.report.compare import leaderboard
+
+    root = Path(args.results) if args.results else store.results_root()
+    report = leaderboard(root, model=args.model, data=args.data, metric=args.metric, top=args.top)
+    table = report.sections[0].tables[0]
+    out = Table(title=table.caption)
+    for column in table.columns:
+        out.add_column(column, justify="left" if column in ("experiment", "configuration") else "right")
+    for row in table.rows:
+        out.add_row(*(escape(c.text) for c in row))
+    _console().print(out)
+    # a model may be a path or a hub id: its folder name keeps letters, digits, `.`, `_` and `-`
+    folder = re.sub(r"[^\w.-]+", "_", report.experiment).strip("._") or "leaderboard"
+    return _write_cross_report(report, args.out, folder)
+
+
 def cmd_search(args) -> int:
     from harness import store
     from harness.search import Search, load_sweep, sweep_path
@@ -420,6 +503,35 @@ def cmd_search(args) -> int:
     if best:
         console.print(f"ready-to-run experiment: {store.experiment_dir(sweep.name, root) / 'best.yaml'}")
     console.print(f"this worker ran {len(outcomes)} trial(s)")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    """optuna-dashboard on a search's study, on 127.0.0.1, until Ctrl-C."""
+    from harness import store
+    from harness.dashboard import open_dashboard
+
+    root = Path(args.results) if args.results else store.results_root()
+    dashboard = open_dashboard(args.sweep, root, storage=args.storage, port=args.port)
+    print(f"optuna-dashboard for search `{args.sweep}`: {dashboard.url}  (Ctrl-C stops it)", flush=True)
+    try:
+        dashboard.serve()
+    except KeyboardInterrupt:
+        pass
+    print("dashboard stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    """A finished run's weights and model card in a folder ready for `hf upload`."""
+    from harness import store
+    from harness.export import export
+
+    root = Path(args.results) if args.results else store.results_root()
+    out = export(args.run, Path(args.to), merged=args.merged, root=root)
+    kind = "merged model (safetensors)" if args.merged else "adapter"
+    print(f"{kind} with its model card: {out}\nupload: hf upload ORG/NAME {out} .  (or: huggingface-cli upload "
+          f"ORG/NAME {out} .)")
     return 0
 
 
@@ -513,6 +625,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
     tr.set_defaults(func=cmd_transfer)
 
+    cp = sub.add_parser("compare", help="one side-by-side report over several experiments: matched configurations, "
+                                        "paired differences, what differs between them")
+    cp.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names (results folders) or "
+                    "experiments/NAME.yaml; the first is the baseline")
+    cp.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
+    cp.add_argument("--out", default="reports", help="reports root (default ./reports): writes "
+                    "OUT/compare-A-vs-B/report.html, report.md, summary.csv")
+    cp.set_defaults(func=cmd_compare)
+
+    lb = sub.add_parser("leaderboard", help="every experiment's configurations on one model and data set, ranked")
+    lb.add_argument("--model", help="the spec's model.name (needed when the store holds several)")
+    lb.add_argument("--data", help="the spec's data.name (needed when the store holds several)")
+    lb.add_argument("--metric", default="eval_ppl", help="rank by this figure, in its declared direction (eval_ppl)")
+    lb.add_argument("--top", type=int, default=None, help="only the best N")
+    lb.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
+    lb.add_argument("--out", default="reports", help="reports root (default ./reports): writes "
+                    "OUT/leaderboard-MODEL-DATA/")
+    lb.set_defaults(func=cmd_leaderboard)
+
     rep = sub.add_parser("report", help="write reports/EXP/report.html, report.md and summary.csv from the store")
     rep.add_argument("experiment", help="experiment name (its results folder) or experiments/NAME.yaml")
     rep.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
@@ -531,6 +662,23 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--write", action="store_true", help="rewrite the generated blocks")
     dc.add_argument("--root", default=".", help="the folder holding README.md and docs/ (default: .)")
     dc.set_defaults(func=cmd_docs)
+
+    db = sub.add_parser("dashboard", help="serve optuna-dashboard on a search's study (127.0.0.1 only) and print "
+                                          "its URL")
+    db.add_argument("sweep", help="the search's name (its results folder) or sweeps/NAME.yaml")
+    db.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free one)")
+    db.add_argument("--storage", default=None,
+                    help="the study's storage URL, when the recorded one has a password (or $FTBENCH_STORAGE)")
+    db.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
+    db.set_defaults(func=cmd_dashboard)
+
+    ex = sub.add_parser("export", help="write a finished run's weights and model card to a folder ready to upload")
+    ex.add_argument("run", metavar="[EXP/]RUN", help="run id, slug or hash (EXP/RUN picks the experiment)")
+    ex.add_argument("--to", required=True, metavar="DIR", help="a new (or empty) folder")
+    ex.add_argument("--merged", action="store_true",
+                    help="merge the adapter into the base model and write full weights (safetensors) and tokenizer")
+    ex.add_argument("--results", help="results root (default $FTBENCH_RESULTS or ./results)")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
@@ -43,13 +43,21 @@ class DataCfg(Section):
 
 
 class TrainCfg(Section):
+    keywords: ClassVar[dict[str, tuple[str, ...]]] = {"micro_batch": ("auto",)}
+
     max_steps: int | None = Field(40, gt=0)
     epochs: float | None = Field(None, gt=0)
     lr: float = Field(2e-4, gt=0)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = "linear"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    micro_batch: int = Field(4, gt=0)
+    micro_batch: int = Field(
+        4, gt=0, description="examples per forward pass; auto: the largest divisor of `effective_batch` whose "
+        "estimated peak fits the memory budget, `grad_accum` making up the rest (chosen before any run starts)")
     grad_accum: int = Field(1, gt=0)
+    effective_batch: int | None = Field(
+        None, gt=0, description="with `micro_batch: auto`: examples per optimizer step (micro_batch × grad_accum)")
+    #: set by `micro_batch: auto`: micro_batch/grad_accum then hold the choice, the run spec keeps `auto`
+    auto_batch: bool = Field(False, exclude=True)
     seq_len: int = Field(256, ge=16)
     packing: bool = True  # padding-free: a micro-batch is one row, attention kept per example
     gradient_checkpointing: bool = False
@@ -65,14 +73,23 @@ class TrainCfg(Section):
         "patched into the model before the method; CUDA only (pip install liger-kernel). Where ftbench "
         "computes the SFT loss, the logits are never materialised (less memory); the loss is accumulated in "
         "fp32 chunks, so losses are close to, not bitwise equal to, those of `none`")
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+    attn_implementation: Literal["auto", "sdpa_varlen", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 on CUDA in bf16/fp16 when the `flash_attn` package is "
-        "installed (packed batches then run as padding-free varlen attention), else sdpa; the one used is "
-        "recorded as `env.attn_implementation`")
+        "installed, else sdpa_varlen; both run each example of a packed row on its own (padding-free varlen "
+        "attention). sdpa_varlen: torch's sdpa once per example of a packed row (harness/attention.py); "
+        "sdpa: transformers' sdpa, a block-diagonal mask over the whole row (cost and memory grow with the "
+        "row's square); the one used is recorded as `env.attn_implementation`")
     compile: bool = Field(
         False, description="torch.compile the model (TrainingArguments.torch_compile): pays on long runs "
         "of a GPU once the first steps have compiled (tens of seconds; each new packed length may recompile "
         "at first); fused kernels change the last bits of the loss")
+    # runs bigger than one process (harness.distributed, docs/scale-out.md#runs-bigger-than-one-gpu)
+    distributed: Literal["none", "ddp", "fsdp"] = Field(
+        "none", description="ddp: data-parallel over `world_size` processes (one GPU each; gloo on CPU); fsdp: "
+        "fully sharded (full shard, peft's FSDP + LoRA options; CUDA only). Launched through torchrun; the "
+        "effective batch is micro_batch × grad_accum × world_size")
+    world_size: int = Field(1, ge=1, description="processes (ranks) per run with `distributed`: N GPUs handed "
+                            "to the run at once, never split with another run; on CPU N processes")
     # divergence beyond NaN/inf (harness.train.DivergenceRule): the run stops and is recorded `diverged`
     diverge_factor: float | None = Field(
         10.0, gt=1, description="diverged when the training loss rises above this many times its first logged "
@@ -80,6 +97,49 @@ class TrainCfg(Section):
     collapse_steps: int | None = Field(
         3, gt=0, description="diverged when this many logged steps in a row sit at the uniform loss ln(vocab) "
         "(within 0.05) with a gradient norm below 1e-6: the model collapsed to uniform output; null: off")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_micro_batch(cls, data):
+        """`micro_batch: auto` starts from the whole effective batch in one micro-batch (the plan lowers it
+        to what fits); `effective_batch` means nothing without it."""
+        if not isinstance(data, dict):
+            return data
+        if "auto_batch" in data:
+            raise ValueError("`auto_batch` is not an option: write `micro_batch: auto` with `effective_batch`")
+        if data.get("micro_batch") == "auto":
+            effective = data.get("effective_batch")
+            if effective is None:
+                raise ValueError("`micro_batch: auto` needs `effective_batch` (examples per optimizer step), "
+                                 "e.g. effective_batch: 16")
+            if data.get("grad_accum", 1) != 1:
+                raise ValueError("with `micro_batch: auto`, `grad_accum` is chosen with it: set `effective_batch` "
+                                 "only")
+            return {**data, "micro_batch": effective, "grad_accum": 1, "auto_batch": True}
+        if data.get("effective_batch") is not None:
+            raise ValueError("`effective_batch` is read only with `micro_batch: auto`; otherwise the effective "
+                             "batch is micro_batch × grad_accum")
+        return data
+
+    def with_batch(self, micro_batch: int) -> "TrainCfg":
+        """This section with `micro_batch` examples per pass and `grad_accum` making up the same effective
+        batch (what `micro_batch: auto` chose)."""
+        effective = self.micro_batch * self.grad_accum
+        return self.model_copy(update={"micro_batch": micro_batch, "grad_accum": effective // micro_batch})
+
+    def spec_dict(self, later: dict) -> dict:
+        """The run-spec form: later options at their default left out; `micro_batch: auto` as written."""
+        out = _dump_later(self, later)
+        if self.auto_batch:
+            out.pop("grad_accum", None)
+            out.update(micro_batch="auto", effective_batch=self.micro_batch * self.grad_accum)
+        return out
+
+    @model_validator(mode="after")
+    def _ranks_need_distributed(self):
+        if self.world_size > 1 and self.distributed == "none":
+            raise ValueError(f"`world_size: {self.world_size}` needs `distributed: ddp` or `distributed: fsdp`")
+        return self
 
     @model_validator(mode="after")
     def _steps_or_epochs(self):
@@ -119,7 +179,7 @@ class EvalCfg(Section):
 #: options added after runs were stored, with the default that leaves a run id as it was: at that
 #: default they are left out of the run spec (and so of the id's hash)
 _LATER_TRAIN = {"kernels": "none", "attn_implementation": "auto", "compile": False, "diverge_factor": 10.0,
-                "collapse_steps": 3}
+                "collapse_steps": 3, "effective_batch": None, "distributed": "none", "world_size": 1}
 _LATER_EVAL = {"sources": [], "in_domain_tasks": False, "speed_warmup_steps": 1, "latency_repeats": 5}
 
 
@@ -129,10 +189,42 @@ def _dump_later(section: Section, later: dict) -> dict:
 
 
 class TrackingCfg(Section):
-    backend: Literal["wandb", "none"] = "wandb"
+    backend: str | list[str] = Field("wandb", description="a tracker (`wandb`, `mlflow`, `none`) or a list of them")
     project: str = "ftbench"
     entity: str | None = None
     tags: list[str] = []
+    uri: str | None = Field(None, description="mlflow: the tracking server or store (default $MLFLOW_TRACKING_URI, "
+                                              "else results/<exp>/.mlflow/mlflow.db); never with credentials")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backends(cls, value):
+        from harness.tracking import TRACKERS
+
+        names = value if isinstance(value, list) else [value]
+        for name in names:
+            if name not in TRACKERS:
+                raise ValueError(f"unknown tracker `{name}`.{did_you_mean(name, TRACKERS.names())} "
+                                 f"{allowed(TRACKERS.names())}")
+        if not names or len(set(names)) != len(names) or (len(names) > 1 and "none" in names):
+            raise ValueError(f"`backend` must be one tracker or a list of distinct trackers without `none`, "
+                             f"but got {names}")
+        import importlib.util
+
+        if "mlflow" in names and importlib.util.find_spec("mlflow") is None:
+            raise ValueError("tracker `mlflow` needs MLflow installed: pip install '.[mlflow]' (mlflow==3.17.2)")
+        return value
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, value):
+        from harness.tracking import has_credentials, redact_uri
+
+        if value is not None and has_credentials(value):  # spec.yaml would keep them: refused, shown redacted
+            raise ValueError(f"`uri` must not carry credentials (spec.yaml and result.json keep it), but got "
+                             f"{redact_uri(value)}; put them in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                             "(or MLFLOW_TRACKING_TOKEN), or the whole URI in $MLFLOW_TRACKING_URI (never written)")
+        return value
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -167,9 +259,9 @@ class RunConfig(BaseModel):
             "data": self.data.model_dump(),
             "method": self.method.as_dict(),
             # options that came later are left out at their defaults, so earlier runs keep their ids
-            "train": _dump_later(self.train, _LATER_TRAIN),
+            "train": self.train.spec_dict(_LATER_TRAIN),
             "eval": _dump_later(self.eval, _LATER_EVAL),
-            "tracking": self.tracking.model_dump(),
+            "tracking": _dump_later(self.tracking, {"uri": None}),
             "seed": self.seed,
         }
         if not self.objective.is_default:  # sft runs keep the spec (and run id) they had before objectives

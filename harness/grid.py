@@ -47,11 +47,15 @@ class RunSpec:
     #: {`run:<slug>`: run id} for each run of this grid that the run reads (a stage's predecessor, a
     #: teacher, an SFT start): the store may hold older runs under the same slug; part of the run id
     reads: dict[str, str] | None = None
+    #: `micro_batch: auto`: the {micro_batch, grad_accum} chosen to fit this machine; recorded, never
+    #: hashed (the same grid point on another card is the same run)
+    batch: dict | None = None
 
     def as_dict(self) -> dict:
         extra = {"reference": self.reference} if self.reference else {}
         extra.update({"trial": self.trial} if self.trial else {})
         extra.update({"reads": self.reads} if self.reads else {})
+        extra.update({"batch": self.batch} if self.batch else {})
         return {"experiment": self.experiment, "run_id": self.run_id, "slug": self.slug,
                 "varied": self.varied, **extra, **self.config.as_dict()}
 
@@ -486,7 +490,7 @@ def make_spec(experiment: str, config: RunConfig, varied: dict[str, Any]) -> Run
 
 
 BUDGET_KEYS = ("train.micro_batch", "train.grad_accum", "train.max_steps", "train.epochs", "train.seq_len",
-               "data.n_train", "data.split_seed", "train.kernels", "train.compile")
+               "data.n_train", "data.split_seed", "train.kernels", "train.compile", "train.world_size")
 
 
 def budget_confounds(specs: list[RunSpec]) -> list[str]:

@@ -283,9 +283,9 @@ _P = {"presence": "always", "group": "preference"}
 declare("pref_accuracy", "fraction", True, "held-out pairs whose chosen answer scores higher: the implicit reward "
         "(dpo, kto) or the log-odds (orpo); a tie is not a win", **_P)
 declare("reward_margin", "reward", True, "mean margin chosen − rejected on held-out pairs, in implicit reward "
-        "(dpo, kto) or log-odds (orpo)", **_P)
-declare("kl_to_ref", "nats/token", False, "the policy's per-token KL to the reference on held-out chosen answers",
-        **_P)
+        "(dpo, kto), log-odds (orpo) or the reward model's score (reward)", **_P)
+declare("kl_to_ref", "nats/token", False, "the policy's per-token KL to the reference (the start model): on held-out "
+        "chosen answers (dpo, kto), on its own sampled held-out completions (grpo, rloo)", **_P)
 declare("pref_accuracy_train", "fraction", True, "pref_accuracy on the training pairs", **_P)
 # issue 17's cost figures: added after every earlier key, so stored results keep their order
 declare("peak_mem_train_reserved_mb", "MiB", False, "reserved-memory peak of the training phase",
@@ -348,6 +348,9 @@ declare("peak_mem_eval_est_mb", definition="estimated peak_mem_eval_mb: weights 
         "activations and logits without gradients + overhead", **_E)
 
 # -- written only where they apply ------------------------------------------------------------------------------------
+declare("peak_mem_train_mb_per_rank", "MiB", False, "peak_mem_train_mb of each rank of a distributed run, in rank "
+        "order (a list; peak_mem_train_mb is its largest)", aggregate="max", device=PEAK_MEMORY,
+        group="distributed")
 declare("task.<task>.<metric>", "", None, "an lm-eval task score", group="tasks", task_score=True)
 declare("task.<task>.<metric>_stderr", "", None, "lm-eval's standard error of the score", group="tasks")
 declare("task.<task>.n", "documents", None, "documents lm-eval scored", aggregate="max", group="tasks")
@@ -376,6 +379,25 @@ declare("router_acc_train", "fraction", True, "router_acc on the router's traini
 declare("router_acc.<source>", "fraction", True, "router_acc on one domain's prompts", group="route")
 declare("route.<kind>.eval_loss", "nats/token", False, "token-weighted eval_loss over all domains, adapters picked "
         "by `kind` (routed, oracle, shared)", group="route")
+# issue 22: RLHF — the reward model (objective reward) and online RL (grpo, rloo)
+_R = {"group": "rlhf"}
+declare("reward_accuracy", "fraction", True, "held-out pairs the reward model scores chosen above rejected (a tie "
+        "is not a win)", **_R)
+declare("reward_accuracy_train", "fraction", True, "reward_accuracy on up to 64 training pairs", **_R)
+declare("reward_pairs", "pairs", None, "held-out pairs reward_accuracy is taken over (both answers within seq_len)",
+        **_R)
+declare("rl_reward_mean", "reward", True, "mean training reward (reward model score or rule) of the policy's "
+        "samples on the held-out prompts, one each at the training temperature", **_R)
+declare("rl_reward_se", "reward", None, "standard error of rl_reward_mean over the held-out prompts", **_R)
+declare("rl_reward_mean_before", "reward", True, "rl_reward_mean of the start model (same prompts, same seed)",
+        **_R)
+declare("rl_reward_before_se", "reward", None, "standard error of rl_reward_mean_before", **_R)
+declare("gen_len_mean", "tokens", None, "mean length of the held-out completions (EOS included)", **_R)
+declare("gen_s", "s", False, "time spent writing rollouts during training (TRL's generate)", device=WALL_TIME, **_R)
+declare("gen_tokens_per_s", "tokens/s", True, "completion tokens written during training ÷ gen_s",
+        device=WALL_TIME, **_R)
+declare("gen_time_share", "fraction", None, "gen_s ÷ train_s: the share of the training phase spent generating",
+        **_R)
 # derived by the report, never stored
 declare("cost_usd", "USD", False, "train_s × the report's price per hour (`--price-per-hour`)", group="report",
         stored=False, device=WALL_TIME)  # train_s's timing: contention inflates it too

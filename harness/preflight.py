@@ -23,6 +23,7 @@ def check(specs, *, file: str, root=None) -> None:
     problems.extend(p for p in check_sources(specs, file=file, root=root) if p not in problems)
     problems.extend(p for p in check_methods(specs, file=file) if p not in problems)
     problems.extend(p for p in check_gpu_options(specs, file=file) if p not in problems)
+    problems.extend(p for p in check_distributed(specs, file=file) if p not in problems)
     problems.extend(check_tasks(sorted({t for s in specs for t in s.config.eval.tasks}), file=file))
     if problems:
         raise ConfigError(problems)
@@ -234,7 +235,7 @@ def check_gpu_options(specs, *, file: str, cuda: bool | None = None) -> list[tup
             if why:
                 problems.append((file, f"{where}.kernels", f"`liger` {why}. Allowed here: none."))
         if train.attn_implementation == "flash_attention_2":
-            allowed_here = "Allowed here: auto, eager, sdpa."
+            allowed_here = "Allowed here: auto, sdpa_varlen, sdpa, eager."
             if not cuda:
                 why = no_cuda
             elif not models.installed("flash_attn"):
@@ -245,6 +246,32 @@ def check_gpu_options(specs, *, file: str, cuda: bool | None = None) -> list[tup
             else:
                 continue
             problems.append((file, f"{where}.attn_implementation", f"`flash_attention_2` {why}. {allowed_here}"))
+    return problems
+
+
+def check_distributed(specs, *, file: str, gpus: int | None = None) -> list[tuple[str, str, str]]:
+    """Distributed runs that cannot run here: FSDP needs CUDA GPUs; with GPUs, a run's `world_size` must fit
+    on this machine (it gets its GPUs all at once). On CPU, DDP runs its ranks as processes (gloo).
+
+    Args:
+        gpus: CUDA GPUs here (None: ask torch).
+    """
+    wanted = [s for s in specs if s.config.train.distributed != "none"]
+    if not wanted:
+        return []
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    problems: list[tuple[str, str, str]] = []
+    for spec in wanted:
+        train, where = spec.config.train, f"[{spec.slug}] train"
+        if train.distributed == "fsdp" and not gpus:
+            problems.append((file, f"{where}.distributed", "`fsdp` runs on CUDA GPUs only and this machine has none "
+                             "(docs/scale-out.md#runs-bigger-than-one-gpu); on CPU use `ddp`"))
+        elif gpus and train.world_size > gpus:
+            problems.append((file, f"{where}.world_size", f"needs {train.world_size} GPUs at once and this machine "
+                             f"has {gpus}"))
     return problems
 
 
@@ -385,6 +412,44 @@ def estimates(specs, device_kind: str) -> dict:
                 token_cache[data_key] = _batch_tokens(spec)
             out[spec.run_id] = memory.estimate(cfg, skeletons[key], device_kind, tokens=token_cache[data_key])
     return out
+
+
+def fit_batches(specs, device_kind: str, budget_mb: float) -> tuple[list, dict]:
+    """Settle every `micro_batch: auto` run: the largest divisor of its effective batch whose estimated
+    train peak fits `budget_mb`, `grad_accum` making up the rest. Returns (the runs, each auto one with
+    its config set and `batch` recorded — run ids unchanged; {run id: estimate at the chosen size, or
+    at micro-batch 1 when nothing fits (the caller reports it over budget)}). A run whose estimate
+    cannot be made here keeps the whole effective batch in one micro-batch.
+    """
+    import dataclasses
+
+    from harness import memory
+
+    auto = [s for s in specs if s.config.train.auto_batch]
+    if not auto:
+        return list(specs), {}
+    candidates = {}
+    for spec in auto:
+        train = spec.config.train
+        effective = train.micro_batch * train.grad_accum
+        for micro in (d for d in range(1, effective + 1) if effective % d == 0):
+            config = spec.config.model_copy(update={"train": train.with_batch(micro)})
+            candidates[(spec.run_id, micro)] = dataclasses.replace(spec, run_id=f"{spec.run_id}#{micro}",
+                                                                  config=config)
+    found = estimates(list(candidates.values()), device_kind)
+    settled, chosen = {}, {}
+    for spec in auto:
+        effective = spec.config.train.micro_batch * spec.config.train.grad_accum
+        est = {m: found.get(f"{spec.run_id}#{m}") for (rid, m) in candidates if rid == spec.run_id}
+        if any(e is None for e in est.values()):
+            continue
+        micro = memory.choose_micro_batch(effective, lambda m: est[m].train_mb <= budget_mb)
+        pick = candidates[(spec.run_id, micro or 1)]
+        settled[spec.run_id] = dataclasses.replace(
+            pick, run_id=spec.run_id, batch={"micro_batch": pick.config.train.micro_batch,
+                                             "grad_accum": pick.config.train.grad_accum})
+        chosen[spec.run_id] = est[micro or 1]
+    return [settled.get(s.run_id, s) for s in specs], chosen
 
 
 def _batch_tokens(spec):

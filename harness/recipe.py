@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import models, store
+from harness import distributed, models, store
 from harness.context import RunContext
 from harness.data.tokenize import make_collator, prompt_text
 from harness.evaluate import example_losses, perplexity, token_loss
@@ -33,6 +33,7 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
 
     transformers.set_seed(spec.seed)
     device = models.pick_device()
+    distributed.setup(device)  # under torchrun: this rank's GPU, the process group with its timeout
     refs = RunRefs(run_dir.parent.parent, run_dir.parent.name, reads)
     ctx = RunContext(spec=spec, run_dir=run_dir, device=device, total_steps=0, refs=refs)
     objective = spec.objective.build()
@@ -49,7 +50,8 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     if not train_set or not val_set:
         raise ValueError(f"no usable examples after truncation to seq_len={spec.train.seq_len}")
     ctx.total_steps = spec.train.max_steps or math.ceil(
-        len(train_set) / (spec.train.micro_batch * spec.train.grad_accum) * spec.train.epochs)
+        len(train_set) / (spec.train.micro_batch * spec.train.grad_accum * distributed.processes(spec.train))
+        * spec.train.epochs)
     method = spec.method.build()
     model = method.apply(model, ctx)
     activate = objective.after_method(model, tokenizer, ctx)
@@ -78,11 +80,12 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     examples: dict = {"splits": {}, "tasks": {}}  # per-example scores: intervals and paired comparisons
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
-        val = example_losses(model, val_set, collator, spec.eval.batch_size, device)
+        val = objective.validation(model, ctx, val_set, collator, metrics)  # None: no token loss (reward model)
         metrics["eval_s"] = round(time.perf_counter() - t0, 3)
-    metrics.update(eval_loss=val.loss, eval_ppl=perplexity(val.loss), eval_tokens=val.total_tokens,
-                   peak_mem_eval_mb=_round(mem.peak_mb), peak_mem_eval_reserved_mb=_round(mem.reserved_mb))
-    examples["splits"]["validation"] = val.as_record()
+    metrics.update(peak_mem_eval_mb=_round(mem.peak_mb), peak_mem_eval_reserved_mb=_round(mem.reserved_mb))
+    if val is not None:
+        metrics.update(eval_loss=val.loss, eval_ppl=perplexity(val.loss), eval_tokens=val.total_tokens)
+        examples["splits"]["validation"] = val.as_record()
     sources = objective.scored_sources(ctx)
     if sources:
         metrics.update(evaluate_sources(model, tokenizer, spec, sources, device, activate=activate))
@@ -108,7 +111,7 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
                                spec.eval.latency_repeats, suffix=suffix))
         metrics["latency_s"] = round((metrics.get("latency_s") or 0) + time.perf_counter() - t0, 3)
 
-    if spec.eval.latency:
+    if spec.eval.latency and objective.generates:
         timed_latency()
     objective.finish(metrics)
 
@@ -123,7 +126,7 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
             logging.getLogger("ftbench").warning("could not merge %s: %s", spec.method.name, exc)
             return device
         metrics["merge_s"] = round(time.perf_counter() - t0, 3)
-        if spec.eval.latency:
+        if spec.eval.latency and objective.generates:
             timed_latency("_merged")
     return device
 
@@ -159,6 +162,7 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
     packing = spec.train.packing and parts.pop("packing", True)
     args_extra = {"args_cls": parts.pop("args_cls")} if "args_cls" in parts else {}
     args_extra.update(parts.pop("args", {}))
+    args_extra.update(distributed.trainer_args(spec.train, device))
     with tempfile.TemporaryDirectory(prefix="trainer-", dir=run_dir) as trainer_dir:
         args = training_args(spec.train, out_dir=Path(trainer_dir), seed=spec.seed, device=device, packing=packing,
                              **args_extra)
@@ -173,6 +177,10 @@ def _train(spec, model, method, ctx: RunContext, train_set, val_set, collator, m
         metrics["startup_s"] = round(stats.first_step_at - launched, 3)
     metrics.update(peak_mem_train_mb=_round(mem.peak_mb), peak_mem_train_reserved_mb=_round(mem.reserved_mb),
                    mem_grads_mb=_mib(stats.grads_bytes), mem_optimizer_mb=_mib(stats.optimizer_bytes))
+    if distributed.world_size() > 1:  # every rank's training peak; the run's is the largest
+        peaks = distributed.gather(metrics["peak_mem_train_mb"])
+        metrics.update(peak_mem_train_mb=max((p for p in peaks if p is not None), default=None),
+                       peak_mem_train_mb_per_rank=peaks)
     metrics.update(getattr(trainer, "figures", {}))  # an objective trainer's own figures (EWC's penalty)
     tail = stats.losses[-max(1, len(stats.losses) // 10):]
     metrics["train_loss"] = sum(tail) / len(tail) if tail else None

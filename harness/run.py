@@ -6,9 +6,11 @@ Usage (by the executor): `python -m harness.run RUN_DIR`.
 from __future__ import annotations
 
 if __name__ == "__main__":  # `python -m harness.run`: tied to the sweep before the heavy imports below
+    import os as _os
+
     from harness.lifeline import hold
 
-    hold()
+    hold(via_server="LOCAL_RANK" in _os.environ)  # a torchrun rank: the sweep is its agent's parent
 
 import logging
 import os
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import store
+from harness import distributed, store
 from harness.config import RUN_KEYS, build_run_config
 from harness.contention import Watch, check_exclusive
 from harness.lifeline import die_with_parent, hold, terminate_as_exit
@@ -74,18 +76,26 @@ def execute(run_dir: Path) -> dict:
         import_plugins(raw.get("plugins") or [], base=raw.get("experiment_dir"))
         spec = build_run_config({k: raw[k] for k in RUN_KEYS if k in raw},
                                 file=str(run_dir / "spec.yaml"))
+        if raw.get("batch"):  # `micro_batch: auto`, as the plan settled it for this machine
+            spec = spec.model_copy(update={"train": spec.train.with_batch(int(raw["batch"]["micro_batch"]))})
         from harness import tracking
 
+        # a distributed run: rank 0 alone tracks and writes the run directory, the others a scratch folder
         tracker = tracking.start(spec.tracking, experiment=raw["experiment"], slug=raw["slug"],
-                                 method=spec.method.name, spec=raw)
+                                 method=spec.method.name, spec=raw, run_dir=run_dir) if distributed.is_main() \
+            else tracking.Tracker()
         from harness.recipe import train_and_measure
 
         reference = run_dir.parent / raw["reference"] if raw.get("reference") else None
-        device = train_and_measure(spec, run_dir, metrics, tracker, reference=reference, reads=raw.get("reads"))
+        device = train_and_measure(spec, distributed.scratch_dir(run_dir), metrics, tracker, reference=reference,
+                                   reads=raw.get("reads"))
     except Exception as exc:  # every failure is recorded and the sweep goes on
         status, error = classify(exc), error_record(exc)
         logging.getLogger("ftbench").error("run %s: %s", status, error["traceback_tail"])
     metrics["wall_s"] = round(time.perf_counter() - wall0, 3)
+    if not distributed.is_main():  # rank 0 records the run; this rank's output is in run.log
+        distributed.discard_scratch(run_dir)
+        return {"status": status, "error": error, "metrics": metrics}
     if status == "ok":
         metrics["overhead_s"] = round(metrics["wall_s"] - sum(metrics.get(k) or 0.0 for k in PHASES), 3)
     contention = watch.stop(device)
@@ -98,6 +108,10 @@ def execute(run_dir: Path) -> dict:
     env = {**_env(device, raw), **contention}
     result = store.make_result(raw, status=status, error=error, metrics=metrics, env=env,
                                started_at=started, finished_at=now(), task_meta=task_meta)
+    if status == "ok":  # the kept weights' README.md (a Hub model card), before the tracker uploads the folder
+        from harness.modelcard import write_card
+
+        write_card(run_dir, result)
     if tracker is not None:
         try:
             tracker.summary(metrics)
@@ -112,7 +126,7 @@ def _env(device, raw: dict) -> dict:
     from harness.measure import env_info
     from harness.models import runtime_env
 
-    return {**env_info(device), **runtime_env(raw, device)}
+    return {**env_info(device), **runtime_env(raw, device), **distributed.env(device)}
 
 
 def forked_main(directory: str, env: dict, inherited: list[int]) -> None:
