@@ -502,7 +502,6 @@ def budget_confounds(specs: list[RunSpec]) -> list[str]:
     """
     groups: dict[str, dict[str, dict[str, set]]] = {}
     for spec in specs:
-        d = spec.config.as_dict()
         per_method = groups.setdefault(spec.config.objective.build().name, {})
         values = per_method.setdefault(spec.config.method.name, {})
         for key in BUDGET_KEYS:

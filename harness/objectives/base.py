@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from harness.context import RunContext
 from harness.registry import Registry
@@ -72,6 +72,20 @@ def check_run_ref(field: str, value: str | None) -> None:
     """
     if value is not None and not value.startswith(RUN_REF):
         raise ValueError(f"`{field}` names a finished run of the store: `{RUN_REF}<run id or slug>`, not `{value}`")
+
+
+class StartOptions(ObjectiveOptions):
+    """Options of an objective that starts from a finished run's fine-tuned weights (`start: run:<…>`)."""
+
+    start: str | None = Field(None, description="`run:<run id or slug>`, a finished SFT run whose fine-tuned "
+                                                "weights this run starts from")
+    ref_fields: ClassVar[tuple[str, ...]] = ("start",)
+
+    @field_validator("start")
+    @classmethod
+    def _start_is_a_run(cls, value):
+        check_run_ref("start", value)
+        return value
 
 
 class Objective:

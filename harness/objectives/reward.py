@@ -11,29 +11,23 @@ finished reward run as `reward: run:<slug>`.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from harness.objectives.base import Objective, ObjectiveOptions, check_run_ref, register
+from harness.objectives.base import Objective, StartOptions, register
 
 #: training pairs scored for `reward_accuracy_train`
 TRAIN_PAIRS_SCORED = 64
 
 
-class RewardOptions(ObjectiveOptions):
+class RewardOptions(StartOptions):
     name: Literal["reward"] = "reward"
     start: str | None = Field(None, description="`run:<run id or slug>`, a finished SFT run whose fine-tuned weights "
                                                 "the reward model starts from (its backbone; the head is new)")
     center: float | None = Field(None, ge=0, description="TRL's center_rewards_coefficient: pulls the mean reward "
                                                         "toward 0 (None: off)")
-    ref_fields: ClassVar[tuple[str, ...]] = ("start",)
 
-    @field_validator("start")
-    @classmethod
-    def _start_is_a_run(cls, value):
-        check_run_ref("start", value)
-        return value
 
 
 def head_trainable(method_cls) -> bool:

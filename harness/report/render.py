@@ -102,8 +102,8 @@ def _html_table(table: Table, name: str = "table") -> str:
             cells.append(f"<td{cls}{attrs}>{html.escape(cell.text)}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in table.notes)
-    tools = (f'<div class="tools"><input class="filter" type="search" placeholder="filter rows (words, any column)" '
-             f'aria-label="filter rows"><button class="csv" type="button">CSV</button> <span class="count"></span></div>')
+    tools = ('<div class="tools"><input class="filter" type="search" placeholder="filter rows (words, any column)" '
+             'aria-label="filter rows"><button class="csv" type="button">CSV</button> <span class="count"></span></div>')
     return (f'<div class="table" data-name="{html.escape(name)}">{tools}<div class="wrap"><table class="sortable">'
             f"<caption>{html.escape(table.caption)}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}"
             f"</tbody></table></div>{notes}</div>")

@@ -11,13 +11,12 @@ difference) and `kl_to_ref` (per-token KL(π ‖ π_ref) on the chosen answers).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from harness.data.tokenize import answer_text, encode, make_collator, prompt_text
 from harness.evaluate import eval_batches
-from harness.objectives.base import Objective, ObjectiveOptions, check_run_ref
+from harness.objectives.base import Objective, StartOptions
 
 #: training pairs scored for `pref_accuracy_train` (enough for a stable share, cheap on a CPU)
 TRAIN_PAIRS_SCORED = 64
@@ -32,20 +31,14 @@ def completion_text(tokenizer, prompt: str, response: str, cfg) -> str:
     return answer.rstrip() if eos and answer.rstrip().endswith(eos) else answer
 
 
-class PreferenceOptions(ObjectiveOptions):
+class PreferenceOptions(StartOptions):
     """Options every preference objective has."""
 
     beta: float = Field(0.1, gt=0, description="strength of the preference term (dpo/kto: the pull toward the "
                                                "reference model; orpo: λ, the odds-ratio term's weight)")
     start: str | None = Field(None, description="`run:<run id or slug>`, a finished SFT run whose fine-tuned "
                                                 "weights are the starting point (and, for dpo/kto, the reference)")
-    ref_fields: ClassVar[tuple[str, ...]] = ("start",)
 
-    @field_validator("start")
-    @classmethod
-    def _start_is_a_run(cls, value):
-        check_run_ref("start", value)
-        return value
 
 
 class PreferenceObjective(Objective):

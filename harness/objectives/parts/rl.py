@@ -15,15 +15,14 @@ after): `rl_reward_mean` and `rl_reward_mean_before` (the start model) with thei
 from __future__ import annotations
 
 import math
-import time
 from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from harness.objectives.base import RUN_REF, Objective, ObjectiveOptions, check_run_ref
+from harness.objectives.base import RUN_REF, Objective, StartOptions
 
 
-class RlOptions(ObjectiveOptions):
+class RlOptions(StartOptions):
     """Options every online-RL objective has."""
 
     reward: str | None = Field(None, description="`run:<slug>` of a finished `reward` run (frozen), or a rule reward "
@@ -36,11 +35,6 @@ class RlOptions(ObjectiveOptions):
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts and held-out samples")
     ref_fields: ClassVar[tuple[str, ...]] = ("start", "reward")
 
-    @field_validator("start")
-    @classmethod
-    def _start_is_a_run(cls, value):
-        check_run_ref("start", value)
-        return value
 
     @field_validator("reward")
     @classmethod
