@@ -672,8 +672,8 @@ def test_every_mistake_of_a_file_comes_in_one_message_in_file_order(tmp_path):
         ("`data.path`", "data file `./no/such/data.jsonl` does not exist"),
         ("`[method=lora] method.r`", "greater than 0, but got -4"),
         ("`[method=lora] method.alfa`", "option `alfa` does not belong to method `lora`. Did you mean `alpha`?"),
-        ("`[method=lora] train.micro_batch`", "must be an integer (or arithmetic over this section's numbers, such "
-                                              "as `2*r`), but got 'four'"),
+        ("`[method=lora] train.micro_batch`", "must be an integer or `auto` (or arithmetic over this section's "
+                                              "numbers, such as `2*r`), but got 'four'"),
         ("`[method=lora] train.lr`", "greater than 0, but got -1"),
         ("`[method=lora] train.lr_rate`", "unknown key `lr_rate`"),
         ("`grid.seeds`", "empty axis: give at least one value"),
@@ -691,8 +691,8 @@ def test_a_word_in_a_numeric_field_reads_as_a_type_error(tmp_path):
     path = write_experiment(tmp_path, "words", base=tiny_base(train={"micro_batch": "four", "lr": "fast",
                                                                      "grad_accum": "2*micro_batchh"}))
     refused(run_cli("run", str(path), "--dry-run"),
-            "`train.micro_batch`: must be an integer (or arithmetic over this section's numbers, such as `2*r`), "
-            "but got 'four'", "`train.lr`: must be a number (or arithmetic", "but got 'fast'",
+            "`train.micro_batch`: must be an integer or `auto` (or arithmetic over this section's numbers, such as "
+            "`2*r`), but got 'four'", "`train.lr`: must be a number (or arithmetic", "but got 'fast'",
             "`train.grad_accum`: must be an integer: unknown name `micro_batchh`")
 
 
