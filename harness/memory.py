@@ -187,10 +187,11 @@ def _quantized(name: str, param, spec) -> bool:
 
 def _quantized_values(model, spec) -> int:
     """Values of the weights a 4-bit load packs (unpacked count)."""
-    from harness.measure import count_params
-
     if not any(p.device.type == "meta" for p in model.parameters()):  # a real 4-bit model: its Params4bit
-        return sum(count_params(m)[1] for m in model.modules() if type(m).__name__ == "Linear4bit")
+        # each packed weight once (peft's LoRA wrapper is also called Linear4bit and holds the base layer:
+        # counting modules counted every weight twice, with the adapters)
+        return sum(p.numel() * 2 * getattr(getattr(p, "quant_storage", None), "itemsize", 1)
+                   for p in model.parameters() if type(p).__name__ == "Params4bit")
     return sum(p.numel() for name, p in model.named_parameters() if _quantized(name, p, spec))
 
 
