@@ -70,6 +70,8 @@ class MemoryEstimate:
     tokens: BatchTokens
     #: gradients that exist while all activations still do: the output head's (made first in backward)
     head_grads_mb: float = 0.0
+    #: weights of the models the objective holds frozen while training (a teacher, a reference, a reward model)
+    held_mb: float = 0.0
     #: parameter counts (unpacked values; a time forecast's FLOPs per token)
     params: int = 0
     trainable_params: int = 0
@@ -79,7 +81,7 @@ class MemoryEstimate:
         """Weights + optimizer state + overhead + the larger of (saved activations + the loss's logits +
         the head's gradient: the start of backward) and all gradients (its end: each layer's activations
         are freed as its gradients are made)."""
-        return (self.weights_mb + self.optimizer_mb + self.overhead_mb
+        return (self.weights_mb + self.held_mb + self.optimizer_mb + self.overhead_mb
                 + max(self.activations_mb + self.logits_mb + self.head_grads_mb, self.grads_mb))
 
     @property
@@ -93,7 +95,8 @@ class MemoryEstimate:
         return {"mem_est_weights_mb": r(self.weights_mb), "mem_est_grads_mb": r(self.grads_mb),
                 "mem_est_optimizer_mb": r(self.optimizer_mb),
                 "mem_est_activations_mb": r(self.activations_mb + self.logits_mb),
-                "mem_est_overhead_mb": r(self.overhead_mb), "peak_mem_train_est_mb": r(self.train_mb),
+                "mem_est_overhead_mb": r(self.overhead_mb), "mem_est_held_mb": r(self.held_mb),
+                "peak_mem_train_est_mb": r(self.train_mb),
                 "peak_mem_eval_est_mb": r(self.eval_mb)}
 
     def as_dict(self) -> dict:
@@ -323,8 +326,22 @@ def _attention_copies(device_kind: str, spec) -> float:
     return 0 if device_kind == "cuda" or varlen else _CPU_MASKED_COPIES
 
 
+def held_weights_mb(names: list[str], spec, device_kind: str) -> float:
+    """MiB of the frozen models an objective holds (`Objective.held_models`, `run:` references already
+    resolved to model names), in the run's load dtype, from their configs (0 for one whose config
+    cannot be read here)."""
+    from harness import models
+
+    total = 0
+    for name in names:
+        skeleton = models.meta_model(spec.model.model_copy(update={"name": name}))
+        if skeleton is not None:
+            total += sum(p.numel() for p in {id(p): p for p in skeleton.parameters()}.values())
+    return total * _load_itemsize(spec, device_kind) / MIB
+
+
 def estimate(spec, model, device_kind: str, *, tokens: BatchTokens | None = None,
-             runtime_mb: float | None = None) -> MemoryEstimate:
+             runtime_mb: float | None = None, held_mb: float = 0.0) -> MemoryEstimate:
     """The run's peak-memory estimate from its model after the method is applied.
 
     Args:
@@ -333,6 +350,7 @@ def estimate(spec, model, device_kind: str, *, tokens: BatchTokens | None = None
         device_kind: "cpu" or "cuda": the semantics of the measured peak it predicts.
         tokens: positions per batch (`batch_tokens`); None: upper bounds from `seq_len`.
         runtime_mb: CPU only, the runtime's RSS (None: CPU_RUNTIME_MB).
+        held_mb: weights of the frozen models the objective holds while training (`held_weights_mb`).
     """
     tokens = tokens or batch_tokens(None, None, spec)
     config = getattr(model, "config", None)
@@ -389,7 +407,8 @@ def estimate(spec, model, device_kind: str, *, tokens: BatchTokens | None = None
     return MemoryEstimate(weights_mb=weights / MIB, trainable_mb=trainable_bytes / MIB, grads_mb=grads / MIB,
                           optimizer_mb=optimizer / MIB, activations_mb=activations / MIB, logits_mb=logits / MIB,
                           overhead_mb=overhead, eval_activations_mb=eval_act / MIB, tokens=tokens,
-                          head_grads_mb=head_grads / MIB, params=_param_count(model),
+                          head_grads_mb=head_grads / MIB, held_mb=held_mb if trains else 0.0,
+                          params=_param_count(model),
                           trainable_params=sum(n for n, _ in trainable))
 
 

@@ -220,6 +220,20 @@ def runtime_env(spec: dict, device: str | None) -> dict:
     return {"attn_implementation": pick_attn_implementation(train.get("attn_implementation", "auto"), device, dtype)}
 
 
+def meta_model(model_cfg):
+    """The model's module tree on the meta device (no weights), or None when its config cannot be read here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(resolve(model_cfg.name), trust_remote_code=model_cfg.trust_remote_code,
+                                            revision=model_cfg.revision)
+    except (OSError, ValueError):
+        return None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+
+
 def keep_4bit_layout(model):
     """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
 

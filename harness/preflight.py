@@ -184,16 +184,7 @@ def _check_method(spec, file: str, seen: set[str], problems: list, have_bnb: boo
 
 def _meta_model(model_cfg):
     """The model's module tree without weights, or None when its config cannot be read here."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        config = AutoConfig.from_pretrained(models.resolve(model_cfg.name), trust_remote_code=model_cfg.trust_remote_code,
-                                            revision=model_cfg.revision)
-    except (OSError, ValueError):
-        return None
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    return models.meta_model(model_cfg)
 
 
 def _rank_too_large(model) -> str | None:
@@ -410,8 +401,27 @@ def estimates(specs, device_kind: str) -> dict:
                         cfg.train.micro_batch, cfg.eval.batch_size, cfg.seed)
             if data_key not in token_cache:
                 token_cache[data_key] = _batch_tokens(spec)
-            out[spec.run_id] = memory.estimate(cfg, skeletons[key], device_kind, tokens=token_cache[data_key])
+            held = _held_names(cfg, specs)
+            out[spec.run_id] = memory.estimate(cfg, skeletons[key], device_kind, tokens=token_cache[data_key],
+                                               held_mb=memory.held_weights_mb(held, cfg, device_kind) if held else 0.0)
     return out
+
+
+def _held_names(config, specs) -> list[str]:
+    """The model names of what a run's objective holds frozen while training: a `run:` reference to a run
+    of the grid is that run's model (one outside the grid is left out of the estimate)."""
+    from harness.objectives import RUN_REF
+
+    names = []
+    for ref in config.objective.build().held_models(config):
+        if not ref.startswith(RUN_REF):
+            names.append(ref)
+            continue
+        target = ref[len(RUN_REF):]
+        match = next((s for s in specs if target in (s.slug, s.run_id)), None)
+        if match is not None:
+            names.append(match.config.model.name)
+    return names
 
 
 def fit_batches(specs, device_kind: str, budget_mb: float) -> tuple[list, dict]:

@@ -63,7 +63,8 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
                    trainable_params_peft=peft_trainable_params(model))
     weights, trainable_bytes = weight_bytes(model)
     metrics.update(mem_weights_mb=_mib(weights), mem_trainable_mb=_mib(trainable_bytes))
-    metrics.update(_memory_estimate(spec, model, device, train_set, val_set, runtime_mb))
+    metrics.update(_memory_estimate(spec, model, device, train_set, val_set, runtime_mb,
+                                    lambda: _held_names(objective, ctx)))
 
     # train
     collator = make_collator(tokenizer, spec.train.packing)
@@ -205,13 +206,30 @@ def _runtime_mb(device: str) -> float | None:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _memory_estimate(spec, model, device: str, train_set, val_set, runtime_mb: float | None) -> dict:
+def _held_names(objective, ctx) -> list[str]:
+    """Model names of what the objective holds frozen while training; a `run:` reference is that run's model."""
+    from harness.objectives import RUN_REF
+
+    names = []
+    for ref in objective.held_models(ctx.spec):
+        if ref.startswith(RUN_REF):
+            config = ctx.refs.finished(ref)[2]
+            if config is None:
+                continue
+            ref = config.model.name
+        names.append(ref)
+    return names
+
+
+def _memory_estimate(spec, model, device: str, train_set, val_set, runtime_mb: float | None, held) -> dict:
     """The peak-memory estimate's result keys (harness.memory), from the model as the method left it."""
     from harness import memory
 
     try:
         tokens = memory.batch_tokens(train_set, val_set, spec)
-        return memory.estimate(spec, model, device, tokens=tokens, runtime_mb=runtime_mb).metrics()
+        names = held()  # the frozen models the objective holds (resolving a `run:` reads the store)
+        held_mb = memory.held_weights_mb(names, spec, device) if names else 0.0
+        return memory.estimate(spec, model, device, tokens=tokens, runtime_mb=runtime_mb, held_mb=held_mb).metrics()
     except Exception as exc:  # noqa: BLE001  (a prediction must not cost the run its measurements)
         logging.getLogger("ftbench").warning("no memory estimate for %s: %s: %s", spec.method.name,
                                              type(exc).__name__, exc)

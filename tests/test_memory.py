@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +220,35 @@ def test_packed_rows_attend_per_example_and_keep_no_score_matrix(tmp_path):
     assert memory._attention_copies("cpu", row_mask) > 0 and memory._attention_copies("cuda", row_mask) == 0
     eager = build_run_config({"train": {"attn_implementation": "eager"}}, file="x.yaml")
     assert memory._attention_copies("cuda", eager) >= 1
+
+
+@pytest.mark.slow
+def test_a_real_4bit_model_counts_each_packed_weight_once(tmp_path):
+    path, (spec,) = _specs(tmp_path, ["qlora"], model="smollm2-135m")
+    from harness.preflight import _meta_model
+
+    real = _real_model(spec)  # peft's LoRA wrapper is itself a `Linear4bit` around bitsandbytes' one
+    skeleton = _meta_model(spec.config.model)
+    assert memory._quantized_values(real, spec.config) == memory._quantized_values(skeleton, spec.config) > 0
+
+
+def test_frozen_models_an_objective_holds_are_in_the_train_estimate(tmp_path):
+    """A distillation teacher, and a full reference copy for DPO with full FT (LoRA switches its adapter off)."""
+    from harness.config import load_experiment
+    from harness.plan import plan_experiment
+
+    root = Path(__file__).resolve().parent.parent
+    path = root / "experiments" / "dpo_peft.yaml"
+    plan = plan_experiment(load_experiment(path), [], file=str(path), root=tmp_path)
+    est = preflight.estimates(plan.specs, "cpu")
+    held = {s.slug.split("-n")[0]: est[s.run_id].held_mb for s in plan.specs if est.get(s.run_id)}
+    assert held["dpo-full"] == pytest.approx(est[next(s.run_id for s in plan.specs
+                                                      if s.slug.startswith("dpo-full"))].weights_mb, rel=0.01)
+    assert held["dpo-lora-r8-a16"] == 0 and held.get("orpo-lora-r8-a16", 0) == 0
+    dist = root / "experiments" / "distillation.yaml"
+    plan = plan_experiment(load_experiment(dist), [], file=str(dist), root=tmp_path)
+    est = preflight.estimates(plan.specs, "cpu")
+    ens = [est[s.run_id] for s in plan.specs if "ens2" in s.slug and est.get(s.run_id)]
+    one = [est[s.run_id] for s in plan.specs if s.slug.startswith("distill-every_2nd-kl-full") and est.get(s.run_id)]
+    assert ens and one and ens[0].held_mb == pytest.approx(2 * one[0].held_mb) and one[0].held_mb > 500
+    assert one[0].train_mb > one[0].held_mb

@@ -139,6 +139,12 @@ class Objective:
         """The `run:` whose merged weights are this run's base model (None: `model` as loaded)."""
         return None
 
+    def held_models(self, config) -> list[str]:
+        """Models this objective holds frozen beside the trained one while it trains (a teacher, a full
+        reference copy, a reward model): model names or `run:` references. The memory estimate adds their
+        weights. [] by default."""
+        return []
+
     def single_model(self, config) -> str | None:
         """Why a run of this objective cannot be rebuilt as one model from `model` + its saved
         weights (for rescoring and as a teacher), or None when it can."""

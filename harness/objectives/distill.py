@@ -142,6 +142,12 @@ class Distill(Objective):
     metrics = ("teacher_params", "teacher_eval_loss", "distill_kl_before", "distill_kl", "compression_ratio",
                "quality_retention_pct")
 
+    def held_models(self, config) -> list[str]:
+        o = self.options
+        if o.cache_teacher:  # the cache is computed before training; the teacher is not held while it trains
+            return []
+        return [o.teacher] if o.teacher else [t.model for t in o.teachers or []]
+
     def __init__(self, options: DistillOptions):
         super().__init__(options)
         self.teacher = None

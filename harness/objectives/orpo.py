@@ -99,6 +99,7 @@ class Orpo(PreferenceObjective):
     name = "orpo"
     Options = OrpoOptions
     description = "odds-ratio preference optimisation: SFT on chosen + λ·odds-ratio term, no reference model"
+    holds_reference = False
 
     def trainer_parts(self, model, tokenizer, ctx, train_set, train_records, collator, metrics) -> dict:
         from harness.data.tokenize import make_collator

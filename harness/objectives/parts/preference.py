@@ -42,6 +42,8 @@ class PreferenceOptions(StartOptions):
 
 
 class PreferenceObjective(Objective):
+    #: whether TRL keeps a frozen reference model (ORPO has none)
+    holds_reference: bool = True
     """Learning from (prompt, chosen, rejected) pairs, optionally from a finished SFT run's weights.
     Subclasses supply `trl_parts` (or override `trainer_parts`)."""
 
@@ -53,6 +55,11 @@ class PreferenceObjective(Objective):
 
     def start_ref(self, config) -> str | None:
         return self.options.start
+
+    def held_models(self, config) -> list[str]:
+        """TRL's frozen reference: the adapter switched off for a peft method, a full copy otherwise."""
+        full = config.method.build().saves_full_model
+        return [self.options.start or config.model.name] if full and self.holds_reference else []
 
     def check(self, spec, plan) -> list[tuple[str, str, str]]:
         """A method TRL can wrap (with a frozen reference), preference pairs to learn from, and a

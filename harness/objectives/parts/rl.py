@@ -160,6 +160,15 @@ class RlObjective(Objective):
     def start_ref(self, config) -> str | None:
         return self.options.start
 
+    def held_models(self, config) -> list[str]:
+        """A reward run's model, and a full reference copy where the KL term needs one (beta > 0, no adapter
+        to switch off)."""
+        o = self.options
+        held = [o.reward] if o.reward and o.reward.startswith(RUN_REF) else []
+        if o.beta > 0 and config.method.build().saves_full_model:
+            held.append(o.start or config.model.name)
+        return held
+
     # --- the plan ----------------------------------------------------------------------------------------
 
     def check(self, spec, plan) -> list[tuple[str, str, str]]:
