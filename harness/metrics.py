@@ -340,14 +340,14 @@ declare("mem_est_optimizer_mb", definition="estimated optimizer state for train.
         "trainable value; 8-bit: one byte each; SGD: none)", **_E)
 declare("mem_est_activations_mb", definition="estimated activations kept for backward over one micro-batch (layers "
         "with a gradient path, checkpointing, the method's extra activations) plus the loss's logits", **_E)
-declare("mem_est_held_mb", definition="estimated weights of the frozen models the objective holds while training "
-        "(a distillation teacher, a full reference copy for DPO/KTO/RL, a reward model)", **_E)
 declare("mem_est_overhead_mb", definition="estimated device overhead: on CPU the runtime's resident memory before "
         "the model is loaded; 0 on CUDA", **_E)
 declare("peak_mem_train_est_mb", definition="estimated peak_mem_train_mb: weights + grads + optimizer + activations "
         "+ overhead (gradients and activations are counted where they coexist, see docs/results.md)", **_E)
 declare("peak_mem_eval_est_mb", definition="estimated peak_mem_eval_mb: weights + one evaluation batch's "
         "activations and logits without gradients + overhead", **_E)
+declare("mem_est_held_mb", definition="estimated weights of the frozen models the objective holds while training "
+        "(a distillation teacher, a full reference copy for DPO/KTO/RL, a reward model)", **_E)
 
 # -- written only where they apply ------------------------------------------------------------------------------------
 declare("peak_mem_train_mb_per_rank", "MiB", False, "peak_mem_train_mb of each rank of a distributed run, in rank "
