@@ -60,10 +60,9 @@ class Reward(Objective):
 
     def check(self, spec, plan) -> list[tuple[str, str, str]]:
         """Pairs to learn from, a method that trains the head, no token-level evaluation, a usable start."""
-        from harness.data import DATASETS
         from harness.errors import allowed
         from harness.methods import METHODS
-        from harness.objectives.parts.preference import PreferenceObjective
+        from harness.objectives.parts.preference import PreferenceObjective, pairs_problems
 
         cfg, problems = spec.config, []
         if not head_trainable(cfg.method.cls):
@@ -72,11 +71,7 @@ class Reward(Objective):
                                          f"method `{cfg.method.name}` cannot train and save it (prompt learning "
                                          f"prepends virtual tokens, bottleneck adapters save only their modules, "
                                          f"`none` trains nothing). {allowed(fit)}"))
-        dataset = DATASETS.get(cfg.data.name) if cfg.data.name in DATASETS else None
-        if dataset is not None and not dataset.pairs:
-            pairs = [n for n in DATASETS.names() if DATASETS.get(n).pairs]
-            problems.append(plan.problem(spec, "data.name", f"objective `reward` learns from preference pairs "
-                                         f"(prompt, chosen, rejected); `{cfg.data.name}` has none. {allowed(pairs)}"))
+        problems.extend(pairs_problems("reward", spec, plan))
         for field, value in (("eval.tasks", cfg.eval.tasks), ("eval.sources", cfg.eval.sources)):
             if value:
                 problems.append(plan.problem(spec, field, f"a reward model writes no text: objective `reward` "

@@ -41,6 +41,20 @@ class PreferenceOptions(StartOptions):
 
 
 
+def pairs_problems(objective: str, spec, plan) -> list[tuple[str, str, str]]:
+    """A run's `data.name` must be a source of preference pairs (prompt, chosen, rejected)."""
+    from harness.data import DATASETS
+    from harness.errors import allowed
+
+    name = spec.config.data.name
+    dataset = DATASETS.get(name) if name in DATASETS else None
+    if dataset is None or dataset.pairs:
+        return []
+    pairs = [n for n in DATASETS.names() if DATASETS.get(n).pairs]
+    return [plan.problem(spec, "data.name", f"objective `{objective}` learns from preference pairs "
+                         f"(prompt, chosen, rejected); `{name}` has none. {allowed(pairs)}")]
+
+
 class PreferenceObjective(Objective):
     #: whether TRL keeps a frozen reference model (ORPO has none)
     holds_reference: bool = True
@@ -64,7 +78,6 @@ class PreferenceObjective(Objective):
     def check(self, spec, plan) -> list[tuple[str, str, str]]:
         """A method TRL can wrap (with a frozen reference), preference pairs to learn from, and a
         `start` run that exists (in the grid, or finished `ok` with weights on a full-precision base)."""
-        from harness.data import DATASETS
         from harness.errors import allowed
         from harness.methods import METHODS
 
@@ -74,11 +87,7 @@ class PreferenceObjective(Objective):
             problems.append(plan.problem(spec, "method", f"objective `{self.name}` cannot wrap method "
                                          f"`{cfg.method.name}` for pair training (TRL's trainers and the "
                                          f"reference models need it); {allowed(wrappable)}"))
-        dataset = DATASETS.get(cfg.data.name) if cfg.data.name in DATASETS else None
-        if dataset is not None and not dataset.pairs:
-            pairs = [name for name in DATASETS.names() if DATASETS.get(name).pairs]
-            problems.append(plan.problem(spec, "data.name", f"objective `{self.name}` learns from preference pairs "
-                                         f"(prompt, chosen, rejected); `{cfg.data.name}` has none. {allowed(pairs)}"))
+        problems.extend(pairs_problems(self.name, spec, plan))
         if self.options.start:
             problems.extend(self._check_start(spec, plan))
         return problems
