@@ -125,12 +125,13 @@ def _memory_check(args, plan):
         import psutil
 
         fitted = psutil.virtual_memory().available / 2**20
-    specs, _ = preflight.fit_batches(plan.specs, device, fitted)
+    specs, chosen = preflight.fit_batches(plan.specs, device, fitted)
     if auto:
         by_id = {s.run_id: s for s in specs}
         plan = dataclasses.replace(plan, specs=specs, phases=[[by_id[s.run_id] for s in ph] for ph in plan.phases],
                                    settled={k: by_id.get(v.run_id, v) for k, v in plan.settled.items()})
-    estimates = preflight.estimates(specs, device)
+    # the auto runs were estimated at their chosen size while being fitted
+    estimates = {**preflight.estimates([s for s in specs if s.run_id not in chosen], device), **chosen}
     over = [memory.over_budget_line(s.slug, s.config, estimates[s.run_id], budget) for s in specs
             if budget is not None and estimates.get(s.run_id) is not None and estimates[s.run_id].train_mb > budget
             and s.config.method.cls.trains]
