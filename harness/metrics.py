@@ -322,7 +322,7 @@ declare("latency_samples", "generates", None, "timed generates behind each laten
 declare("latency_s", "s", False, "timing generation latency, before and after merging (warm-ups included)",
         device=WALL_TIME, **_A)
 declare("overhead_s", "s", False, "the run's fixed cost: wall_s less load_s, train_s, eval_s, test_s, task_eval_s, "
-        "merge_s and latency_s (tracker, data, saving, measurement set-up)", device=WALL_TIME, **_A)
+        "merge_s, latency_s and objective_s (tracker, data, saving, measurement set-up)", device=WALL_TIME, **_A)
 declare("startup_s", "s", False, "from the executor starting the run's process to the first training step's start "
         "(null without training, or when the executor gives no start time)", device=WALL_TIME, **_A)
 # issue 18: the test split reports what the validation split chose
@@ -348,6 +348,9 @@ declare("peak_mem_eval_est_mb", definition="estimated peak_mem_eval_mb: weights 
         "activations and logits without gradients + overhead", **_E)
 declare("mem_est_held_mb", definition="estimated weights of the frozen models the objective holds while training "
         "(a distillation teacher, a full reference copy for DPO/KTO/RL, a reward model)", **_E)
+declare("objective_s", "s", False, "the objective's own figures around training: its before- and after-training "
+        "scoring (preference pairs with the reference, RL's held-out samples under the reward, a teacher's or a "
+        "stage's starting scores); 0 for sft", device=WALL_TIME, **_A)
 
 # -- written only where they apply ------------------------------------------------------------------------------------
 declare("peak_mem_train_mb_per_rank", "MiB", False, "peak_mem_train_mb of each rank of a distributed run, in rank "

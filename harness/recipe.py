@@ -69,13 +69,18 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
     # train
     collator = make_collator(tokenizer, spec.train.packing)
     prompts = [prompt_text(tokenizer, p, spec.data) for p in LATENCY_PROMPTS[: spec.eval.latency_prompts]]
+    t0 = time.perf_counter()
     objective.before_training(model, tokenizer, ctx, val_set, collator, prompts, metrics)
+    objective_s = time.perf_counter() - t0
     if method.trains:
         parts = objective.trainer_parts(model, tokenizer, ctx, train_set, train_records, collator, metrics)
         trainer = _train(spec, model, method, ctx, train_set, val_set, collator, metrics, tracker, parts)
+        t0 = time.perf_counter()
         objective.after_training(trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator,
                                  metrics)
+        objective_s += time.perf_counter() - t0
         del trainer  # a preference run's frozen reference copy goes with it
+    metrics["objective_s"] = round(objective_s, 3)
 
     # evaluate: validation (what choices are made on), then the test split (what is reported beside it)
     examples: dict = {"splits": {}, "tasks": {}}  # per-example scores: intervals and paired comparisons

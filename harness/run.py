@@ -30,7 +30,7 @@ from harness.plugins import import_plugins
 
 
 #: the timed phases of a run; what its wall time holds besides them is `overhead_s`
-PHASES = ("load_s", "train_s", "eval_s", "test_s", "task_eval_s", "merge_s", "latency_s")
+PHASES = ("load_s", "train_s", "eval_s", "test_s", "task_eval_s", "merge_s", "latency_s", "objective_s")
 
 
 def now() -> str:

@@ -26,7 +26,7 @@ LATER = ["eval_tokens", "trainable_params_peft", "merge_s", "infer_prefill_ms_me
          "infer_decode_ms_per_token_merged_iqr", "latency_samples", "latency_s", "overhead_s", "startup_s",
          "test_loss", "test_ppl", "test_tokens", "test_s", "mem_est_weights_mb", "mem_est_grads_mb",
          "mem_est_optimizer_mb", "mem_est_activations_mb", "mem_est_overhead_mb", "peak_mem_train_est_mb",
-         "peak_mem_eval_est_mb", "mem_est_held_mb"]
+         "peak_mem_eval_est_mb", "mem_est_held_mb", "objective_s"]
 
 
 def test_the_store_keys_are_the_contract_in_its_order():

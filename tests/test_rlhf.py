@@ -180,6 +180,9 @@ def rlhf_sweep(tmp_path_factory):
                        "beta": 0.1}},
         {**rule_run, "objective": {"name": "grpo", **rule}},
         {**rule_run, "objective": {"name": "rloo", **rule}},
+        # offline preference tuning beside RL, scored under the same reward model on the same prompts
+        {"objective": {"name": "dpo", "reward": "run:rm-lora-r4-a8-n48-max_steps24-lr0.01-latency-s0",
+                       "max_new_tokens": 4}},
     ]}
     path = write_experiment(tmp, "rlhf", base=tiny_base(data=toy, method={"name": "lora", "r": 4, "alpha": 8},
                                                         eval=NO_LATENCY), grid=grid)
@@ -227,6 +230,28 @@ def test_grpo_against_a_reward_run_measures_its_kl_to_the_start(rlhf_sweep):
     for key in ("rl_reward_mean", "rl_reward_mean_before", "rl_reward_se", "kl_to_ref", "eval_loss"):
         assert m[key] is not None and math.isfinite(m[key]), (key, m)
     assert m["kl_to_ref"] >= 0
+
+
+def test_dpo_scored_under_a_reward_run_sits_beside_rl(rlhf_sweep):
+    _, results = rlhf_sweep
+    dpo, grpo = _one(results, "dpo-lora")["metrics"], _one(results, "grpo-rm-lora")["metrics"]
+    for key in ("rl_reward_mean", "rl_reward_mean_before", "rl_reward_se", "pref_accuracy", "kl_to_ref"):
+        assert dpo[key] is not None and math.isfinite(dpo[key]), (key, dpo)
+    # the same start (the base), the same held-out prompts and seed, the same frozen reward model
+    assert dpo["rl_reward_mean_before"] == pytest.approx(grpo["rl_reward_mean_before"], abs=1e-5)
+    # that scoring (and the pairs') is the objective's phase, not the run's fixed cost
+    assert dpo["objective_s"] > 0 and grpo["objective_s"] > 0
+
+
+def test_a_preference_run_without_a_reward_keeps_its_spec_and_id():
+    from harness.config import build_run_config
+
+    base = tiny_base(data={"name": "chatterbot_prefs", "n_train": 16, "n_val": 8, "n_test": 0},
+                     objective={"name": "dpo", "beta": 0.1})
+    spec = build_run_config(base, file="t.yaml").as_dict()
+    assert spec["objective"] == {"name": "dpo", "start": None, "beta": 0.1, "loss_type": "sigmoid"}
+    scored = build_run_config({**base, "objective": {"name": "dpo", "reward": "exact_answer"}}, file="t.yaml")
+    assert scored.as_dict()["objective"]["reward"] == "exact_answer"
 
 
 def test_reward_and_policy_weights_save_reload_and_score_the_same(rlhf_sweep):

@@ -113,8 +113,8 @@ class Orpo(PreferenceObjective):
                 "train_set": [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)],
                 "collator": PairCollator(make_collator(tokenizer, packing=False))}
 
-    def after_training(self, trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator,
-                       metrics) -> None:
+    def score_pairs(self, trainer, model, tokenizer, ctx, train_records, val_records, metrics) -> None:
+        """ORPO has no reference model: its pair figures are the policy's own log-odds."""
         from harness.data.tokenize import make_collator
 
         import torch

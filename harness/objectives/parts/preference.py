@@ -11,8 +11,9 @@ difference) and `kl_to_ref` (per-token KL(π ‖ π_ref) on the chosen answers).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from harness.data.tokenize import answer_text, encode, make_collator, prompt_text
 from harness.evaluate import eval_batches
@@ -38,6 +39,22 @@ class PreferenceOptions(StartOptions):
                                                "reference model; orpo: λ, the odds-ratio term's weight)")
     start: str | None = Field(None, description="`run:<run id or slug>`, a finished SFT run whose fine-tuned "
                                                 "weights are the starting point (and, for dpo/kto, the reference)")
+    reward: str | None = Field(None, description="also score the policy under this reward, as the RL objectives "
+                               "score theirs: `run:<slug>` of a finished `reward` run, or a rule reward. One sample "
+                               "per held-out prompt before and after training gives rl_reward_mean_before and "
+                               "rl_reward_mean (RL and offline tuning from one start, side by side)")
+    max_new_tokens: int = Field(16, gt=0, description="with `reward`: longest held-out sample, in tokens")
+    temperature: float = Field(1.0, gt=0, description="with `reward`: sampling temperature of the held-out samples")
+    ref_fields: ClassVar[tuple[str, ...]] = ("start", "reward")
+    #: added after runs were recorded: left out of the spec at their defaults (run ids unchanged)
+    late: ClassVar[dict] = {"reward": None, "max_new_tokens": 16, "temperature": 1.0}
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_is_known(cls, value):
+        from harness.objectives.parts.rl import check_reward
+
+        return check_reward(value)
 
 
 
@@ -62,7 +79,8 @@ class PreferenceObjective(Objective):
     Subclasses supply `trl_parts` (or override `trainer_parts`)."""
 
     report_sections = ("preference",)
-    metrics = ("pref_accuracy", "pref_accuracy_train", "reward_margin", "eval_loss")
+    metrics = ("pref_accuracy", "pref_accuracy_train", "reward_margin", "eval_loss", "rl_reward_mean",
+               "rl_reward_mean_before")
 
     def slug_prefix(self) -> str | None:
         return self.name
@@ -73,7 +91,9 @@ class PreferenceObjective(Objective):
     def held_models(self, config) -> list[str]:
         """TRL's frozen reference: the adapter switched off for a peft method, a full copy otherwise."""
         full = config.method.build().saves_full_model
-        return [self.options.start or config.model.name] if full and self.holds_reference else []
+        held = [self.options.start or config.model.name] if full and self.holds_reference else []
+        reward = self.options.reward
+        return [*held, reward] if reward and reward.startswith("run:") else held
 
     def check(self, spec, plan) -> list[tuple[str, str, str]]:
         """A method TRL can wrap (with a frozen reference), preference pairs to learn from, and a
@@ -90,6 +110,9 @@ class PreferenceObjective(Objective):
         problems.extend(pairs_problems(self.name, spec, plan))
         if self.options.start:
             problems.extend(self._check_start(spec, plan))
+        from harness.objectives.parts.rl import reward_problems
+
+        problems.extend(reward_problems(self.name, spec, plan, self.options.reward))
         return problems
 
     def _check_start(self, spec, plan) -> list[tuple[str, str, str]]:
@@ -121,10 +144,38 @@ class PreferenceObjective(Objective):
                 "args": {"bf16": False, "gradient_checkpointing": spec.train.gradient_checkpointing, **options},
                 "train_set": rows, "collator": None, "packing": False}  # TRL pads its own pair batches
 
+    def before_training(self, model, tokenizer, ctx, val_set, collator, prompts, metrics) -> None:
+        if self.options.reward:  # the start model's held-out reward, as RL's rl_reward_mean_before
+            from harness.objectives.parts.rl import mean_se
+
+            _, self.val_records = self.records(ctx, metrics)
+            before = self._scored_samples(model, tokenizer, ctx)
+            metrics["rl_reward_mean_before"], metrics["rl_reward_before_se"] = mean_se(before["rewards"])
+
+    def score_pairs(self, trainer, model, tokenizer, ctx, train_records, val_records, metrics) -> None:
+        """The trained policy's figures on the pairs (pref_accuracy, reward_margin, …)."""
+        metrics.update(figures(trainer, tokenizer, train_records, val_records, ctx.spec, ctx.device))
+
     def after_training(self, trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator,
                        metrics) -> None:
-        metrics.update(figures(trainer, tokenizer, train_records, val_records, ctx.spec, ctx.device))
+        self.score_pairs(trainer, model, tokenizer, ctx, train_records, val_records, metrics)
         drop_reference(model)
+        if self.options.reward:
+            from harness.objectives.parts.rl import mean_se
+
+            after = self._scored_samples(model, tokenizer, ctx)
+            metrics["rl_reward_mean"], metrics["rl_reward_se"] = mean_se(after["rewards"])
+            self.reward_fn = None  # the frozen reward model goes before the common evaluation
+
+    def _scored_samples(self, model, tokenizer, ctx) -> dict:
+        """Held-out samples under `reward` (the reward model loaded once per run)."""
+        from harness.objectives.parts.rl import held_out_samples, reward_function
+
+        if getattr(self, "reward_fn", None) is None:
+            self.reward_fn = reward_function(self.options.reward, ctx)
+        o = self.options
+        return held_out_samples(model, tokenizer, ctx, self.val_records, self.reward_fn, o.max_new_tokens,
+                                o.temperature)
 
 
 def trl_rows(tokenizer, records: list[dict], data_cfg) -> list[dict]:
@@ -160,11 +211,20 @@ def answer_scores(model, examples: list[dict], collator, batch_size: int, device
     `distributions`, also per batch the log-probabilities over the vocabulary at each answer token,
     (tokens, vocab), from the same forward."""
     import torch
+    import torch.nn.functional as F
+
+    from harness.evaluate import keeps_logits, label_logits
 
     sums, dists = [], []
+    at_labels = keeps_logits(model)
     for batch, labels in eval_batches(model, examples, collator, batch_size, device):
-        logp = torch.log_softmax(model(**batch, use_cache=False).logits[:, -labels.size(1):][:, :-1].float(), -1)
-        target = labels[:, 1:]
+        target = F.pad(labels, (0, 1), value=-100)[:, 1:]  # what each position predicts
+        if at_labels:  # the vocabulary projection and its softmax only where an answer token is predicted
+            outputs, target = label_logits(model, {**batch, "use_cache": False}, target)
+            logits = outputs.logits
+        else:  # prompt learning: virtual tokens come first, the labels' positions are the last ones
+            logits = model(**batch, use_cache=False).logits[:, -labels.size(1):]
+        logp = torch.log_softmax(logits.float(), -1)
         mask = target != -100
         token = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
         sums.append((token * mask).sum(-1).cpu())

@@ -39,12 +39,55 @@ class RlOptions(StartOptions):
     @field_validator("reward")
     @classmethod
     def _reward_is_known(cls, value):
-        from harness.objectives.parts.rl_rewards import RULE_REWARDS
+        return check_reward(value)
 
-        if value is not None and not value.startswith(RUN_REF) and value not in RULE_REWARDS:
-            raise ValueError(f"`reward` is `{RUN_REF}<slug of a finished reward run>` or a rule reward "
-                             f"({', '.join(RULE_REWARDS.names())}), not `{value}`")
-        return value
+
+def check_reward(value: str | None) -> str | None:
+    """A `reward` option is `run:<slug of a finished reward run>` or a registered rule reward."""
+    from harness.objectives.parts.rl_rewards import RULE_REWARDS
+
+    if value is not None and not value.startswith(RUN_REF) and value not in RULE_REWARDS:
+        raise ValueError(f"`reward` is `{RUN_REF}<slug of a finished reward run>` or a rule reward "
+                         f"({', '.join(RULE_REWARDS.names())}), not `{value}`")
+    return value
+
+
+def reward_problems(objective: str, spec, plan, reward: str | None) -> list[tuple[str, str, str]]:
+    """A `reward: run:<…>` names a finished (or planned) run of objective `reward`."""
+    if reward is None or not reward.startswith(RUN_REF):
+        return []
+    _, reward_run, found = plan.resolve(spec, reward, "reward")
+    if reward_run is not None and reward_run.objective.name != "reward":
+        found = [*found, plan.problem(spec, "objective.reward", f"`{reward}` is a `{reward_run.objective.name}` "
+                                      "run, not a `reward` run (objective: reward); name a reward model's run or "
+                                      "a rule reward")]
+    return found
+
+
+def reward_function(reward: str, ctx):
+    """The reward as TRL's reward function: a finished `reward` run loaded frozen, or a rule reward."""
+    from harness.objectives.parts.reward_model import RewardScorer, load_reward_run
+    from harness.objectives.parts.rl_rewards import RuleReward
+
+    if reward.startswith(RUN_REF):
+        model, tokenizer = load_reward_run(ctx.refs, reward, ctx.device)
+        return RewardScorer(model, tokenizer, ctx.device, ctx.spec.eval.batch_size)
+    return RuleReward(reward)
+
+
+def held_out_samples(model, tokenizer, ctx, records: list[dict], reward_fn, max_new_tokens: int,
+                     temperature: float) -> dict:
+    """One sample per held-out prompt (the run's seed: the same draws before and after training) and its
+    reward: the prompts, their token ids, the completions' ids and the rewards."""
+    from harness.data.tokenize import prompt_text
+
+    spec = ctx.spec
+    prompts = [prompt_text(tokenizer, r["prompt"], spec.data) for r in records]
+    ids = sample(model, tokenizer, prompts, max_new_tokens, temperature, spec.seed, spec.eval.batch_size, ctx.device)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    rewards = reward_fn(prompts, texts, answer=[r.get("response", "") for r in records])
+    return {"prompts": prompts, "ids": ids, "rewards": [float(r) for r in rewards],
+            "prompt_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]}
 
 
 def timed(trainer_cls):
@@ -195,13 +238,7 @@ class RlObjective(Objective):
             problems.append(plan.problem(spec, "objective.reward", f"objective `{self.name}` needs a reward: "
                                          f"`{RUN_REF}<slug of a reward run>` or a rule reward "
                                          f"({', '.join(RULE_REWARDS.names())})"))
-        elif o.reward.startswith(RUN_REF):
-            _, reward_run, found = plan.resolve(spec, o.reward, "reward")
-            problems.extend(found)
-            if reward_run is not None and reward_run.objective.name != "reward":
-                problems.append(plan.problem(spec, "objective.reward", f"`{o.reward}` is a "
-                                             f"`{reward_run.objective.name}` run, not a `reward` run (objective: "
-                                             "reward); name a reward model's run or a rule reward"))
+        problems.extend(reward_problems(self.name, spec, plan, o.reward))
         if o.start:
             problems.extend(PreferenceObjective._check_start(self, spec, plan))
         return problems
@@ -211,29 +248,13 @@ class RlObjective(Objective):
     def _reward_fn(self, ctx):
         """The training reward as TRL's reward function, built once per run."""
         if getattr(self, "reward_fn", None) is None:
-            from harness.objectives.parts.reward_model import RewardScorer, load_reward_run
-            from harness.objectives.parts.rl_rewards import RuleReward
-
-            reward = self.options.reward
-            if reward.startswith(RUN_REF):
-                model, tokenizer = load_reward_run(ctx.refs, reward, ctx.device)
-                self.reward_fn = RewardScorer(model, tokenizer, ctx.device, ctx.spec.eval.batch_size)
-            else:
-                self.reward_fn = RuleReward(reward)
+            self.reward_fn = reward_function(self.options.reward, ctx)
         return self.reward_fn
 
     def _held_out(self, model, tokenizer, ctx, val_records: list[dict]) -> dict:
-        """Samples on the held-out prompts: their prompts, token ids, texts and rewards."""
-        from harness.data.tokenize import prompt_text
-
-        spec, o = ctx.spec, self.options
-        prompts = [prompt_text(tokenizer, r["prompt"], spec.data) for r in val_records]
-        ids = sample(model, tokenizer, prompts, o.max_new_tokens, o.temperature, spec.seed, spec.eval.batch_size,
-                     ctx.device)
-        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-        rewards = self._reward_fn(ctx)(prompts, texts, answer=[r.get("response", "") for r in val_records])
-        return {"prompts": prompts, "ids": ids, "rewards": [float(r) for r in rewards],
-                "prompt_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]}
+        o = self.options
+        return held_out_samples(model, tokenizer, ctx, val_records, self._reward_fn(ctx), o.max_new_tokens,
+                                o.temperature)
 
     def before_training(self, model, tokenizer, ctx, val_set, collator, prompts, metrics) -> None:
         _, self.val_records = self.records(ctx, metrics)

@@ -202,8 +202,21 @@ def rlhf_findings(models: pd.DataFrame, policies: pd.DataFrame) -> list[str]:
                        "training time: on a CPU, generation, not the update, is what online RL pays for.")
     offline = policies[~policies["objective"].isin(RLHF_OBJECTIVES)] if not policies.empty else policies
     if not offline.empty and not rl.empty:
-        out.append("DPO/ORPO have no rollouts and no reward model; compare them with RL on what both measure: eval "
-                   "loss on the held-out chosen answers, KL to the start, and cost.")
+        scored = offline[np.isfinite(offline[f"{RL[1].key}_mean"])]
+        if scored.empty:
+            out.append("DPO/ORPO have no rollouts and were not scored under a reward (`objective.reward`); compare "
+                       "them with RL on what both measure: eval loss on the held-out chosen answers, KL to the start, "
+                       "and cost.")
+        else:
+            best_rl = rl.loc[rl[f"{RL[1].key}_mean"].idxmax()] if np.isfinite(rl[f"{RL[1].key}_mean"]).any() else None
+            best_off = scored.loc[scored[f"{RL[1].key}_mean"].idxmax()]
+            if best_rl is not None:
+                out.append(f"Under the same reward on the same held-out prompts: best online RL {best_rl['objective']} "
+                           f"{text(best_rl.get('method.name'))} {_interval(best_rl, RL[1], RL[3])} vs best offline "
+                           f"{best_off['objective']} {text(best_off.get('method.name'))} "
+                           f"{_interval(best_off, RL[1], RL[3])} (± 95%; overlapping intervals do not separate them). "
+                           "DPO/ORPO never see the reward model while training; RL optimises it, so a higher RL "
+                           "reward may be over-optimisation: read it with the KL and eval loss beside it.")
     return out
 
 
@@ -228,7 +241,8 @@ def rlhf_section(df: pd.DataFrame) -> Section | None:
         "reward "
         "with a KL pull toward the SFT model. Rewards are the training reward's mean on the held-out prompts (one "
         "sample each, same seed) for the start model and the trained policy; ± is 1.96 × the standard error over "
-        "prompts (over seeds when there are several). DPO and ORPO from the same start sit beside them.")])
+        "prompts (over seeds when there are several). DPO and ORPO from the same start sit beside them, scored "
+        "under the same reward on the same prompts when their `objective.reward` names it.")])
     section.bullets = rlhf_findings(models, summary)
     if not models.empty:
         section.tables.append(reward_model_table(models))
