@@ -245,3 +245,23 @@ def test_a_four_trial_search_through_ray(tmp_path):
             assert (artifacts / "raysearch" / run_id / "adapter" / "adapter_model.safetensors").is_file()
             assert not (results / "raysearch" / run_id / "adapter").exists()
     assert json.loads((results / "raysearch" / store.SEARCH_FILE).read_text())["study_name"] == "raysearch"
+
+
+# --- a run bigger than one worker ----------------------------------------------------------------
+
+def test_a_two_rank_ddp_run_is_placed_whole_and_recorded_once(tmp_path):
+    """A `world_size: 2` run asks Ray for both ranks' CPUs in one actor (the whole 2-CPU cluster, so
+    it runs alone), launches torchrun inside it and records one result, as the local executor does."""
+    base = tiny_base(train={"distributed": "ddp", "world_size": 2, "micro_batch": 2, "max_steps": 3,
+                            "seq_len": 64}, eval={"latency": False})
+    path = write_experiment(tmp_path, "rayddp", base=base, resources={"cpus": 1})
+    (spec,) = expand_file(path)
+    (result,) = executor(tmp_path / "results").run([spec])
+    assert result["status"] == "ok", result.get("error")
+    (directory,) = run_dirs(tmp_path / "results", "rayddp")
+    record = read_result(directory)
+    assert record["env"]["world_size"] == 2 and record["env"]["distributed_backend"] == "gloo"
+    assert len(record["metrics"]["peak_mem_train_mb_per_rank"]) == 2
+    assert not [p for p in directory.parent.iterdir() if ".rank" in p.name]
+    time.sleep(1.0)
+    assert not worker_pids() and not run_processes()
