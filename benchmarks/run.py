@@ -157,9 +157,15 @@ def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[str], sweep: Path | None) -> None:
+def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[str], sweep: Path | None,
+                       rounds: int = 2) -> None:
+    """ftbench against the plain script, interleaved: per method and round, one ftbench run and one plain
+    run back to back, in ABBA order (ftbench first in even rounds, plain first in odd ones), so a drift of
+    the machine's speed during the benchmark hits both sides alike. The figure is the median of the
+    per-round ratios, with their range."""
     import json
     import os
+    import statistics
     import subprocess
     import sys
 
@@ -179,7 +185,7 @@ def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[st
     # follows from the tokens/s ratio on the same model
     os.environ["FTBENCH_PEAK_TFLOPS"] = f"{peak / 1000:.4f}"
     print(f"head to head on {model_name}: chatterbot, micro-batch {batch}, seq_len 256, {steps} steps, lr 2e-4; "
-          f"fp32 matmul peak measured here {peak:.0f} GFLOP/s")
+          f"{rounds} interleaved rounds (ABBA); fp32 matmul peak measured here {peak:.0f} GFLOP/s")
     with tempfile.TemporaryDirectory(prefix="ftbench-h2h-") as tmp:
         tmp = Path(tmp)
         doc = {"base": {"model": model_name, "tracking": "none",
@@ -189,8 +195,7 @@ def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[st
                "grid": {"method": [H2H_METHODS[m] for m in methods]}}
         (tmp / "h2h.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         specs = expand(load_experiment(tmp / "h2h.yaml"))
-        results = LocalExecutor(workers=1, root=tmp / "results", console=Console(stderr=True, quiet=True)).run(specs)
-        # the examples every method trained on (one data section, seed and seq_len for all), for the plain script
+        # the examples every method trains on (one data section, seed and seq_len for all), for the plain script
         config = specs[0].config
         model_dir, data = models.resolve(config.model.name), tmp / "data"
         ctx = RunContext(spec=config, run_dir=tmp, device="cpu", total_steps=steps)
@@ -200,20 +205,44 @@ def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[st
         data.mkdir()
         for name, rows in zip(("train", "val"), encoded):
             (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        for spec, result in zip(specs, results):
-            method, m = spec.config.method.name, result["metrics"]
-            if result["status"] != "ok":
-                print(f"  {method}: ftbench run {result['status']}: {(result.get('error') or {}).get('message')}")
-                continue
-            out = tmp / f"plain-{method}.json"
+
+        def ours(spec, r: int) -> dict:
+            # a results folder per round: the same run id would otherwise be skipped as finished
+            executor = LocalExecutor(workers=1, root=tmp / f"results-{r}", console=Console(stderr=True, quiet=True))
+            return executor.run([spec])[0]
+
+        def theirs(method: str, r: int) -> dict:
+            out = tmp / f"plain-{method}-{r}.json"
             subprocess.run([sys.executable, str(Path(__file__).with_name("plain_trainer.py")), str(model_dir),
                             str(data), str(out), "--steps", str(steps), "--micro-batch", str(batch), "--lr", "2e-4",
                             "--method", method], check=True, capture_output=True)
-            plain = json.loads(out.read_text())
-            ours, theirs = m["train_tokens_per_s"], plain["train_tokens_per_s"]
-            print(f"  {method:5s}: ftbench {ours:6.1f} real tokens/s, plain Trainer+peft {theirs:6.1f} → "
-                  f"{ours / theirs:.2f}x; eval loss {m['eval_loss']:.4f} vs {plain['eval_loss']:.4f}; "
-                  f"{100 * m['mfu']:.0f}% of the matmul peak (plain {100 * m['mfu'] * theirs / ours:.0f}%)")
+            return json.loads(out.read_text())
+
+        for spec in specs:
+            method = spec.config.method.name
+            pairs = []
+            for r in range(rounds):
+                if r % 2 == 0:
+                    result = ours(spec, r)
+                    plain = theirs(method, r) if result["status"] == "ok" else None
+                else:
+                    plain = theirs(method, r)
+                    result = ours(spec, r)
+                if result["status"] != "ok":
+                    print(f"  {method}: ftbench run {result['status']}: {(result.get('error') or {}).get('message')}")
+                    break
+                pairs.append((result["metrics"], plain))
+            if len(pairs) < rounds:
+                continue
+            ratios = [m["train_tokens_per_s"] / p["train_tokens_per_s"] for m, p in pairs]
+            ratio = statistics.median(ratios)
+            mine = statistics.median(m["train_tokens_per_s"] for m, _ in pairs)
+            plains = statistics.median(p["train_tokens_per_s"] for _, p in pairs)
+            m, plain = pairs[0]
+            print(f"  {method:5s}: ftbench {mine:6.1f} real tokens/s, plain Trainer+peft {plains:6.1f} (medians) → "
+                  f"{ratio:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)}); eval loss {m['eval_loss']:.4f} vs "
+                  f"{plain['eval_loss']:.4f}; {100 * m['mfu']:.0f}% of the matmul peak "
+                  f"(plain {100 * m['mfu'] / ratios[0]:.0f}%)")
             print(f"         ftbench per run: wall {m['wall_s']:.1f} s = " + " + ".join(
                 f"{k.removesuffix('_s')} {m[k]:.1f}" for k in PHASES if m.get(k))
                 + f" + fixed {m['overhead_s']:.1f} s; "
@@ -258,6 +287,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["grid", "packing", "adapterdrop", "h2h"], help="run one benchmark")
     parser.add_argument("--h2h-methods", default="lora,full,qlora", help="head-to-head methods (comma-separated)")
     parser.add_argument("--h2h-steps", type=int, default=20)
+    parser.add_argument("--h2h-rounds", type=int, default=2,
+                        help="interleaved ftbench/plain pairs per method (ABBA order); the ratio is their median")
     parser.add_argument("--sweep", type=Path, default=None,
                         help="a finished sweep's results folder (e.g. results/peft_comparison): its time split")
     args = parser.parse_args()
@@ -268,7 +299,8 @@ def main() -> None:
     if args.only in (None, "adapterdrop"):
         bench_adapterdrop(args.model, [int(k) for k in args.drops.split(",")], args.repeats)
     if args.only in (None, "h2h"):
-        bench_head_to_head(args.model, args.h2h_steps, 4, args.h2h_methods.split(","), args.sweep)
+        bench_head_to_head(args.model, args.h2h_steps, 4, args.h2h_methods.split(","), args.sweep,
+                           args.h2h_rounds)
 
 
 if __name__ == "__main__":
