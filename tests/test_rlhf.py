@@ -13,7 +13,8 @@ from conftest import read_result, run_cli, run_dirs, tiny_base, write_experiment
 
 from harness.objectives.parts.reward_model import (as_reward_model, pair_rows, pairwise_loss, score_ids,
                                                    score_pairs)
-from harness.objectives.parts.rl import kl_per_token, mean_se, sample
+from harness.objectives.parts.held_out_reward import mean_se, sample
+from harness.objectives.parts.rl import kl_per_token
 from harness.objectives.parts.rl_rewards import RuleReward, answer_chars, exact_answer
 
 #: a separable toy preference: whatever the question, "good" is preferred to "bad"

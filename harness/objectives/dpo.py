@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from harness.objectives.base import register
+from harness.objectives.parts.held_out_reward import ScoredUnderReward
 from harness.objectives.parts.preference import PreferenceObjective, PreferenceOptions, trl_rows
 
 
@@ -17,7 +18,7 @@ class DpoOptions(PreferenceOptions):
         "sigmoid", description="TRL's loss (sigmoid: the DPO paper's)")
 
 
-class Dpo(PreferenceObjective):
+class Dpo(ScoredUnderReward, PreferenceObjective):
     name = "dpo"
     Options = DpoOptions
     description = "direct preference optimisation (TRL DPOTrainer) against a frozen reference"

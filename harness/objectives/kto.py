@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from harness.objectives.base import register
+from harness.objectives.parts.held_out_reward import ScoredUnderReward
 from harness.objectives.parts.preference import PreferenceObjective, PreferenceOptions, trl_rows
 
 
@@ -13,7 +14,7 @@ class KtoOptions(PreferenceOptions):
     name: Literal["kto"] = "kto"
 
 
-class Kto(PreferenceObjective):
+class Kto(ScoredUnderReward, PreferenceObjective):
     name = "kto"
     Options = KtoOptions
     description = "Kahneman-Tversky optimisation (TRL KTOTrainer): desirable/undesirable answers, frozen reference"

@@ -15,6 +15,7 @@ from typing import Literal
 
 from harness.metrics import declare
 from harness.objectives.base import register
+from harness.objectives.parts.held_out_reward import ScoredUnderReward
 from harness.objectives.parts.preference import (TRAIN_PAIRS_SCORED, PreferenceObjective, PreferenceOptions,
                                            answer_scores, encode_pairs, pair_figures)
 
@@ -95,7 +96,7 @@ def pair_log_odds(model, chosen: list[dict], rejected: list[dict], collator, bat
     return side(chosen), side(rejected)
 
 
-class Orpo(PreferenceObjective):
+class Orpo(ScoredUnderReward, PreferenceObjective):
     name = "orpo"
     Options = OrpoOptions
     description = "odds-ratio preference optimisation: SFT on chosen + λ·odds-ratio term, no reference model"

@@ -52,7 +52,7 @@ class PreferenceOptions(StartOptions):
     @field_validator("reward")
     @classmethod
     def _reward_is_known(cls, value):
-        from harness.objectives.parts.rl import check_reward
+        from harness.objectives.parts.rl_rewards import check_reward
 
         return check_reward(value)
 
@@ -79,8 +79,7 @@ class PreferenceObjective(Objective):
     Subclasses supply `trl_parts` (or override `trainer_parts`)."""
 
     report_sections = ("preference",)
-    metrics = ("pref_accuracy", "pref_accuracy_train", "reward_margin", "eval_loss", "rl_reward_mean",
-               "rl_reward_mean_before")
+    metrics = ("pref_accuracy", "pref_accuracy_train", "reward_margin", "eval_loss")
 
     def slug_prefix(self) -> str | None:
         return self.name
@@ -91,9 +90,7 @@ class PreferenceObjective(Objective):
     def held_models(self, config) -> list[str]:
         """TRL's frozen reference: the adapter switched off for a peft method, a full copy otherwise."""
         full = config.method.build().saves_full_model
-        held = [self.options.start or config.model.name] if full and self.holds_reference else []
-        reward = self.options.reward
-        return [*held, reward] if reward and reward.startswith("run:") else held
+        return [self.options.start or config.model.name] if full and self.holds_reference else []
 
     def check(self, spec, plan) -> list[tuple[str, str, str]]:
         """A method TRL can wrap (with a frozen reference), preference pairs to learn from, and a
@@ -110,9 +107,6 @@ class PreferenceObjective(Objective):
         problems.extend(pairs_problems(self.name, spec, plan))
         if self.options.start:
             problems.extend(self._check_start(spec, plan))
-        from harness.objectives.parts.rl import reward_problems
-
-        problems.extend(reward_problems(self.name, spec, plan, self.options.reward))
         return problems
 
     def _check_start(self, spec, plan) -> list[tuple[str, str, str]]:
@@ -144,14 +138,6 @@ class PreferenceObjective(Objective):
                 "args": {"bf16": False, "gradient_checkpointing": spec.train.gradient_checkpointing, **options},
                 "train_set": rows, "collator": None, "packing": False}  # TRL pads its own pair batches
 
-    def before_training(self, model, tokenizer, ctx, val_set, collator, prompts, metrics) -> None:
-        if self.options.reward:  # the start model's held-out reward, as RL's rl_reward_mean_before
-            from harness.objectives.parts.rl import mean_se
-
-            _, self.val_records = self.records(ctx, metrics)
-            before = self._scored_samples(model, tokenizer, ctx)
-            metrics["rl_reward_mean_before"], metrics["rl_reward_before_se"] = mean_se(before["rewards"])
-
     def score_pairs(self, trainer, model, tokenizer, ctx, train_records, val_records, metrics) -> None:
         """The trained policy's figures on the pairs (pref_accuracy, reward_margin, …)."""
         metrics.update(figures(trainer, tokenizer, train_records, val_records, ctx.spec, ctx.device))
@@ -160,22 +146,6 @@ class PreferenceObjective(Objective):
                        metrics) -> None:
         self.score_pairs(trainer, model, tokenizer, ctx, train_records, val_records, metrics)
         drop_reference(model)
-        if self.options.reward:
-            from harness.objectives.parts.rl import mean_se
-
-            after = self._scored_samples(model, tokenizer, ctx)
-            metrics["rl_reward_mean"], metrics["rl_reward_se"] = mean_se(after["rewards"])
-            self.reward_fn = None  # the frozen reward model goes before the common evaluation
-
-    def _scored_samples(self, model, tokenizer, ctx) -> dict:
-        """Held-out samples under `reward` (the reward model loaded once per run)."""
-        from harness.objectives.parts.rl import held_out_samples, reward_function
-
-        if getattr(self, "reward_fn", None) is None:
-            self.reward_fn = reward_function(self.options.reward, ctx)
-        o = self.options
-        return held_out_samples(model, tokenizer, ctx, self.val_records, self.reward_fn, o.max_new_tokens,
-                                o.temperature)
 
 
 def trl_rows(tokenizer, records: list[dict], data_cfg) -> list[dict]:

@@ -14,12 +14,12 @@ after): `rl_reward_mean` and `rl_reward_mean_before` (the start model) with thei
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 from pydantic import Field, field_validator
 
 from harness.objectives.base import RUN_REF, Objective, StartOptions
+from harness.objectives.parts.held_out_reward import held_out_samples, mean_se, reward_function, reward_problems
 
 
 class RlOptions(StartOptions):
@@ -39,55 +39,9 @@ class RlOptions(StartOptions):
     @field_validator("reward")
     @classmethod
     def _reward_is_known(cls, value):
+        from harness.objectives.parts.rl_rewards import check_reward
+
         return check_reward(value)
-
-
-def check_reward(value: str | None) -> str | None:
-    """A `reward` option is `run:<slug of a finished reward run>` or a registered rule reward."""
-    from harness.objectives.parts.rl_rewards import RULE_REWARDS
-
-    if value is not None and not value.startswith(RUN_REF) and value not in RULE_REWARDS:
-        raise ValueError(f"`reward` is `{RUN_REF}<slug of a finished reward run>` or a rule reward "
-                         f"({', '.join(RULE_REWARDS.names())}), not `{value}`")
-    return value
-
-
-def reward_problems(objective: str, spec, plan, reward: str | None) -> list[tuple[str, str, str]]:
-    """A `reward: run:<…>` names a finished (or planned) run of objective `reward`."""
-    if reward is None or not reward.startswith(RUN_REF):
-        return []
-    _, reward_run, found = plan.resolve(spec, reward, "reward")
-    if reward_run is not None and reward_run.objective.name != "reward":
-        found = [*found, plan.problem(spec, "objective.reward", f"`{reward}` is a `{reward_run.objective.name}` "
-                                      "run, not a `reward` run (objective: reward); name a reward model's run or "
-                                      "a rule reward")]
-    return found
-
-
-def reward_function(reward: str, ctx):
-    """The reward as TRL's reward function: a finished `reward` run loaded frozen, or a rule reward."""
-    from harness.objectives.parts.reward_model import RewardScorer, load_reward_run
-    from harness.objectives.parts.rl_rewards import RuleReward
-
-    if reward.startswith(RUN_REF):
-        model, tokenizer = load_reward_run(ctx.refs, reward, ctx.device)
-        return RewardScorer(model, tokenizer, ctx.device, ctx.spec.eval.batch_size)
-    return RuleReward(reward)
-
-
-def held_out_samples(model, tokenizer, ctx, records: list[dict], reward_fn, max_new_tokens: int,
-                     temperature: float) -> dict:
-    """One sample per held-out prompt (the run's seed: the same draws before and after training) and its
-    reward: the prompts, their token ids, the completions' ids and the rewards."""
-    from harness.data.tokenize import prompt_text
-
-    spec = ctx.spec
-    prompts = [prompt_text(tokenizer, r["prompt"], spec.data) for r in records]
-    ids = sample(model, tokenizer, prompts, max_new_tokens, temperature, spec.seed, spec.eval.batch_size, ctx.device)
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    rewards = reward_fn(prompts, texts, answer=[r.get("response", "") for r in records])
-    return {"prompts": prompts, "ids": ids, "rewards": [float(r) for r in rewards],
-            "prompt_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]}
 
 
 def timed(trainer_cls):
@@ -118,37 +72,6 @@ def timed(trainer_cls):
     return Timed
 
 
-def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, seed: int,
-           batch_size: int, device: str) -> list[list[int]]:
-    """One sampled completion (token ids, up to and including EOS) per prompt, reproducible by `seed`."""
-    import torch
-
-    model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    out: list[list[int]] = []
-    try:
-        torch.manual_seed(seed)
-        for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            with torch.no_grad():
-                ids = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                     max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-            for row in ids[:, enc["input_ids"].size(1):].tolist():
-                out.append(_cut(row, tokenizer))
-    finally:
-        tokenizer.padding_side = side
-    return out
-
-
-def _cut(row: list[int], tokenizer) -> list[int]:
-    """A generated row up to its first EOS (kept) and without trailing padding."""
-    for j, tok in enumerate(row):
-        if tok == tokenizer.eos_token_id:
-            return row[:j + 1]
-    return row
-
-
 def kl_per_token(policy, reference, prompt_ids: list[list[int]], completions: list[list[int]], device: str):
     """Mean per-token KL(π ‖ π_ref) = Σ_v π(v) (log π(v) − log π_ref(v)) over the positions that predict the
     completion tokens (0 for identical models), or None without completion tokens.
@@ -171,18 +94,6 @@ def kl_per_token(policy, reference, prompt_ids: list[list[int]], completions: li
         total += float((p.exp() * (p - q)).sum())
         count += len(completion)
     return total / count if count else None
-
-
-def mean_se(values: list[float]) -> tuple[float | None, float | None]:
-    """(mean, standard error of the mean) of `values`; the error is None for fewer than two values."""
-    n = len(values)
-    if not n:
-        return None, None
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
 
 
 class RlObjective(Objective):

@@ -49,3 +49,13 @@ class RuleReward:
     def __call__(self, prompts: list[str], completions: list[str], answer: list[str] | None = None, **_) -> list[float]:
         answers = answer if answer is not None else [""] * len(completions)
         return [self.rule(c if isinstance(c, str) else str(c), a) for c, a in zip(completions, answers)]
+
+
+def check_reward(value: str | None) -> str | None:
+    """A `reward` option is `run:<slug of a finished reward run>` or a registered rule reward."""
+    from harness.objectives.base import RUN_REF
+
+    if value is not None and not value.startswith(RUN_REF) and value not in RULE_REWARDS:
+        raise ValueError(f"`reward` is `{RUN_REF}<slug of a finished reward run>` or a rule reward "
+                         f"({', '.join(RULE_REWARDS.names())}), not `{value}`")
+    return value

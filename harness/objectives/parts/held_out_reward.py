@@ -1,0 +1,130 @@
+"""Scoring a policy under a reward on held-out prompts: what the online-RL objectives (`grpo`, `rloo`) report
+as their outcome, and what the preference objectives (`dpo`, `kto`, `orpo`) report when given the same reward
+(`objective.reward`), so that RL and offline preference tuning from one start compare on one scale.
+
+One sample per held-out prompt at the given temperature, reproducible by the run's seed (the same draws before
+and after training), scored by a finished `reward` run (loaded once, frozen) or a rule reward.
+"""
+
+from __future__ import annotations
+
+import math
+
+from harness.objectives.base import RUN_REF
+
+
+def reward_problems(objective: str, spec, plan, reward: str | None) -> list[tuple[str, str, str]]:
+    """A `reward: run:<…>` names a finished (or planned) run of objective `reward`."""
+    if reward is None or not reward.startswith(RUN_REF):
+        return []
+    _, reward_run, found = plan.resolve(spec, reward, "reward")
+    if reward_run is not None and reward_run.objective.name != "reward":
+        found = [*found, plan.problem(spec, "objective.reward", f"`{reward}` is a `{reward_run.objective.name}` "
+                                      "run, not a `reward` run (objective: reward); name a reward model's run or "
+                                      "a rule reward")]
+    return found
+
+
+def reward_function(reward: str, ctx):
+    """The reward as TRL's reward function: a finished `reward` run loaded frozen, or a rule reward."""
+    from harness.objectives.parts.reward_model import RewardScorer, load_reward_run
+    from harness.objectives.parts.rl_rewards import RuleReward
+
+    if reward.startswith(RUN_REF):
+        model, tokenizer = load_reward_run(ctx.refs, reward, ctx.device)
+        return RewardScorer(model, tokenizer, ctx.device, ctx.spec.eval.batch_size)
+    return RuleReward(reward)
+
+
+def held_out_samples(model, tokenizer, ctx, records: list[dict], reward_fn, max_new_tokens: int,
+                     temperature: float) -> dict:
+    """One sample per held-out prompt (the run's seed: the same draws before and after training) and its
+    reward: the prompts, their token ids, the completions' ids and the rewards."""
+    from harness.data.tokenize import prompt_text
+
+    spec = ctx.spec
+    prompts = [prompt_text(tokenizer, r["prompt"], spec.data) for r in records]
+    ids = sample(model, tokenizer, prompts, max_new_tokens, temperature, spec.seed, spec.eval.batch_size, ctx.device)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    rewards = reward_fn(prompts, texts, answer=[r.get("response", "") for r in records])
+    return {"prompts": prompts, "ids": ids, "rewards": [float(r) for r in rewards],
+            "prompt_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]}
+
+
+def sample(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float, seed: int,
+           batch_size: int, device: str) -> list[list[int]]:
+    """One sampled completion (token ids, up to and including EOS) per prompt, reproducible by `seed`."""
+    import torch
+
+    model.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out: list[list[int]] = []
+    try:
+        torch.manual_seed(seed)
+        for i in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            with torch.no_grad():
+                ids = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                     max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+            for row in ids[:, enc["input_ids"].size(1):].tolist():
+                out.append(_cut(row, tokenizer))
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def _cut(row: list[int], tokenizer) -> list[int]:
+    """A generated row up to its first EOS (kept) and without trailing padding."""
+    for j, tok in enumerate(row):
+        if tok == tokenizer.eos_token_id:
+            return row[:j + 1]
+    return row
+
+
+def mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, standard error of the mean) of `values`; the error is None for fewer than two values."""
+    n = len(values)
+    if not n:
+        return None, None
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+class ScoredUnderReward:
+    """Mixin for an objective whose options have `reward`, `max_new_tokens` and `temperature` (the preference
+    objectives): with a `reward`, the start model's and the trained policy's held-out samples are scored under
+    it (`rl_reward_mean_before`, `rl_reward_mean` and their standard errors), as the RL objectives score theirs."""
+
+    def held_models(self, config) -> list[str]:
+        held = super().held_models(config)
+        reward = self.options.reward
+        return [*held, reward] if reward and reward.startswith(RUN_REF) else held
+
+    def check(self, spec, plan) -> list[tuple[str, str, str]]:
+        return [*super().check(spec, plan), *reward_problems(self.name, spec, plan, self.options.reward)]
+
+    def before_training(self, model, tokenizer, ctx, val_set, collator, prompts, metrics) -> None:
+        super().before_training(model, tokenizer, ctx, val_set, collator, prompts, metrics)
+        if self.options.reward:
+            _, self.scored_records = self.records(ctx, metrics)
+            before = self._scored_samples(model, tokenizer, ctx)
+            metrics["rl_reward_mean_before"], metrics["rl_reward_before_se"] = mean_se(before["rewards"])
+
+    def after_training(self, trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator,
+                       metrics) -> None:
+        super().after_training(trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator, metrics)
+        if self.options.reward:
+            after = self._scored_samples(model, tokenizer, ctx)
+            metrics["rl_reward_mean"], metrics["rl_reward_se"] = mean_se(after["rewards"])
+            self.reward_fn = None  # the frozen reward model goes before the common evaluation
+
+    def _scored_samples(self, model, tokenizer, ctx) -> dict:
+        if getattr(self, "reward_fn", None) is None:
+            self.reward_fn = reward_function(self.options.reward, ctx)
+        o = self.options
+        return held_out_samples(model, tokenizer, ctx, self.scored_records, self.reward_fn, o.max_new_tokens,
+                                o.temperature)
