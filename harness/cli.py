@@ -514,6 +514,12 @@ def cmd_dashboard(args) -> int:
 
     root = Path(args.results) if args.results else store.results_root()
     dashboard = open_dashboard(args.sweep, root, storage=args.storage, port=args.port)
+    # a server that says "Ctrl-C stops it" must stop on it even when started with SIGINT ignored (a background
+    # job of a non-interactive shell, a parent that ignores it); SIGTERM stops it the same way
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"optuna-dashboard for search `{args.sweep}`: {dashboard.url}  (Ctrl-C stops it)", flush=True)
     try:
         dashboard.serve()
