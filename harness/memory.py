@@ -10,6 +10,8 @@ resident set, so the runtime itself (Python, torch, transformers) is a term; on 
 
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import asdict, dataclass
 
@@ -330,14 +332,23 @@ def held_weights_mb(names: list[str], spec, device_kind: str) -> float:
     """MiB of the frozen models an objective holds (`Objective.held_models`, `run:` references already
     resolved to model names), in the run's load dtype, from their configs (0 for one whose config
     cannot be read here)."""
+    m = spec.model
+    total = sum(_model_values(name, m.trust_remote_code, m.revision) for name in names)
+    return total * _load_itemsize(spec, device_kind) / MIB
+
+
+@functools.lru_cache(maxsize=None)
+def _model_values(name: str, trust_remote_code: bool, revision: str | None) -> int:
+    """Parameter values of model `name` (tied weights once), from its config on the meta device; 0 when
+    its config cannot be read here. Cached: every run of a grid that holds the same model asks."""
+    from types import SimpleNamespace
+
     from harness import models
 
-    total = 0
-    for name in names:
-        skeleton = models.meta_model(spec.model.model_copy(update={"name": name}))
-        if skeleton is not None:
-            total += sum(p.numel() for p in {id(p): p for p in skeleton.parameters()}.values())
-    return total * _load_itemsize(spec, device_kind) / MIB
+    skeleton = models.meta_model(SimpleNamespace(name=name, trust_remote_code=trust_remote_code, revision=revision))
+    if skeleton is None:
+        return 0
+    return sum(p.numel() for p in {id(p): p for p in skeleton.parameters()}.values())
 
 
 def estimate(spec, model, device_kind: str, *, tokens: BatchTokens | None = None,

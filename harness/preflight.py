@@ -166,7 +166,7 @@ def _check_method(spec, file: str, seen: set[str], problems: list, have_bnb: boo
         return
     if not cfg.method.cls.__module__.startswith("harness.methods."):
         return  # plugin code runs only in its run's process, where even a crash is recorded as that run's failure
-    skeleton = _meta_model(cfg.model)
+    skeleton = models.meta_model(cfg.model)
     if skeleton is None:  # a hub id offline: the run itself reports that
         return
     try:
@@ -180,11 +180,6 @@ def _check_method(spec, file: str, seen: set[str], problems: list, have_bnb: boo
         problem = f"cannot be applied to `{cfg.model.name}`: {type(exc).__name__}: {exc}".splitlines()[0]
     if problem:
         problems.append((file, where, problem))
-
-
-def _meta_model(model_cfg):
-    """The model's module tree without weights, or None when its config cannot be read here."""
-    return models.meta_model(model_cfg)
 
 
 def _rank_too_large(model) -> str | None:
@@ -387,7 +382,7 @@ def estimates(specs, device_kind: str) -> dict:
             key = cfg.model.model_dump_json() + json.dumps(cfg.method.as_dict(), sort_keys=True, default=str)
             if key not in skeletons:
                 skeletons[key] = None
-                skeleton = _meta_model(cfg.model) if cfg.method.cls.__module__.startswith("harness.methods.") else None
+                skeleton = models.meta_model(cfg.model) if cfg.method.cls.__module__.startswith("harness.methods.") else None
                 if skeleton is not None:
                     try:
                         ctx = RunContext(spec=cfg, run_dir=None, device="meta", total_steps=100)
@@ -412,16 +407,11 @@ def _held_names(config, specs) -> list[str]:
     of the grid is that run's model (one outside the grid is left out of the estimate)."""
     from harness.objectives import RUN_REF
 
-    names = []
-    for ref in config.objective.build().held_models(config):
-        if not ref.startswith(RUN_REF):
-            names.append(ref)
-            continue
+    def grid_model(ref: str) -> str | None:
         target = ref[len(RUN_REF):]
-        match = next((s for s in specs if target in (s.slug, s.run_id)), None)
-        if match is not None:
-            names.append(match.config.model.name)
-    return names
+        return next((s.config.model.name for s in specs if target in (s.slug, s.run_id)), None)
+
+    return config.objective.build().held_model_names(config, grid_model)
 
 
 def fit_batches(specs, device_kind: str, budget_mb: float) -> tuple[list, dict]:

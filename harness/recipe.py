@@ -213,17 +213,12 @@ def _runtime_mb(device: str) -> float | None:
 
 def _held_names(objective, ctx) -> list[str]:
     """Model names of what the objective holds frozen while training; a `run:` reference is that run's model."""
-    from harness.objectives import RUN_REF
 
-    names = []
-    for ref in objective.held_models(ctx.spec):
-        if ref.startswith(RUN_REF):
-            config = ctx.refs.finished(ref)[2]
-            if config is None:
-                continue
-            ref = config.model.name
-        names.append(ref)
-    return names
+    def finished_model(ref: str) -> str | None:
+        config = ctx.refs.finished(ref)[2]
+        return None if config is None else config.model.name
+
+    return objective.held_model_names(ctx.spec, finished_model)
 
 
 def _memory_estimate(spec, model, device: str, train_set, val_set, runtime_mb: float | None, held) -> dict:

@@ -225,10 +225,10 @@ def test_packed_rows_attend_per_example_and_keep_no_score_matrix(tmp_path):
 @pytest.mark.slow
 def test_a_real_4bit_model_counts_each_packed_weight_once(tmp_path):
     path, (spec,) = _specs(tmp_path, ["qlora"], model="smollm2-135m")
-    from harness.preflight import _meta_model
+    from harness.models import meta_model
 
     real = _real_model(spec)  # peft's LoRA wrapper is itself a `Linear4bit` around bitsandbytes' one
-    skeleton = _meta_model(spec.config.model)
+    skeleton = meta_model(spec.config.model)
     assert memory._quantized_values(real, spec.config) == memory._quantized_values(skeleton, spec.config) > 0
 
 

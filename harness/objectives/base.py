@@ -145,6 +145,16 @@ class Objective:
         weights. [] by default."""
         return []
 
+    def held_model_names(self, config, resolve) -> list[str]:
+        """`held_models` as model names: each `run:` reference through `resolve(ref)` (its run's model name, or
+        None where it cannot be known: left out)."""
+        names = []
+        for ref in self.held_models(config):
+            name = resolve(ref) if ref.startswith(RUN_REF) else ref
+            if name is not None:
+                names.append(name)
+        return names
+
     def single_model(self, config) -> str | None:
         """Why a run of this objective cannot be rebuilt as one model from `model` + its saved
         weights (for rescoring and as a teacher), or None when it can."""

@@ -94,7 +94,26 @@ def mean_se(values: list[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(var / n)
 
 
-class ScoredUnderReward:
+class HeldOutScoring:
+    """The reward of an objective whose options have `reward`, `max_new_tokens` and `temperature` (built once
+    per run, dropped with `self.reward_fn = None`), and its held-out samples scored under it: what the RL
+    objectives and `ScoredUnderReward` share. `held_out_records` are the prompts' records (set before training)."""
+
+    reward_fn = None
+    held_out_records: list[dict] | tuple = ()
+
+    def _reward_fn(self, ctx):
+        if self.reward_fn is None:
+            self.reward_fn = reward_function(self.options.reward, ctx)
+        return self.reward_fn
+
+    def _held_out(self, model, tokenizer, ctx) -> dict:
+        o = self.options
+        return held_out_samples(model, tokenizer, ctx, self.held_out_records, self._reward_fn(ctx), o.max_new_tokens,
+                                o.temperature)
+
+
+class ScoredUnderReward(HeldOutScoring):
     """Mixin for an objective whose options have `reward`, `max_new_tokens` and `temperature` (the preference
     objectives): with a `reward`, the start model's and the trained policy's held-out samples are scored under
     it (`rl_reward_mean_before`, `rl_reward_mean` and their standard errors), as the RL objectives score theirs."""
@@ -110,21 +129,14 @@ class ScoredUnderReward:
     def before_training(self, model, tokenizer, ctx, val_set, collator, prompts, metrics) -> None:
         super().before_training(model, tokenizer, ctx, val_set, collator, prompts, metrics)
         if self.options.reward:
-            _, self.scored_records = self.records(ctx, metrics)
-            before = self._scored_samples(model, tokenizer, ctx)
+            _, self.held_out_records = self.records(ctx, metrics)
+            before = self._held_out(model, tokenizer, ctx)
             metrics["rl_reward_mean_before"], metrics["rl_reward_before_se"] = mean_se(before["rewards"])
 
     def after_training(self, trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator,
                        metrics) -> None:
         super().after_training(trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator, metrics)
         if self.options.reward:
-            after = self._scored_samples(model, tokenizer, ctx)
+            after = self._held_out(model, tokenizer, ctx)
             metrics["rl_reward_mean"], metrics["rl_reward_se"] = mean_se(after["rewards"])
             self.reward_fn = None  # the frozen reward model goes before the common evaluation
-
-    def _scored_samples(self, model, tokenizer, ctx) -> dict:
-        if getattr(self, "reward_fn", None) is None:
-            self.reward_fn = reward_function(self.options.reward, ctx)
-        o = self.options
-        return held_out_samples(model, tokenizer, ctx, self.scored_records, self.reward_fn, o.max_new_tokens,
-                                o.temperature)

@@ -57,7 +57,6 @@ class PreferenceOptions(StartOptions):
         return check_reward(value)
 
 
-
 def pairs_problems(objective: str, spec, plan) -> list[tuple[str, str, str]]:
     """A run's `data.name` must be a source of preference pairs (prompt, chosen, rejected)."""
     from harness.data import DATASETS
@@ -73,10 +72,11 @@ def pairs_problems(objective: str, spec, plan) -> list[tuple[str, str, str]]:
 
 
 class PreferenceObjective(Objective):
-    #: whether TRL keeps a frozen reference model (ORPO has none)
-    holds_reference: bool = True
     """Learning from (prompt, chosen, rejected) pairs, optionally from a finished SFT run's weights.
     Subclasses supply `trl_parts` (or override `trainer_parts`)."""
+
+    #: whether TRL keeps a frozen reference model (ORPO has none)
+    holds_reference: bool = True
 
     report_sections = ("preference",)
     metrics = ("pref_accuracy", "pref_accuracy_train", "reward_margin", "eval_loss")

@@ -19,7 +19,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from harness.objectives.base import RUN_REF, Objective, StartOptions
-from harness.objectives.parts.held_out_reward import held_out_samples, mean_se, reward_function, reward_problems
+from harness.objectives.parts.held_out_reward import HeldOutScoring, mean_se, reward_problems
 
 
 class RlOptions(StartOptions):
@@ -96,7 +96,7 @@ def kl_per_token(policy, reference, prompt_ids: list[list[int]], completions: li
     return total / count if count else None
 
 
-class RlObjective(Objective):
+class RlObjective(HeldOutScoring, Objective):
     """Online RL from a start run against a reward. Subclasses set `trl_classes` (trainer, config)."""
 
     report_sections = ("preference",)
@@ -156,20 +156,9 @@ class RlObjective(Objective):
 
     # --- the run -----------------------------------------------------------------------------------------
 
-    def _reward_fn(self, ctx):
-        """The training reward as TRL's reward function, built once per run."""
-        if getattr(self, "reward_fn", None) is None:
-            self.reward_fn = reward_function(self.options.reward, ctx)
-        return self.reward_fn
-
-    def _held_out(self, model, tokenizer, ctx, val_records: list[dict]) -> dict:
-        o = self.options
-        return held_out_samples(model, tokenizer, ctx, val_records, self._reward_fn(ctx), o.max_new_tokens,
-                                o.temperature)
-
     def before_training(self, model, tokenizer, ctx, val_set, collator, prompts, metrics) -> None:
-        _, self.val_records = self.records(ctx, metrics)
-        before = self._held_out(model, tokenizer, ctx, self.val_records)
+        _, self.held_out_records = self.records(ctx, metrics)
+        before = self._held_out(model, tokenizer, ctx)
         metrics["rl_reward_mean_before"], metrics["rl_reward_before_se"] = mean_se(before["rewards"])
 
     def trainer_parts(self, model, tokenizer, ctx, train_set, train_records, collator, metrics) -> dict:
@@ -192,7 +181,7 @@ class RlObjective(Objective):
                        metrics) -> None:
         from harness.objectives.parts.preference import drop_reference, reference
 
-        after = self._held_out(model, tokenizer, ctx, self.val_records)
+        after = self._held_out(model, tokenizer, ctx)
         metrics["rl_reward_mean"], metrics["rl_reward_se"] = mean_se(after["rewards"])
         lengths = [len(ids) for ids in after["ids"]]
         metrics["gen_len_mean"] = sum(lengths) / len(lengths) if lengths else None
