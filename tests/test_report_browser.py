@@ -23,8 +23,12 @@ def _store(root: Path) -> None:
         for n in (50, 200, 800):
             for seed in range(3):
                 loss = float(power_law(n, a, b, c) + rng.normal(0, 0.01))
+                # as many figures as a real experiment has (~30): a hover label listing them all would be
+                # taller than the plot, and Plotly drops such a label
+                tasks = {f"task.chatterbot_mc_{k}.acc": 0.3 + rng.normal(0, 0.01) for k in range(24)}
                 write_run(root, "page", method=method, n_train=n, seed=seed, eval_loss=loss, mem=mem + seed,
-                          extra={"task.chatterbot_mc.acc": 0.3 + rng.normal(0, 0.01), "forgetting_ppl_pct": 2.0})
+                          extra={"task.chatterbot_mc.acc": 0.3 + rng.normal(0, 0.01), "forgetting_ppl_pct": 2.0,
+                                 **tasks})
     write_run(root, "page", method="dora", status="failed")
 
 
@@ -69,7 +73,10 @@ def test_report_html_in_headless_chromium(tmp_path):
         }""", explorer)
         page.mouse.move(x, y)
         page.wait_for_selector(f"{explorer} .hoverlayer .hovertext", timeout=5000)
-        assert name in page.text_content(f"{explorer} .hoverlayer .hovertext")
+        label = page.text_content(f"{explorer} .hoverlayer .hovertext")
+        assert name in label and "chatterbot_mc.acc:" in label and "train s:" in label  # the chosen axes
+        panel = page.text_content(f"{explorer} div.figures")  # and every figure under the plot
+        assert name in panel and "eval ppl:" in panel and "chatterbot_mc_23.acc:" in panel
         page.close()
     keep = os.environ.get("FTBENCH_SCREENSHOTS")
     if keep:  # CI or a person can keep the picture

@@ -60,7 +60,10 @@ def test_explorer_offers_the_experiments_directed_metrics(tmp_path):
     assert data["groups"] == ["full", "lora", "qlora", "ia3", "prompt_tuning"]  # the base row is not a point
     lora = next(p for p in data["points"] if p["name"].startswith("lora"))
     assert lora["values"]["eval_loss"][1] < lora["values"]["eval_loss"][0] < lora["values"]["eval_loss"][2]
-    assert "<b>lora-n100</b>" in lora["hover"] and re.search(r"eval ppl: [\d.]+ \[[\d.]+, [\d.]+\]", lora["hover"])
+    assert "<b>lora-n100</b>" in lora["hover"] and "eval ppl" not in lora["hover"]  # the page adds the axes
+    figures = dict(lora["figures"])
+    assert re.fullmatch(r"eval ppl: [\d.]+ \[[\d.]+, [\d.]+\]", figures["eval_ppl"])
+    assert set(keys) <= set(figures)  # every offered axis, and the figures no axis can take, for the panel
     # the explorer replaces the fronts' PNGs on the page; report.md keeps them
     assert set(_explorer(report).replaces) == {"pareto_eval_ppl.png", "pareto_task_chatterbot_mc_acc.png"}
     assert "pareto_eval_ppl.png" in to_markdown(report) and "plotly" not in to_markdown(report).lower()
@@ -125,13 +128,19 @@ def test_explorer_in_chromium(tmp_path):
         assert front() == _front(data, "trainable_params", "task.chatterbot_mc.acc",
                                  {"full", "lora", "qlora", "prompt_tuning"})
         page.check(f"{root} input.group[value='ia3']")
-        # hover a front member with the mouse: its configuration and every figure with its interval
+        # hover a front member with the mouse: its configuration and the chosen axes' figures with their
+        # intervals; every figure in the panel under the plot
         x, y = _point_position(page, root, 2, 0)
         name = page.evaluate(f"() => document.querySelector('{root} .plot').data[2].customdata[0]")
         page.mouse.move(x, y)
         page.wait_for_selector(f"{root} .hoverlayer .hovertext", timeout=5000)
         hover = page.text_content(f"{root} .hoverlayer .hovertext")
-        assert name in hover and "seeds: 2" in hover and re.search(r"eval ppl: [\d.]+ \[[\d.]+, [\d.]+\]", hover)
+        assert name in hover and "seeds: 2" in hover
+        assert re.search(r"chatterbot_mc.acc: [\d.]+ \[[\d.]+, [\d.]+\]", hover)
+        assert "trainable params:" in hover and "eval ppl" not in hover
+        page.wait_for_function(f"() => document.querySelector('{root} div.figures').textContent.length > 0")
+        panel = page.text_content(f"{root} div.figures")
+        assert name in panel and re.search(r"eval ppl: [\d.]+ \[[\d.]+, [\d.]+\]", panel)
         # the training curves are a Plotly figure too
         assert page.locator("figure.view.plotly .plot .main-svg").count() >= 1
         # a table keeps only the rows holding every word typed, and saves them as CSV

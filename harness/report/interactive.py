@@ -68,16 +68,21 @@ def _with_interval(metric: Metric, row) -> str:
     return out
 
 
-def point_hover(row, metrics: list[Metric], axes: list[str], name: str) -> str:
-    """A point's hover text (Plotly's HTML subset): its configuration, the axis values that define it,
-    then every figure with its 95% interval."""
+def point_hover(row, axes: list[str], name: str) -> str:
+    """The head of a point's hover text (Plotly's HTML subset): its name and the spec values that define it.
+    The page adds the two chosen axes' figures; every figure is in the panel under the plot, because Plotly
+    drops a hover label taller than the plot (30 figures are)."""
     lines = [f"<b>{html.escape(name)}</b>"]
     lines += [f"{html.escape(a)}: {html.escape(str(row.get(a)))}" for a in axes if not missing(row.get(a))]
     seeds = row.get("n_seeds")
     if not missing(seeds):
         lines.append(f"seeds: {int(seeds)}")
-    lines += [html.escape(_with_interval(m, row)) for m in metrics]
     return "<br>".join(lines)
+
+
+def point_figures(row, metrics: list[Metric]) -> list[list[str]]:
+    """Every figure of a point as `[metric key, "label: mean [low, high]"]` (plain text), in table order."""
+    return [[m.key, _with_interval(m, row)] for m in metrics]
 
 
 def pareto_view(summary: pd.DataFrame, metrics: list[Metric], axes: list[str], *, caption: str,
@@ -87,7 +92,7 @@ def pareto_view(summary: pd.DataFrame, metrics: list[Metric], axes: list[str], *
 
     Args:
         metrics: the figures a reader may put on an axis; only those with a declared direction and at least
-            two finite means are offered (all of them are in the hover text).
+            two finite means are offered (all of them are in the panel a hovered point fills).
         axes: the spec columns that define a configuration, named in the hover text.
         group: the column whose values the reader toggles (a method; an experiment in a comparison).
         x, y: the axes it opens on (default: peak train memory and eval ppl, when measured).
@@ -114,7 +119,8 @@ def pareto_view(summary: pd.DataFrame, metrics: list[Metric], axes: list[str], *
             values[m.key] = [None if v is None else v * m.scale for v in triple] if triple[0] is not None else None
         label = str(row.get(group)) if group in rows and not missing(row.get(group)) else "all"
         points.append({"name": str(names[i]), "group": label, "values": values,
-                       "hover": point_hover(row, metrics, [a for a in axes if a != group] + [group], str(names[i]))})
+                       "hover": point_hover(row, [a for a in axes if a != group] + [group], str(names[i])),
+                       "figures": point_figures(row, metrics)})
     data = {"metrics": [{"key": m.key, "label": m.label, "lower": bool(m.lower_is_better),
                          "log": m.key in LOG_KEYS or _spans_decades(rows[f"{m.key}_mean"])} for m in offered],
             "x": x, "y": y, "group_label": group, "groups": list(dict.fromkeys(p["group"] for p in points)),
@@ -190,7 +196,8 @@ def view_html(view: View, index: int) -> str:
     """The view's element: a container the page script fills, its payload and its caption."""
     return (f'<figure class="view {view.kind}" id="view-{index}"><script type="application/json">'
             f"{_json(view.data)}</script><div class=\"controls\"></div><div class=\"plot\"></div>"
-            f'<p class="front"></p><figcaption>{html.escape(view.caption)}</figcaption></figure>')
+            f'<p class="front"></p><div class="figures"></div>'
+            f"<figcaption>{html.escape(view.caption)}</figcaption></figure>")
 
 
 VIEW_STYLE = """
@@ -198,6 +205,8 @@ figure.view{border:1px solid #eee;padding:.5em}figure.view .plot{min-height:440p
 .controls{display:flex;flex-wrap:wrap;gap:.4em 1.2em;align-items:center;font-size:12px}
 .controls label{white-space:nowrap}.controls .groups{display:flex;flex-wrap:wrap;gap:.2em .8em}
 p.front{font-size:12px;color:#b71c1c;margin:.3em 0}
+div.figures{font-size:12px;columns:3 16em;margin:.3em 0}div.figures:empty{display:none}
+div.figures div{break-inside:avoid}
 """
 
 # draws every view of the page. The explorer: x/y selects over the offered metrics, a checkbox per group,
@@ -222,6 +231,13 @@ VIEW_JS = r"""
         return qx <= px && qy <= py && (qx < px || qy < py);
       });
     });
+  }
+  function esc(text) {
+    return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+  function figure(p, key) {
+    var f = p.figures.filter(function (f) { return f[0] === key; })[0];
+    return f ? f[1] : key;
   }
   function bars(pts, key) {
     var plus = [], minus = [], any = false;
@@ -277,7 +293,10 @@ VIEW_JS = r"""
                 y: list.map(function (p) { return p.values[y][0]; }),
                 text: labels ? list.map(function (p) { return p.name; }) : undefined,
                 textposition: "top right", textfont: {size: 10, color: colour},
-                hovertext: list.map(function (p) { return p.hover; }), hoverinfo: "text",
+                hovertext: list.map(function (p) {
+                  return p.hover + "<br>" + esc(figure(p, x)) + "<br>" + esc(figure(p, y)) +
+                         "<br><i>every figure: under the plot</i>";
+                }), hoverinfo: "text",
                 customdata: list.map(function (p) { return p.name; }),
                 marker: {color: colour, size: size}, error_x: bars(list, x), error_y: bars(list, y)};
       }
@@ -292,6 +311,7 @@ VIEW_JS = r"""
                     yaxis: {title: {text: my.label + (my.lower ? " (lower is better)" : " (higher is better)")},
                             type: ly.checked ? "log" : "linear"},
                     legend: {orientation: "h", y: -0.2}};
+      shown = [rest, [], front];
       Plotly.react(plot, [trace(rest, "dominated", "#9e9e9e", 7, false), line,
                           trace(front, "on the front", "#d62728", 9, true)], layout,
                    {displaylogo: false, responsive: true});
@@ -300,11 +320,21 @@ VIEW_JS = r"""
       root.querySelector("p.front").textContent = "Front for " + my.label + " against " + mx.label + " (" +
         front.length + " of " + pts.length + " shown): " + (names.join(", ") || "none");
     }
+    var shown = [[], [], []], panel = root.querySelector("div.figures");
+    function details(event) {  // every figure of the hovered or clicked point, as plain text
+      var hit = event.points[0], p = hit && shown[hit.curveNumber][hit.pointNumber];
+      if (!p) return;
+      panel.textContent = "";
+      panel.appendChild(el("div", {}, "")).appendChild(el("b", {}, p.name));
+      p.figures.forEach(function (f) { panel.appendChild(el("div", {}, f[1])); });
+    }
     xs.addEventListener("change", function () { lx.checked = byKey[xs.value].log; draw(); });
     ys.addEventListener("change", function () { ly.checked = byKey[ys.value].log; draw(); });
     [lx, ly].forEach(function (c) { c.addEventListener("change", draw); });
     root.querySelectorAll("input.group").forEach(function (c) { c.addEventListener("change", draw); });
     draw();
+    plot.on("plotly_hover", details);
+    plot.on("plotly_click", details);
   }
   document.querySelectorAll("figure.view").forEach(function (root) {
     var spec = JSON.parse(root.querySelector("script[type='application/json']").textContent);

@@ -27,7 +27,8 @@ def fronts_section(ctx: ReportContext) -> list[Section]:
                                f"{task.label} against the same costs"))
     view = interactive.pareto_view(summary, ctx.metrics, ctx.axes, replaces=tuple(n for n, _, _ in fronts.figures),
                                    caption="Pareto explorer: choose the axes and the methods; red points are the "
-                                           "front for the chosen axes, bars their 95% intervals")
+                                           "front for the chosen axes, bars their 95% intervals; hover or click a "
+                                           "point for every figure it has")
     if view is not None:
         fronts.views.append(view)
     return [fronts]
