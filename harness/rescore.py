@@ -168,7 +168,9 @@ def _score_group(group, root, batch_size, summary: Summary, log) -> None:
 
 
 def _record(run_dir: Path, result: dict, scores: dict, tasks: list[str], limit, num_fewshot) -> None:
-    """Add the scores (and forgetting, when the reference row has general_ppl) to result.json."""
+    """Add the scores (and forgetting, when the reference row has general_ppl) to result.json, and rewrite
+    the kept weights' model card so its `model-index` carries them too."""
+    from harness.modelcard import write_card
     from harness.recipe import forgetting
 
     fresh = store.read_result(run_dir) or result  # re-read: never drop what another process wrote
@@ -179,6 +181,7 @@ def _record(run_dir: Path, result: dict, scores: dict, tasks: list[str], limit, 
         fresh["metrics"].update(forgetting(fresh["metrics"], base.get("metrics") or {}))
     fresh.setdefault("task_meta", {}).update({t: task_key(t, limit, num_fewshot) for t in tasks})
     store.write_json_atomic(run_dir / "result.json", fresh)
+    write_card(run_dir, fresh)
 
 
 def dump(summary: Summary) -> str:

@@ -159,6 +159,13 @@ def test_eval_scores_many_runs_on_one_base_load_and_caches(tmp_path):
     assert more.code == 0, more.err
     assert "scored 5 (run, task) pairs of 5 runs" in more.out and "1 base load" in more.out
     assert all(r["metrics"]["task.polarity.n"] == 2 for r in store.iter_results("evalexp", results))
+    # the kept weights' model card is rewritten with the new scores in its model-index
+    from huggingface_hub import ModelCard
+
+    lora = next(r for r in store.iter_results("evalexp", results) if r["spec"]["method"]["name"] == "lora")
+    card = ModelCard.load(store.run_dir("evalexp", lora["run_id"], results) / "adapter" / "README.md")
+    polarity = {e.metric_type: e.metric_value for e in card.data.eval_results if e.dataset_type == "polarity"}
+    assert polarity["acc"] == pytest.approx(lora["metrics"]["task.polarity.acc"], rel=1e-5)
 
     # a broken artifact is reported and skipped; the other runs are still scored
     ia3 = next(r for r in after.values() if r["spec"]["method"]["name"] == "ia3")
