@@ -284,8 +284,9 @@ declare("pref_accuracy", "fraction", True, "held-out pairs whose chosen answer s
         "(dpo, kto) or the log-odds (orpo); a tie is not a win", **_P)
 declare("reward_margin", "reward", True, "mean margin chosen − rejected on held-out pairs, in implicit reward "
         "(dpo, kto), log-odds (orpo) or the reward model's score (reward)", **_P)
-declare("kl_to_ref", "nats/token", False, "the policy's per-token KL to the reference (the start model): on held-out "
-        "chosen answers (dpo, kto), on its own sampled held-out completions (grpo, rloo)", **_P)
+declare("kl_to_ref", "nats/token", False, "the policy's per-token KL to the reference (the start model): on "
+        "held-out chosen answers (dpo, kto; orpo with a peft adapter), on its own sampled held-out completions "
+        "(grpo, rloo)", **_P)
 declare("pref_accuracy_train", "fraction", True, "pref_accuracy on the training pairs", **_P)
 # issue 17's cost figures: added after every earlier key, so stored results keep their order
 declare("peak_mem_train_reserved_mb", "MiB", False, "reserved-memory peak of the training phase",

@@ -56,7 +56,20 @@ def test_orpo_with_lora_runs_through_the_cli_without_a_reference_model(tmp_path)
     assert 0 <= m["pref_accuracy"] <= 1 and 0 <= m["pref_accuracy_train"] <= 1
     assert math.isfinite(m["reward_margin"]) and math.isfinite(m["eval_loss"])
     assert m["orpo_odds_ratio_loss"] > 0 and m["orpo_sft_loss"] > 0
-    assert m.get("kl_to_ref") is None  # no reference model, so no KL to one
+    # no reference model in training; the KL to the start is measured after it with the adapter off
+    assert m["kl_to_ref"] > 0 and math.isfinite(m["kl_to_ref"])
+
+
+def test_mean_kl_is_zero_for_the_same_model_and_positive_otherwise():
+    import torch
+
+    from harness.objectives.parts.preference import mean_kl
+
+    p = [torch.log_softmax(torch.randn(5, 11, generator=torch.Generator().manual_seed(0)), -1)]
+    q = [torch.log_softmax(torch.randn(5, 11, generator=torch.Generator().manual_seed(1)), -1)]
+    assert mean_kl(p, p) == pytest.approx(0.0, abs=1e-7) and mean_kl(p, q) > 0
+    expected = float(torch.nn.functional.kl_div(q[0], p[0], log_target=True, reduction="sum")) / 5
+    assert mean_kl(p, q) == pytest.approx(expected, rel=1e-5) and mean_kl([], []) is None
 
 
 def test_orpo_refuses_a_method_it_cannot_train_on_pairs(tmp_path):

@@ -6,7 +6,10 @@ Trainer's `compute_loss_func`.
 
 Figures on the held-out pairs, in log-odds: `pref_accuracy` (share of pairs whose chosen answer has
 the higher log-odds), `reward_margin` (mean log-odds difference), `pref_accuracy_train` on up to 64
-training pairs; `eval_loss` is the loss on the chosen answers, as for DPO.
+training pairs; `eval_loss` is the loss on the chosen answers, as for DPO. `kl_to_ref` (per-token KL to the
+start model on the held-out chosen answers, as DPO's) when the method is a peft adapter: the start is the
+model with its adapter off; a fully trained model keeps no copy of its start (one model in memory is
+ORPO's point), so it has none.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from harness.metrics import declare
 from harness.objectives.base import register
 from harness.objectives.parts.held_out_reward import ScoredUnderReward
 from harness.objectives.parts.preference import (TRAIN_PAIRS_SCORED, PreferenceObjective, PreferenceOptions,
-                                           answer_scores, encode_pairs, pair_figures)
+                                           answer_scores, encode_pairs, mean_kl, pair_figures)
 
 
 declare("orpo_sft_loss", "nats/token", False, "ORPO: the SFT part (chosen answers' NLL) of the last step's loss",
@@ -121,14 +124,21 @@ class Orpo(ScoredUnderReward, PreferenceObjective):
         import torch
 
         spec, padded = ctx.spec, make_collator(tokenizer, packing=False)  # one row per answer
+        size = spec.eval.batch_size
+        pairs = encode_pairs(tokenizer, val_records, spec.data, spec.train.seq_len)
         model.eval()
         with torch.no_grad():
-            held_out = pair_log_odds(model, *encode_pairs(tokenizer, val_records, spec.data, spec.train.seq_len),
-                                     padded, spec.eval.batch_size, ctx.device)
+            held_out = pair_log_odds(model, *pairs, padded, size, ctx.device)
             train = pair_log_odds(model, *encode_pairs(tokenizer, train_records[:TRAIN_PAIRS_SCORED], spec.data,
-                                                       spec.train.seq_len), padded, spec.eval.batch_size, ctx.device)
+                                                       spec.train.seq_len), padded, size, ctx.device)
+            kl = None
+            if hasattr(model, "disable_adapter") and getattr(model, "peft_config", None):
+                _, policy = answer_scores(model, pairs[0], padded, size, ctx.device, distributions=True)
+                with model.disable_adapter():  # the start run's model
+                    _, start = answer_scores(model, pairs[0], padded, size, ctx.device, distributions=True)
+                kl = mean_kl(policy, start)
         metrics.update(pair_figures(*held_out), pref_accuracy_train=pair_figures(*train)["pref_accuracy"],
-                       **self.loss.figures)
+                       kl_to_ref=kl, **self.loss.figures)
 
 
 register(Orpo)

@@ -240,7 +240,13 @@ def figures(trainer, tokenizer, train_records: list[dict], val_records: list[dic
         ref_scores, ref_logp = scores(ref_model)
     pol_scores, pol_logp = scores(trainer.model)
     r = [spec.objective.beta * (p - q) for p, q in zip(pol_scores, ref_scores)]
-    kl = [(p.exp() * (p - q)).sum() for p, q in zip(pol_logp, ref_logp)]
-    tokens = sum(len(q) for q in ref_logp)
     return {**pair_figures(r[0], r[1]), "pref_accuracy_train": pair_figures(r[2], r[3])["pref_accuracy"],
-            "kl_to_ref": float(sum(kl)) / tokens if tokens else None}
+            "kl_to_ref": mean_kl(pol_logp, ref_logp)}
+
+
+def mean_kl(policy_logp: list, ref_logp: list) -> float | None:
+    """Mean per-token KL(π ‖ π_ref) = Σ_v π(v) (log π(v) − log π_ref(v)) from `answer_scores`' per-batch
+    distributions of the same examples under each model; None without answer tokens."""
+    tokens = sum(len(q) for q in ref_logp)
+    kl = sum(float((p.exp() * (p - q)).sum()) for p, q in zip(policy_logp, ref_logp))
+    return kl / tokens if tokens else None
