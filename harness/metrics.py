@@ -398,6 +398,12 @@ declare("rl_reward_se", "reward", None, "standard error of rl_reward_mean over t
 declare("rl_reward_mean_before", "reward", True, "rl_reward_mean of the start model (same prompts, same seed)",
         **_R)
 declare("rl_reward_before_se", "reward", None, "standard error of rl_reward_mean_before", **_R)
+declare("heldout_reward_mean", "reward", True, "the same held-out samples' mean under `objective.held_out_reward`, a "
+        "second reward never trained against (over-optimisation: rl_reward_mean rises, this does not)", **_R)
+declare("heldout_reward_se", "reward", None, "standard error of heldout_reward_mean over the held-out prompts", **_R)
+declare("heldout_reward_mean_before", "reward", True, "heldout_reward_mean of the start model (same samples as "
+        "rl_reward_mean_before)", **_R)
+declare("heldout_reward_before_se", "reward", None, "standard error of heldout_reward_mean_before", **_R)
 declare("gen_len_mean", "tokens", None, "mean length of the held-out completions (EOS included)", **_R)
 declare("gen_s", "s", False, "time spent writing rollouts during training (TRL's generate)", device=WALL_TIME, **_R)
 declare("gen_tokens_per_s", "tokens/s", True, "completion tokens written during training ÷ gen_s",

@@ -153,6 +153,23 @@ def test_reward_refuses_a_method_or_data_it_cannot_train_before_any_run(tmp_path
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("objective, says", [
+    ({"name": "grpo", "reward": "exact_answer", "held_out_reward": "exact_answer"}, "is the training reward"),
+    ({"name": "dpo", "held_out_reward": "exact_answer"}, "set `reward` too"),
+    ({"name": "grpo", "reward": "exact_answer", "held_out_reward": "run:lora-r4-a8-n16-namechatterbot-s0"},
+     "is a `sft` run, not a `reward` run"),
+    ({"name": "rloo", "reward": "exact_answer", "held_out_reward": "run:rm-nothing-s0"}, "no finished run"),
+])
+def test_a_held_out_reward_that_cannot_check_the_reward_is_refused_before_any_run(tmp_path, objective, says):
+    path = write_experiment(tmp_path, "badheld", base=tiny_base(method={"name": "lora", "r": 4, "alpha": 8}),
+                            grid={"stage": [{"data.name": "chatterbot"},
+                                            {"data.name": "chatterbot_prefs", "objective": objective}]})
+    res = run_cli("run", str(path), "--results", str(tmp_path / "results"))
+    assert res.code == 2 and "Traceback" not in res.err and says in res.err, res.err
+    assert "objective.held_out_reward" in res.err and "badheld.yaml" in res.err
+    assert not run_dirs(tmp_path / "results", "badheld")
+
+
 def test_rl_refuses_groups_that_do_not_fill_a_step(tmp_path):
     path = write_experiment(tmp_path, "badgroups", grid={}, base=tiny_base(
         data=SENTIMENT, objective={"name": "rloo", "reward": "exact_answer", "num_generations": 3}))
@@ -161,6 +178,9 @@ def test_rl_refuses_groups_that_do_not_fill_a_step(tmp_path):
 
 
 # --- runs: the reward model learns, RL raises the reward, weights reload and score the same ---------------
+
+
+HELD_OUT_RM = "run:rm-lora-r4-a8-n48-max_steps24-lr0.01-s1"
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +196,15 @@ def rlhf_sweep(tmp_path_factory):
     grid = {"stage": [
         # latency on: a reward model writes no text, so the run must skip it rather than fail on it
         {"objective": {"name": "reward"}, "train.max_steps": 24, "train.lr": 1.0e-2, "eval.latency": True},
+        # a second reward model (another seed: other pairs, another head) that RL never trains against
+        {"objective": {"name": "reward"}, "train.max_steps": 24, "train.lr": 1.0e-2, "seed": 1},
         {"objective": {"name": "grpo", "reward": "run:rm-lora-r4-a8-n48-max_steps24-lr0.01-latency-s0",
-                       "max_new_tokens": 4,
-                       "beta": 0.1}},
+                       "held_out_reward": HELD_OUT_RM, "max_new_tokens": 4, "beta": 0.1}},
         {**rule_run, "objective": {"name": "grpo", **rule}},
         {**rule_run, "objective": {"name": "rloo", **rule}},
         # offline preference tuning beside RL, scored under the same reward model on the same prompts
         {"objective": {"name": "dpo", "reward": "run:rm-lora-r4-a8-n48-max_steps24-lr0.01-latency-s0",
-                       "max_new_tokens": 4}},
+                       "held_out_reward": HELD_OUT_RM, "max_new_tokens": 4}},
     ]}
     path = write_experiment(tmp, "rlhf", base=tiny_base(data=toy, method={"name": "lora", "r": 4, "alpha": 8},
                                                         eval=NO_LATENCY), grid=grid)
@@ -202,7 +223,7 @@ def _one(results: dict, prefix: str) -> dict:
 
 def test_a_reward_model_learns_a_separable_toy_preference(rlhf_sweep):
     _, results = rlhf_sweep
-    m = _one(results, "rm-")["metrics"]
+    m = _one(results, "rm-lora-r4-a8-n48-max_steps24-lr0.01-latency")["metrics"]
     assert m["reward_accuracy"] >= 0.9 and m["reward_margin"] > 0, m
     assert m["reward_accuracy_train"] >= 0.9 and m["reward_pairs"] == 16
     assert m["eval_loss"] is None and m["infer_decode_ms_per_token"] is None  # no text: no token loss, no latency
@@ -244,8 +265,23 @@ def test_dpo_scored_under_a_reward_run_sits_beside_rl(rlhf_sweep):
     assert dpo["objective_s"] > 0 and grpo["objective_s"] > 0
 
 
+def test_a_held_out_reward_model_scores_the_same_samples(rlhf_sweep):
+    _, results = rlhf_sweep
+    dpo, grpo = _one(results, "dpo-lora")["metrics"], _one(results, "grpo-rm-lora")["metrics"]
+    for m in (dpo, grpo):
+        for key in ("heldout_reward_mean", "heldout_reward_mean_before", "heldout_reward_se",
+                    "heldout_reward_before_se"):
+            assert m[key] is not None and math.isfinite(m[key]), (key, m)
+        # another model: its scores of the same samples are not the training reward's
+        assert m["heldout_reward_mean_before"] != pytest.approx(m["rl_reward_mean_before"], abs=1e-6)
+    # the same start samples (same seed, prompts and start model) under the same held-out model
+    assert dpo["heldout_reward_mean_before"] == pytest.approx(grpo["heldout_reward_mean_before"], abs=1e-5)
+    assert _one(results, "grpo-answer_chars-full")["metrics"].get("heldout_reward_mean") is None
+
+
 def test_a_preference_run_without_a_reward_keeps_its_spec_and_id():
     from harness.config import build_run_config
+    from harness.grid import spec_hash
 
     base = tiny_base(data={"name": "chatterbot_prefs", "n_train": 16, "n_val": 8, "n_test": 0},
                      objective={"name": "dpo", "beta": 0.1})
@@ -253,6 +289,13 @@ def test_a_preference_run_without_a_reward_keeps_its_spec_and_id():
     assert spec["objective"] == {"name": "dpo", "start": None, "beta": 0.1, "loss_type": "sigmoid"}
     scored = build_run_config({**base, "objective": {"name": "dpo", "reward": "exact_answer"}}, file="t.yaml")
     assert scored.as_dict()["objective"]["reward"] == "exact_answer"
+    # RL runs recorded before `held_out_reward` keep theirs too
+    rl = build_run_config({**base, "objective": {"name": "grpo", "reward": "exact_answer"}}, file="t.yaml")
+    assert "held_out_reward" not in rl.as_dict()["objective"]
+    checked = build_run_config({**base, "objective": {"name": "grpo", "reward": "exact_answer",
+                                                      "held_out_reward": "answer_chars"}}, file="t.yaml")
+    assert checked.as_dict()["objective"]["held_out_reward"] == "answer_chars"
+    assert spec_hash(checked) != spec_hash(rl)
 
 
 def test_reward_and_policy_weights_save_reload_and_score_the_same(rlhf_sweep):
@@ -266,7 +309,7 @@ def test_reward_and_policy_weights_save_reload_and_score_the_same(rlhf_sweep):
 
     root, results = rlhf_sweep
     refs = RunRefs(root, "rlhf")
-    rm = _one(results, "rm-")
+    rm = _one(results, "rm-lora-r4-a8-n48-max_steps24-lr0.01-latency")
     model, tokenizer = load_reward_run(refs, f"run:{rm['slug']}", "cpu")
     spec = build_run_config({k: v for k, v in rm["spec"].items() if k in RUN_KEYS}, file="t")
     splits = split(DATASETS.get(spec.data.name)().records(spec.data), spec.data)

@@ -13,16 +13,32 @@ import math
 from harness.objectives.base import RUN_REF
 
 
-def reward_problems(objective: str, spec, plan, reward: str | None) -> list[tuple[str, str, str]]:
-    """A `reward: run:<…>` names a finished (or planned) run of objective `reward`."""
+def reward_problems(objective: str, spec, plan, reward: str | None,
+                    field: str = "reward") -> list[tuple[str, str, str]]:
+    """A `reward: run:<…>` (or the option `field`) names a finished (or planned) run of objective `reward`."""
     if reward is None or not reward.startswith(RUN_REF):
         return []
-    _, reward_run, found = plan.resolve(spec, reward, "reward")
+    _, reward_run, found = plan.resolve(spec, reward, field)
     if reward_run is not None and reward_run.objective.name != "reward":
-        found = [*found, plan.problem(spec, "objective.reward", f"`{reward}` is a `{reward_run.objective.name}` "
+        found = [*found, plan.problem(spec, f"objective.{field}", f"`{reward}` is a `{reward_run.objective.name}` "
                                       "run, not a `reward` run (objective: reward); name a reward model's run or "
                                       "a rule reward")]
     return found
+
+
+def held_out_reward_problems(objective: str, spec, plan, options) -> list[tuple[str, str, str]]:
+    """`held_out_reward` checks `reward`: it needs one, must differ from it, and as a run is a reward run."""
+    held = options.held_out_reward
+    if held is None:
+        return []
+    field = "objective.held_out_reward"
+    if options.reward is None:
+        return [plan.problem(spec, field, "scores the held-out samples that `objective.reward` draws: set `reward` "
+                             "too (the reward this one checks)")]
+    if held == options.reward:
+        return [plan.problem(spec, field, f"is the training reward `{held}` itself: name a second reward model the "
+                             "policy never trains against (another seed's reward run: other pairs, another head)")]
+    return reward_problems(objective, spec, plan, held, "held_out_reward")
 
 
 def reward_function(reward: str, ctx):
@@ -46,8 +62,9 @@ def held_out_samples(model, tokenizer, ctx, records: list[dict], reward_fn, max_
     prompts = [prompt_text(tokenizer, r["prompt"], spec.data) for r in records]
     ids = sample(model, tokenizer, prompts, max_new_tokens, temperature, spec.seed, spec.eval.batch_size, ctx.device)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    rewards = reward_fn(prompts, texts, answer=[r.get("response", "") for r in records])
-    return {"prompts": prompts, "ids": ids, "rewards": [float(r) for r in rewards],
+    answers = [r.get("response", "") for r in records]
+    rewards = reward_fn(prompts, texts, answer=answers)
+    return {"prompts": prompts, "ids": ids, "texts": texts, "answers": answers, "rewards": [float(r) for r in rewards],
             "prompt_ids": [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]}
 
 
@@ -95,11 +112,16 @@ def mean_se(values: list[float]) -> tuple[float | None, float | None]:
 
 
 class HeldOutScoring:
-    """The reward of an objective whose options have `reward`, `max_new_tokens` and `temperature` (built once
-    per run, dropped with `self.reward_fn = None`), and its held-out samples scored under it: what the RL
-    objectives and `ScoredUnderReward` share. `held_out_records` are the prompts' records (set before training)."""
+    """The reward of an objective whose options have `reward`, `held_out_reward`, `max_new_tokens` and
+    `temperature` (each built once per run, dropped by `drop_rewards`), and its held-out samples scored under
+    them: what the RL objectives and `ScoredUnderReward` share. `held_out_records` are the prompts' records
+    (set before training).
+
+    `held_out_reward` is a second reward that training never sees, scoring the same samples: over-optimisation
+    (Gao et al. 2022) shows as the training reward rising while this one does not."""
 
     reward_fn = None
+    held_out_fn = None
     held_out_records: list[dict] | tuple = ()
 
     def _reward_fn(self, ctx):
@@ -109,8 +131,27 @@ class HeldOutScoring:
 
     def _held_out(self, model, tokenizer, ctx) -> dict:
         o = self.options
-        return held_out_samples(model, tokenizer, ctx, self.held_out_records, self._reward_fn(ctx), o.max_new_tokens,
-                                o.temperature)
+        samples = held_out_samples(model, tokenizer, ctx, self.held_out_records, self._reward_fn(ctx),
+                                   o.max_new_tokens, o.temperature)
+        if o.held_out_reward:
+            if self.held_out_fn is None:
+                self.held_out_fn = reward_function(o.held_out_reward, ctx)
+            scores = self.held_out_fn(samples["prompts"], samples["texts"], answer=samples["answers"])
+            samples["held_out_rewards"] = [float(r) for r in scores]
+        return samples
+
+    @staticmethod
+    def record(samples: dict, metrics: dict, when: str = "") -> None:
+        """The samples' mean rewards and standard errors into `metrics`; `when` is "" (after training) or
+        "_before" (the start model)."""
+        metrics[f"rl_reward_mean{when}"], metrics[f"rl_reward{when}_se"] = mean_se(samples["rewards"])
+        if "held_out_rewards" in samples:
+            metrics[f"heldout_reward_mean{when}"], metrics[f"heldout_reward{when}_se"] = \
+                mean_se(samples["held_out_rewards"])
+
+    def drop_rewards(self) -> None:
+        """Let the frozen reward models go (before the common evaluation)."""
+        self.reward_fn = self.held_out_fn = None
 
 
 class ScoredUnderReward(HeldOutScoring):
@@ -119,24 +160,27 @@ class ScoredUnderReward(HeldOutScoring):
     it (`rl_reward_mean_before`, `rl_reward_mean` and their standard errors), as the RL objectives score theirs."""
 
     def held_models(self, config) -> list[str]:
-        held = super().held_models(config)
-        reward = self.options.reward
-        return [*held, reward] if reward and reward.startswith(RUN_REF) else held
+        o = self.options
+        return [*super().held_models(config), *reward_runs(o.reward, o.held_out_reward)]
 
     def check(self, spec, plan) -> list[tuple[str, str, str]]:
-        return [*super().check(spec, plan), *reward_problems(self.name, spec, plan, self.options.reward)]
+        return [*super().check(spec, plan), *reward_problems(self.name, spec, plan, self.options.reward),
+                *held_out_reward_problems(self.name, spec, plan, self.options)]
 
     def before_training(self, model, tokenizer, ctx, val_set, collator, prompts, metrics) -> None:
         super().before_training(model, tokenizer, ctx, val_set, collator, prompts, metrics)
         if self.options.reward:
             _, self.held_out_records = self.records(ctx, metrics)
-            before = self._held_out(model, tokenizer, ctx)
-            metrics["rl_reward_mean_before"], metrics["rl_reward_before_se"] = mean_se(before["rewards"])
+            self.record(self._held_out(model, tokenizer, ctx), metrics, "_before")
 
     def after_training(self, trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator,
                        metrics) -> None:
         super().after_training(trainer, model, tokenizer, ctx, train_records, val_records, val_set, collator, metrics)
         if self.options.reward:
-            after = self._held_out(model, tokenizer, ctx)
-            metrics["rl_reward_mean"], metrics["rl_reward_se"] = mean_se(after["rewards"])
-            self.reward_fn = None  # the frozen reward model goes before the common evaluation
+            self.record(self._held_out(model, tokenizer, ctx), metrics)
+            self.drop_rewards()
+
+
+def reward_runs(*rewards: str | None) -> list[str]:
+    """The `run:` references among the reward options (the models a run holds besides its own)."""
+    return [r for r in rewards if r and r.startswith(RUN_REF)]

@@ -45,11 +45,13 @@ class PreferenceOptions(StartOptions):
                                "rl_reward_mean (RL and offline tuning from one start, side by side)")
     max_new_tokens: int = Field(16, gt=0, description="with `reward`: longest held-out sample, in tokens")
     temperature: float = Field(1.0, gt=0, description="with `reward`: sampling temperature of the held-out samples")
-    ref_fields: ClassVar[tuple[str, ...]] = ("start", "reward")
+    held_out_reward: str | None = Field(None, description="with `reward`: a second reward scoring the same held-out "
+                                        "samples (as the RL objectives' option of that name)")
+    ref_fields: ClassVar[tuple[str, ...]] = ("start", "reward", "held_out_reward")
     #: added after runs were recorded: left out of the spec at their defaults (run ids unchanged)
-    late: ClassVar[dict] = {"reward": None, "max_new_tokens": 16, "temperature": 1.0}
+    late: ClassVar[dict] = {"reward": None, "max_new_tokens": 16, "temperature": 1.0, "held_out_reward": None}
 
-    @field_validator("reward")
+    @field_validator("reward", "held_out_reward")
     @classmethod
     def _reward_is_known(cls, value):
         from harness.objectives.parts.rl_rewards import check_reward

@@ -19,7 +19,8 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from harness.objectives.base import RUN_REF, Objective, StartOptions
-from harness.objectives.parts.held_out_reward import HeldOutScoring, mean_se, reward_problems
+from harness.objectives.parts.held_out_reward import (HeldOutScoring, held_out_reward_problems, reward_problems,
+                                                     reward_runs)
 
 
 class RlOptions(StartOptions):
@@ -33,10 +34,14 @@ class RlOptions(StartOptions):
     num_generations: int = Field(4, ge=2, description="completions per prompt (the group the advantage compares)")
     max_new_tokens: int = Field(16, gt=0, description="longest completion, in tokens")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts and held-out samples")
-    ref_fields: ClassVar[tuple[str, ...]] = ("start", "reward")
+    held_out_reward: str | None = Field(None, description="a second reward (`run:<slug>` of another reward run, or "
+                                        "a rule) scoring the same held-out samples, never trained against: "
+                                        "over-optimisation shows as the training reward rising while it does not")
+    ref_fields: ClassVar[tuple[str, ...]] = ("start", "reward", "held_out_reward")
+    #: added after runs were recorded: left out of the spec at their defaults (run ids unchanged)
+    late: ClassVar[dict] = {"held_out_reward": None}
 
-
-    @field_validator("reward")
+    @field_validator("reward", "held_out_reward")
     @classmethod
     def _reward_is_known(cls, value):
         from harness.objectives.parts.rl_rewards import check_reward
@@ -118,7 +123,7 @@ class RlObjective(HeldOutScoring, Objective):
         """A reward run's model, and a full reference copy where the KL term needs one (beta > 0, no adapter
         to switch off)."""
         o = self.options
-        held = [o.reward] if o.reward and o.reward.startswith(RUN_REF) else []
+        held = reward_runs(o.reward, o.held_out_reward)
         if o.beta > 0 and config.method.build().saves_full_model:
             held.append(o.start or config.model.name)
         return held
@@ -150,6 +155,7 @@ class RlObjective(HeldOutScoring, Objective):
                                          f"`{RUN_REF}<slug of a reward run>` or a rule reward "
                                          f"({', '.join(RULE_REWARDS.names())})"))
         problems.extend(reward_problems(self.name, spec, plan, o.reward))
+        problems.extend(held_out_reward_problems(self.name, spec, plan, o))
         if o.start:
             problems.extend(PreferenceObjective._check_start(self, spec, plan))
         return problems
@@ -158,8 +164,7 @@ class RlObjective(HeldOutScoring, Objective):
 
     def before_training(self, model, tokenizer, ctx, val_set, collator, prompts, metrics) -> None:
         _, self.held_out_records = self.records(ctx, metrics)
-        before = self._held_out(model, tokenizer, ctx)
-        metrics["rl_reward_mean_before"], metrics["rl_reward_before_se"] = mean_se(before["rewards"])
+        self.record(self._held_out(model, tokenizer, ctx), metrics, "_before")
 
     def trainer_parts(self, model, tokenizer, ctx, train_set, train_records, collator, metrics) -> dict:
         from datasets import Dataset
@@ -182,14 +187,14 @@ class RlObjective(HeldOutScoring, Objective):
         from harness.objectives.parts.preference import drop_reference, reference
 
         after = self._held_out(model, tokenizer, ctx)
-        metrics["rl_reward_mean"], metrics["rl_reward_se"] = mean_se(after["rewards"])
+        self.record(after, metrics)
         lengths = [len(ids) for ids in after["ids"]]
         metrics["gen_len_mean"] = sum(lengths) / len(lengths) if lengths else None
         has_reference = hasattr(model, "peft_config") or getattr(trainer, "ref_model", None) is not None
         metrics["kl_to_ref"] = kl_per_token(model, lambda: reference(trainer), after["prompt_ids"], after["ids"],
                                             ctx.device) if has_reference else None
         drop_reference(model)
-        self.reward_fn = None  # the frozen reward model goes before the common evaluation
+        self.drop_rewards()
 
     def finish(self, metrics: dict) -> None:
         gen_s, train_s = metrics.get("gen_s"), metrics.get("train_s")

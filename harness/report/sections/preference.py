@@ -109,8 +109,13 @@ RL = [Metric("rl_reward_mean_before", "reward at start", "{:.3f}"), Metric("rl_r
       Metric("rl_reward_before_se", "reward at start SE", "{:.3f}"), Metric("rl_reward_se", "reward SE", "{:.3f}"),
       Metric("gen_len_mean", "completion tokens", "{:.1f}"), Metric("gen_tokens_per_s", "rollout tokens/s", "{:.1f}"),
       Metric("gen_time_share", "rollout share %", "{:.0f}", 100)]
+#: the same samples under `objective.held_out_reward`, a reward never trained against
+HELD_OUT = [Metric("heldout_reward_mean_before", "held-out reward at start", "{:.3f}"),
+            Metric("heldout_reward_mean", "held-out reward", "{:.3f}"),
+            Metric("heldout_reward_before_se", "held-out reward at start SE", "{:.3f}"),
+            Metric("heldout_reward_se", "held-out reward SE", "{:.3f}")]
 _COST = {m.key: m for m in COSTS}
-POLICY_COLUMNS = [*RL, KL_REF, ACCURACY, QUALITY[0], _COST["train_s"], _COST["peak_mem_train_mb"],
+POLICY_COLUMNS = [*RL, *HELD_OUT, KL_REF, ACCURACY, QUALITY[0], _COST["train_s"], _COST["peak_mem_train_mb"],
                   _COST["trainable_params"]]
 Z95 = 1.959964
 
@@ -158,24 +163,36 @@ def reward_model_table(summary: pd.DataFrame) -> Table:
 def policy_table(summary: pd.DataFrame) -> Table:
     """One row per policy configuration (RL and offline preference tuning side by side)."""
     before, after, before_se, after_se, length, speed, share = RL
+    held = np.isfinite(summary[f"{HELD_OUT[1].key}_mean"]).any()
     rows = []
     for _, row in summary.iterrows():
         gain = row[f"{after.key}_mean"] - row[f"{before.key}_mean"]
+        checked = []
+        if held:
+            checked = [Cell(_change(row, *HELD_OUT), sortable(row[f"{HELD_OUT[1].key}_mean"])),
+                       number_cell(row[f"{HELD_OUT[1].key}_mean"] - row[f"{HELD_OUT[0].key}_mean"], "{:+.3f}")]
         rows.append([Cell(row["config"], row["config"]), Cell(row["objective"], row["objective"]),
                      spec_cell(row, "method.name"), spec_cell(row, "objective.beta"),
-                     Cell(f"{_interval(row, before, before_se)} → {_interval(row, after, after_se)}",
-                          sortable(row[f"{after.key}_mean"])),
-                     number_cell(gain, "{:+.3f}"),
+                     Cell(_change(row, before, after, before_se, after_se), sortable(row[f"{after.key}_mean"])),
+                     number_cell(gain, "{:+.3f}"), *checked,
                      *(metric_cell(row, m, False) for m in (KL_REF, ACCURACY, QUALITY[0], _COST["train_s"],
                                                             _COST["peak_mem_train_mb"], _COST["trainable_params"],
                                                             share, speed, length))])
     columns = ["configuration", "objective", "method", "β", "reward: start → after (± 95%)", "Δ reward",
+               *(["held-out reward: start → after (± 95%)", "Δ held-out"] if held else []),
                KL_REF.label + " (start)", ACCURACY.label, "eval loss (held-out chosen)",
                *(m.label for m in (_COST["train_s"], _COST["peak_mem_train_mb"], _COST["trainable_params"], share,
                                    speed, length))]
     return Table("Policies from the same SFT start: online RL (reward under the training reward on held-out prompts, "
-                 "start model → trained policy) beside offline preference tuning (its preference accuracy); KL is "
-                 "to the start model, eval loss on the held-out chosen answers", columns, rows)
+                 "start model → trained policy) beside offline preference tuning (its preference accuracy); "
+                 + ("the held-out reward scores the same samples under a reward model no run trains against; "
+                    if held else "") + "KL is to the start model, eval loss on the held-out chosen answers",
+                 columns, rows)
+
+
+def _change(row, before: Metric, after: Metric, before_se: Metric, after_se: Metric) -> str:
+    """"start ± h → after ± h"."""
+    return f"{_interval(row, before, before_se)} → {_interval(row, after, after_se)}"
 
 
 def rlhf_findings(models: pd.DataFrame, policies: pd.DataFrame) -> list[str]:
@@ -196,6 +213,7 @@ def rlhf_findings(models: pd.DataFrame, policies: pd.DataFrame) -> list[str]:
                        f"({top['config']}), {_interval(top, RL[0], RL[2])} → {_interval(top, RL[1], RL[3])} "
                        "at a KL to "
                        f"the start of {KL_REF.format(top[f'{KL_REF.key}_mean'])} nats/token.")
+        out.extend(over_optimisation(rl))
         share = rl[f"{RL[6].key}_mean"]
         if np.isfinite(share).any():
             out.append(f"Writing rollouts took {100 * np.nanmin(share):.0f}–{100 * np.nanmax(share):.0f}% of RL "
@@ -217,6 +235,27 @@ def rlhf_findings(models: pd.DataFrame, policies: pd.DataFrame) -> list[str]:
                            f"{_interval(best_off, RL[1], RL[3])} (± 95%; overlapping intervals do not separate them). "
                            "DPO/ORPO never see the reward model while training; RL optimises it, so a higher RL "
                            "reward may be over-optimisation: read it with the KL and eval loss beside it.")
+    return out
+
+
+def over_optimisation(rl: pd.DataFrame) -> list[str]:
+    """Per RL policy scored under a held-out reward: did that reward follow the training reward? A gain in the
+    training reward with none (or a loss) in the held-out one is the policy exploiting its reward model."""
+    out = []
+    for _, row in rl.iterrows():
+        trained = row[f"{RL[1].key}_mean"] - row[f"{RL[0].key}_mean"]
+        held = row[f"{HELD_OUT[1].key}_mean"] - row[f"{HELD_OUT[0].key}_mean"]
+        if not (np.isfinite(trained) and np.isfinite(held)):
+            continue
+        if trained > 0 and held <= 0:
+            verdict = "over-optimisation: the training reward rose while the held-out one did not"
+        elif trained > 0:
+            verdict = f"the held-out reward followed ({100 * held / trained:.0f}% of the training reward's gain)"
+        else:
+            verdict = "the training reward did not rise, so there was nothing to over-optimise"
+        out.append(f"{row['objective']} {text(row.get('method.name'))} ({row['config']}): training reward "
+                   f"{trained:+.3f}, held-out reward {held:+.3f} on the same samples — {verdict} (single-run "
+                   "changes; their ± 95% are in the table).")
     return out
 
 

@@ -1,0 +1,58 @@
+"""The report's RLHF part: reward models with their Wilson interval, RL beside DPO from one start, the held-out
+reward beside the training reward, and the over-optimisation finding."""
+
+from __future__ import annotations
+
+from harness.report.build import build
+from harness.report.render import to_markdown
+from report_store import write_run
+
+START = "run:lora-n100-s0"
+
+
+def _policy(root, name, method, before, after, held=None, **extra):
+    metrics = {"rl_reward_mean_before": before, "rl_reward_mean": after, "rl_reward_before_se": 0.05,
+               "rl_reward_se": 0.05, "kl_to_ref": 0.02, **extra}
+    if held is not None:
+        metrics.update(heldout_reward_mean_before=held[0], heldout_reward_mean=held[1],
+                       heldout_reward_before_se=0.04, heldout_reward_se=0.04)
+    objective = {"name": name, "start": START, "reward": "run:rm-lora-n100-s0"}
+    return write_run(root, "rl", method=method, objective=objective, extra=metrics,
+                     slug=f"{name}-{method}", eval_loss=2.5)
+
+
+def _store(root):
+    write_run(root, "rl", method="lora", eval_loss=2.4)  # the SFT start
+    write_run(root, "rl", method="lora", objective={"name": "reward", "start": START}, slug="rm-lora-n100-s0",
+              extra={"reward_accuracy": 0.75, "reward_accuracy_train": 0.9, "reward_margin": 0.3,
+                     "reward_pairs": 24.0})
+    # LoRA exploits the reward: it rises, the held-out one falls; full FT's held-out reward follows half way
+    _policy(root, "grpo", "lora", 0.20, 0.60, held=(0.10, 0.05), gen_time_share=0.3, gen_tokens_per_s=40.0,
+            gen_len_mean=8.0)
+    _policy(root, "grpo", "full", 0.20, 0.40, held=(0.10, 0.20), gen_time_share=0.4, gen_tokens_per_s=50.0,
+            gen_len_mean=8.0)
+    _policy(root, "dpo", "lora", 0.20, 0.25, held=(0.10, 0.12), pref_accuracy=0.7)
+
+
+def test_rlhf_part_shows_the_held_out_reward_and_names_over_optimisation(tmp_path):
+    _store(tmp_path)
+    page = to_markdown(build("rl", tmp_path))
+    part = page[page.index("## RLHF"):]
+    assert "75.0 [" in part  # the reward model's accuracy with its Wilson interval
+    header = next(line for line in part.splitlines() if line.startswith("| configuration | objective"))
+    assert "held-out reward: start → after (± 95%)" in header and "Δ held-out" in header
+    grpo_lora = next(line for line in part.splitlines() if line.startswith("| grpo-lora"))
+    assert "0.200 ± 0.098 → 0.600 ± 0.098" in grpo_lora and "0.100 ± 0.078 → 0.050 ± 0.078" in grpo_lora
+    assert "+0.400" in grpo_lora and "-0.050" in grpo_lora
+    assert "training reward +0.400, held-out reward -0.050 on the same samples — over-optimisation" in part
+    assert "the held-out reward followed (50% of the training reward's gain)" in part
+    assert "| dpo-lora" in part  # offline tuning from the same start sits beside RL
+
+
+def test_without_a_held_out_reward_the_table_has_no_such_column(tmp_path):
+    write_run(tmp_path, "rl", method="lora", eval_loss=2.4)
+    _policy(tmp_path, "grpo", "lora", 0.20, 0.60, gen_time_share=0.3, gen_tokens_per_s=40.0, gen_len_mean=8.0)
+    part = to_markdown(build("rl", tmp_path))
+    part = part[part.index("## RLHF"):]
+    assert "held-out reward" not in part and "over-optimisation" not in part.replace("may be over-optimisation", "")
+    assert "0.200 ± 0.098 → 0.600 ± 0.098" in part
