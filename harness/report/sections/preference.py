@@ -238,25 +238,43 @@ def rlhf_findings(models: pd.DataFrame, policies: pd.DataFrame) -> list[str]:
     return out
 
 
+def _delta(row, before: Metric, after: Metric, before_se: Metric, after_se: Metric) -> tuple[float, float]:
+    """(after − before, the 95% half-width of that change from the two standard errors). The two means are over
+    the same prompts, so treating them as independent overstates the noise: a change this rule calls real is."""
+    change = row[f"{after.key}_mean"] - row[f"{before.key}_mean"]
+    return change, Z95 * math.hypot(row[f"{before_se.key}_mean"], row[f"{after_se.key}_mean"])
+
+
 def over_optimisation(rl: pd.DataFrame) -> list[str]:
     """Per RL policy scored under a held-out reward: did that reward follow the training reward? A gain in the
-    training reward with none (or a loss) in the held-out one is the policy exploiting its reward model."""
+    training reward with a loss in the held-out one is the policy exploiting its reward model; a change within
+    its noise is called nothing."""
     out = []
     for _, row in rl.iterrows():
-        trained = row[f"{RL[1].key}_mean"] - row[f"{RL[0].key}_mean"]
-        held = row[f"{HELD_OUT[1].key}_mean"] - row[f"{HELD_OUT[0].key}_mean"]
+        trained, t_half = _delta(row, *RL[:4])
+        held, h_half = _delta(row, *HELD_OUT)
         if not (np.isfinite(trained) and np.isfinite(held)):
             continue
-        if trained > 0 and held <= 0:
-            verdict = "over-optimisation: the training reward rose while the held-out one did not"
-        elif trained > 0:
-            verdict = f"the held-out reward followed ({100 * held / trained:.0f}% of the training reward's gain)"
+        said = f"training reward {trained:+.3f} ± {t_half:.3f}, held-out reward {held:+.3f} ± {h_half:.3f} (95%)"
+        if not trained - t_half > 0:
+            verdict = ("the training reward did not rise beyond its noise, so over-optimisation cannot be told from "
+                       "none here (more held-out prompts or steps)")
+        elif held - h_half > 0:
+            verdict = "the held-out reward rose too: the gain transferred"
+        elif held + h_half < 0:
+            verdict = "over-optimisation: the held-out reward fell while the training reward rose"
         else:
-            verdict = "the training reward did not rise, so there was nothing to over-optimise"
-        out.append(f"{row['objective']} {text(row.get('method.name'))} ({row['config']}): training reward "
-                   f"{trained:+.3f}, held-out reward {held:+.3f} on the same samples — {verdict} (single-run "
-                   "changes; their ± 95% are in the table).")
+            verdict = ("the held-out reward did not move beyond its noise while the training reward rose: the gain "
+                       "did not transfer (over-optimisation, or a held-out model too weak to see it)")
+        out.append(f"{row['objective']} {text(row.get('method.name'))} ({row['config']}): {said} — {verdict}.")
     return out
+
+
+def held_out_models(policies: pd.DataFrame) -> list[str]:
+    """The held-out reward the policies were scored under, named once."""
+    refs = sorted(set(column(policies, "objective.held_out_reward").dropna())) if not policies.empty else []
+    return [f"Held-out reward: {', '.join(f'`{r}`' for r in refs)} scores the same samples as the training reward; "
+            "no run trains against it, so it checks the training reward for over-optimisation."] if refs else []
 
 
 def rlhf_section(df: pd.DataFrame) -> Section | None:
@@ -282,7 +300,7 @@ def rlhf_section(df: pd.DataFrame) -> Section | None:
         "sample each, same seed) for the start model and the trained policy; ± is 1.96 × the standard error over "
         "prompts (over seeds when there are several). DPO and ORPO from the same start sit beside them, scored "
         "under the same reward on the same prompts when their `objective.reward` names it.")])
-    section.bullets = rlhf_findings(models, summary)
+    section.bullets = [*rlhf_findings(models, summary), *held_out_models(policies)]
     if not models.empty:
         section.tables.append(reward_model_table(models))
     if not summary.empty:
