@@ -141,6 +141,25 @@ def bench_adapterdrop(model_name: str, drops: list[int], repeats: int) -> None:
 
 H2H_METHODS = {"lora": {"name": "lora", "r": 8, "alpha": 16}, "full": {"name": "full"},
                "qlora": {"name": "qlora", "r": 8, "alpha": 16}}
+#: ftbench options a head-to-head job may add after `+` (`lora+cpu_kernels`); the plain script runs the method
+H2H_OPTIONS = {"cpu_kernels": {"train.kernels": "cpu"}}
+
+
+def h2h_job(name: str) -> dict:
+    """A head-to-head job (`lora`, `lora+cpu_kernels`) as a grid row: its method and ftbench options."""
+    method, *options = name.split("+")
+    return {"method": H2H_METHODS[method], **{k: v for o in options for k, v in H2H_OPTIONS[o].items()}}
+
+
+def h2h_name(config) -> str:
+    return config.method.name + "".join(f"+{o}" for o, keys in H2H_OPTIONS.items()
+                                        if all(_get(config, k) == v for k, v in keys.items()))
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
@@ -192,7 +211,7 @@ def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[st
                         "data": {"name": "chatterbot", "n_train": steps * batch, "n_val": 32, "n_test": 0},
                         "train": {"max_steps": steps, "micro_batch": batch, "seq_len": 256, "lr": 2.0e-4},
                         "eval": {"latency": False}},
-               "grid": {"method": [H2H_METHODS[m] for m in methods]}}
+               "grid": {"stage": [h2h_job(m) for m in methods]}}
         (tmp / "h2h.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         specs = expand(load_experiment(tmp / "h2h.yaml"))
         # the examples every method trains on (one data section, seed and seq_len for all), for the plain script
@@ -219,7 +238,7 @@ def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[st
             return json.loads(out.read_text())
 
         for spec in specs:
-            method = spec.config.method.name
+            method, job = spec.config.method.name, h2h_name(spec.config)
             pairs = []
             for r in range(rounds):
                 if r % 2 == 0:
@@ -229,7 +248,7 @@ def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[st
                     plain = theirs(method, r)
                     result = ours(spec, r)
                 if result["status"] != "ok":
-                    print(f"  {method}: ftbench run {result['status']}: {(result.get('error') or {}).get('message')}")
+                    print(f"  {job}: ftbench run {result['status']}: {(result.get('error') or {}).get('message')}")
                     break
                 pairs.append((result["metrics"], plain))
             if len(pairs) < rounds:
@@ -239,7 +258,7 @@ def bench_head_to_head(model_name: str, steps: int, batch: int, methods: list[st
             mine = statistics.median(m["train_tokens_per_s"] for m, _ in pairs)
             plains = statistics.median(p["train_tokens_per_s"] for _, p in pairs)
             m, plain = pairs[0]
-            print(f"  {method:5s}: ftbench {mine:6.1f} real tokens/s, plain Trainer+peft {plains:6.1f} (medians) → "
+            print(f"  {job:5s}: ftbench {mine:6.1f} real tokens/s, plain Trainer+peft {plains:6.1f} (medians) → "
                   f"{ratio:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in ratios)}); eval loss {m['eval_loss']:.4f} vs "
                   f"{plain['eval_loss']:.4f}; {100 * m['mfu']:.0f}% of the matmul peak "
                   f"(plain {100 * m['mfu'] / ratios[0]:.0f}%)")
@@ -285,7 +304,9 @@ def main() -> None:
     parser.add_argument("--drops", default="0,10,20", help="AdapterDrop k values (comma-separated)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", choices=["grid", "packing", "adapterdrop", "h2h"], help="run one benchmark")
-    parser.add_argument("--h2h-methods", default="lora,full,qlora", help="head-to-head methods (comma-separated)")
+    parser.add_argument("--h2h-methods", default="lora,lora+cpu_kernels,full,qlora,qlora+cpu_kernels",
+                        help="head-to-head jobs (comma-separated): a method, `+cpu_kernels` for ftbench's "
+                             "train.kernels: cpu (the plain script runs the method as peft ships it)")
     parser.add_argument("--h2h-steps", type=int, default=20)
     parser.add_argument("--h2h-rounds", type=int, default=2,
                         help="interleaved ftbench/plain pairs per method (ABBA order); the ratio is their median")

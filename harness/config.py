@@ -68,11 +68,14 @@ class TrainCfg(Section):
     save_weights: Literal["adapter", "all", "none"] = "adapter"  # adapter: keep PEFT adapters, not full copies
     # GPU speed options (docs/performance.md#on-a-gpu): each changes the numerics slightly (`kernels` the
     # most), so a report lists them beside the budget keys
-    kernels: Literal["none", "liger"] = Field(
+    kernels: Literal["none", "liger", "cpu"] = Field(
         "none", description="liger: Liger's Triton kernels (fused linear cross-entropy, RMSNorm, SwiGLU, RoPE) "
         "patched into the model before the method; CUDA only (pip install liger-kernel). Where ftbench "
         "computes the SFT loss, the logits are never materialised (less memory); the loss is accumulated in "
-        "fp32 chunks, so losses are close to, not bitwise equal to, those of `none`")
+        "fp32 chunks, so losses are close to, not bitwise equal to, those of `none`. cpu: ftbench's CPU "
+        "kernels after the method (harness/cpu_kernels.py): dropout masks from a counter-based generator in one "
+        "pass (the same Bernoulli(p), another random stream) and LoRA's up-projection, scaling and add as one "
+        "addmm; not bit-identical to `none`")
     attn_implementation: Literal["auto", "sdpa_varlen", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 on CUDA in bf16/fp16 when the `flash_attn` package is "
         "installed, else sdpa_varlen; both run each example of a packed row on its own (padding-free varlen "

@@ -410,6 +410,11 @@ declare("gen_tokens_per_s", "tokens/s", True, "completion tokens written during 
         device=WALL_TIME, **_R)
 declare("gen_time_share", "fraction", None, "gen_s ÷ train_s: the share of the training phase spent generating",
         **_R)
+# issue 21: train.kernels: cpu (harness/cpu_kernels.py)
+declare("kernels_dropout_modules", "modules", None, "train.kernels cpu: dropout modules drawn by the counter-based "
+        "kernel")
+declare("kernels_lora_modules", "modules", None, "train.kernels cpu: LoRA layers whose up-projection, scaling and "
+        "add run as one addmm")
 # derived by the report, never stored
 declare("cost_usd", "USD", False, "train_s × the report's price per hour (`--price-per-hour`)", group="report",
         stored=False, device=WALL_TIME)  # train_s's timing: contention inflates it too

@@ -190,10 +190,10 @@ def apply_kernels(model, kernels: str):
     Raises:
         ModelLoadError: liger is not installed, or has no kernels for this model type.
     """
-    if kernels == "none":
+    if kernels in ("none", "cpu"):  # `cpu` patches the method's layers, after it wraps the model (harness.recipe)
         return model
     if kernels != "liger":
-        raise ValueError(f"kernels must be one of none, liger, but got kernels={kernels!r}")
+        raise ValueError(f"kernels must be one of none, liger, cpu, but got kernels={kernels!r}")
     try:
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN

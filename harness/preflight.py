@@ -219,7 +219,7 @@ def check_gpu_options(specs, *, file: str, cuda: bool | None = None) -> list[tup
                    "needs the liger-kernel package, which is not installed: pip install liger-kernel")
             why = why or _liger_unsupported(spec.config.model)
             if why:
-                problems.append((file, f"{where}.kernels", f"`liger` {why}. Allowed here: none."))
+                problems.append((file, f"{where}.kernels", f"`liger` {why}. Allowed here: none, cpu."))
         if train.attn_implementation == "flash_attention_2":
             allowed_here = "Allowed here: auto, sdpa_varlen, sdpa, eager."
             if not cuda:

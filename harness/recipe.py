@@ -54,6 +54,10 @@ def train_and_measure(spec, run_dir: Path, metrics: dict, tracker, reference: Pa
         * spec.train.epochs)
     method = spec.method.build()
     model = method.apply(model, ctx)
+    if spec.train.kernels == "cpu":
+        from harness.cpu_kernels import apply_cpu_kernels
+
+        metrics.update(apply_cpu_kernels(model))
     activate = objective.after_method(model, tokenizer, ctx)
     if spec.train.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # checkpointed blocks need a grad path from frozen embeddings

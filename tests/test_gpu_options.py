@@ -52,7 +52,7 @@ def _dry_run(tmp_path, **train):
 
 
 @pytest.mark.parametrize("key, value, allowed", [
-    ("kernels", "liger", "Allowed here: none."),
+    ("kernels", "liger", "Allowed here: none, cpu."),
     ("attn_implementation", "flash_attention_2", "Allowed here: auto, sdpa_varlen, sdpa, eager."),
 ])
 def test_preflight_rejects_what_needs_cuda_on_this_machine(tmp_path, key, value, allowed):

@@ -1,0 +1,176 @@
+"""ftbench's CPU kernels (`train.kernels: cpu`), patched into a model after its method wraps it.
+
+1. **Counter-based dropout.** torch's CPU dropout draws one float per element from its Mersenne Twister,
+   then multiplies and keeps a float mask for the backward pass: at ~4 ns per element it was 17-25% of a
+   LoRA step on SmolLM2-135M (docs/performance.md), where every adapted linear layer drops its input. Here
+   one pass draws the mask from SplitMix64 (four 16-bit draws per 64-bit number, in fixed chunks seeded by a
+   counter, so the mask does not depend on the thread count), scales the kept elements and writes the
+   output; the backward pass draws the same mask again from the same seed instead of storing it. Each
+   element is dropped with probability round(p · 65536) / 65536 (p = 0.05: 0.0500030…), independently —
+   the same Bernoulli distribution as torch's, another random stream. Only float32/float64 CPU tensors take
+   this path; anything else (CUDA, bf16) falls back to torch's dropout.
+2. **LoRA's up-projection, scaling and residual add as one `addmm`.** peft computes
+   `result + lora_B(h) * scaling`: a matmul, then two passes over the output. `torch.addmm(result, h,
+   B^T, alpha=scaling)` is the same sum in one BLAS call (peft's plain `Linear` with one active adapter, no
+   variant such as DoRA, no bias on B; anything else runs peft's own forward).
+
+Both change the last bits (another random stream; another summation order), so a run with them is not
+bit-identical to one without: `train.kernels` is a budget key the report lists.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["FastDropout", "apply_cpu_kernels", "counter_dropout", "fuse_lora", "swap_dropouts"]
+
+#: elements per independently seeded chunk (four per 64-bit draw)
+CHUNK = 4096
+_KERNEL = None
+
+
+def _kernel():
+    """The numba kernel, compiled on first use (cached beside this module when it can be written)."""
+    global _KERNEL
+    if _KERNEL is None:
+        import numpy as np
+        from numba import njit, prange
+
+        golden, mix1, mix2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+        stride = np.uint64(0xD1B54A32D192ED03)
+
+        @njit(inline="always")
+        def keep(z, k, threshold):
+            return ((z >> np.uint64(16 * k)) & np.uint64(0xFFFF)) >= threshold
+
+        @njit(parallel=True, cache=True)
+        def drop(x, out, seed, threshold, scale):
+            n = x.size
+            for c in prange((n + CHUNK - 1) // CHUNK):
+                state = np.uint64(seed) + np.uint64(c + 1) * stride
+                start = c * CHUNK
+                end = min(start + CHUNK, n)
+                for i in range(start, end, 4):
+                    state += golden  # SplitMix64
+                    z = state
+                    z = (z ^ (z >> np.uint64(30))) * mix1
+                    z = (z ^ (z >> np.uint64(27))) * mix2
+                    z ^= z >> np.uint64(31)
+                    if i + 4 <= end:  # four elements per draw, unrolled
+                        out[i] = x[i] * scale if keep(z, 0, threshold) else 0.0
+                        out[i + 1] = x[i + 1] * scale if keep(z, 1, threshold) else 0.0
+                        out[i + 2] = x[i + 2] * scale if keep(z, 2, threshold) else 0.0
+                        out[i + 3] = x[i + 3] * scale if keep(z, 3, threshold) else 0.0
+                    else:
+                        for k in range(end - i):
+                            out[i + k] = x[i + k] * scale if keep(z, k, threshold) else 0.0
+
+        _KERNEL = drop
+    return _KERNEL
+
+
+def _fits(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def _apply(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    import numpy as np
+
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    _kernel()(x.detach().numpy().reshape(-1), out.numpy().reshape(-1), np.uint64(seed),
+              np.uint64(round(p * 65536)), x.new_tensor(1 / (1 - p)).item())
+    return out
+
+
+class _CounterDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p, seed):
+        ctx.p, ctx.seed = p, seed
+        return _apply(x, p, seed)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _apply(grad, ctx.p, ctx.seed), None, None  # the same mask, drawn again from the same seed
+
+
+def counter_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Dropout of `x` with probability `p` (scaled by 1/(1 − p)), drawn as described above; torch's own
+    dropout where this path does not fit. The seed comes from torch's generator: `torch.manual_seed`
+    makes it reproducible."""
+    if not training or p <= 0:
+        return x
+    if p >= 1 or not _fits(x):
+        return nn.functional.dropout(x, p, training)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    return _CounterDropout.apply(x, p, seed)
+
+
+class FastDropout(nn.Dropout):
+    """`nn.Dropout` whose training-time mask is `counter_dropout`'s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return counter_dropout(x, self.p, self.training)
+
+
+def swap_dropouts(model: nn.Module) -> int:
+    """Make every `nn.Dropout` module of `model` (LoRA's `lora_dropout`, adapters' dropout …) a `FastDropout`
+    with the same p, in place; returns how many there were."""
+    swapped = 0
+    for module in model.modules():
+        if type(module) is nn.Dropout and module.p > 0:
+            module.__class__ = FastDropout
+            swapped += 1
+    if swapped:
+        from numba import set_num_threads
+
+        set_num_threads(max(1, min(torch.get_num_threads(), _numba_threads())))
+        _kernel()
+    return swapped
+
+
+def _numba_threads() -> int:
+    from numba import config
+
+    return config.NUMBA_NUM_THREADS
+
+
+def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """peft's `lora.Linear.forward` with the up-projection, scaling and add in one addmm, where that is the
+    same computation; peft's own forward everywhere else."""
+    active = self.active_adapters
+    if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1 or active[0] not in self.lora_A
+            or active[0] in self.lora_variant or self.lora_B[active[0]].bias is not None):
+        return type(self).forward(self, x, *args, **kwargs)
+    name = active[0]
+    lora_A, lora_B = self.lora_A[name], self.lora_B[name]
+    result = self.base_layer(x)
+    if result.dtype != lora_B.weight.dtype or x.dtype != lora_A.weight.dtype:
+        return type(self).forward(self, x, *args, **kwargs)
+    h = lora_A(self.lora_dropout[name](x))
+    shape = result.shape
+    return torch.addmm(result.reshape(-1, shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.weight.t(),
+                       alpha=self.scaling[name]).view(shape)
+
+
+def fuse_lora(model: nn.Module) -> int:
+    """Give every peft `lora.Linear` of `model` (not its quantized or variant subclasses) the fused forward,
+    per instance (other models in the process keep peft's); returns how many."""
+    import types
+
+    try:
+        from peft.tuners.lora.layer import Linear
+    except ImportError:
+        return 0
+    fused = 0
+    for module in model.modules():
+        if type(module) is Linear:
+            module.forward = types.MethodType(_fused_lora_forward, module)
+            fused += 1
+    return fused
+
+
+def apply_cpu_kernels(model: nn.Module) -> dict:
+    """Both kernels on `model`, in place; the counts, as run metrics."""
+    return {"kernels_dropout_modules": swap_dropouts(model), "kernels_lora_modules": fuse_lora(model)}
