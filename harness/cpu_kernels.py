@@ -40,11 +40,8 @@ def _kernel():
         golden, mix1, mix2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
         stride = np.uint64(0xD1B54A32D192ED03)
 
-        @njit(inline="always")
-        def keep(z, k, threshold):
-            return ((z >> np.uint64(16 * k)) & np.uint64(0xFFFF)) >= threshold
-
-        @njit(parallel=True, cache=True)
+        # no `nnan`/`ninf`: a NaN input stays NaN where it is kept and where it is dropped, as with torch's mask
+        @njit(parallel=True, cache=True, fastmath={"nsz", "contract", "arcp", "reassoc", "afn"})
         def drop(x, out, seed, threshold, scale):
             n = x.size
             for c in prange((n + CHUNK - 1) // CHUNK):
@@ -57,14 +54,11 @@ def _kernel():
                     z = (z ^ (z >> np.uint64(30))) * mix1
                     z = (z ^ (z >> np.uint64(27))) * mix2
                     z ^= z >> np.uint64(31)
-                    if i + 4 <= end:  # four elements per draw, unrolled
-                        out[i] = x[i] * scale if keep(z, 0, threshold) else 0.0
-                        out[i + 1] = x[i + 1] * scale if keep(z, 1, threshold) else 0.0
-                        out[i + 2] = x[i + 2] * scale if keep(z, 2, threshold) else 0.0
-                        out[i + 3] = x[i + 3] * scale if keep(z, 3, threshold) else 0.0
-                    else:
-                        for k in range(end - i):
-                            out[i + k] = x[i + k] * scale if keep(z, k, threshold) else 0.0
+                    for k in range(4):  # four 16-bit draws; branch-free, so the loop vectorises
+                        j = i + k
+                        if j < end:
+                            keep = ((z >> np.uint64(16 * k)) & np.uint64(0xFFFF)) >= threshold
+                            out[j] = x[j] * (scale * keep)
 
         _KERNEL = drop
     return _KERNEL

@@ -70,6 +70,8 @@ def test_eval_mode_zero_p_and_other_dtypes_keep_torchs_behaviour():
     module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.1), torch.nn.Dropout(0.0))
     assert swap_dropouts(module) == 1 and isinstance(module[1], FastDropout) and module[1].p == 0.1
     assert type(module[2]) is torch.nn.Dropout  # p = 0: nothing to draw
+    # a NaN stays NaN, kept or dropped, as under torch's mask (a diverging run must still show it)
+    assert torch.isnan(counter_dropout(torch.full((4096,), float("nan")), 0.5)).all()
 
 
 @pytest.mark.parametrize("variant", [{}, {"use_dora": True}, {"use_rslora": True}])
