@@ -32,8 +32,10 @@ def test_a_bad_launcher_is_one_message_and_exit_2(tmp_path, monkeypatch):
 
 
 def test_a_forked_run_records_what_a_fresh_process_records(tmp_path, monkeypatch):
-    """The same tiny run through both launchers: the same losses to the last bit, its output in
-    run.log, its claim held while it runs and let go when it ends."""
+    """The same tiny run through both launchers: the same losses (to 1e-6 relative: once in ~30 full-suite
+    runs the two differed in the last bits, as a BLAS call may split its sums otherwise under load; any
+    real difference in what the fork inherits is orders larger), its output in run.log, its claim held
+    while it runs and let go when it ends."""
     from harness import store
     from harness.executor import LocalExecutor
 
@@ -59,7 +61,9 @@ def test_a_forked_run_records_what_a_fresh_process_records(tmp_path, monkeypatch
         assert "Traceback" not in (directory / "run.log").read_text()
         results[launcher] = read_result(directory)
     fresh, forked = results["process"]["metrics"], results["fork"]["metrics"]
-    for key in ("eval_loss", "train_loss", "train_tokens", "trainable_params", "adapter_bytes"):
+    for key in ("eval_loss", "train_loss"):
+        assert forked[key] == pytest.approx(fresh[key], rel=1e-6, abs=0), key
+    for key in ("train_tokens", "trainable_params", "adapter_bytes"):
         assert forked[key] == fresh[key], key
     assert results["fork"]["env"]["torch_threads"] == results["process"]["env"]["torch_threads"]
     assert results["fork"]["run_id"] == results["process"]["run_id"]
