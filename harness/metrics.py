@@ -415,6 +415,7 @@ declare("kernels_dropout_modules", "modules", None, "train.kernels cpu: dropout 
         "kernel")
 declare("kernels_lora_modules", "modules", None, "train.kernels cpu: LoRA layers whose up-projection, scaling and "
         "add run as one addmm")
+declare("kernels_norm_modules", "modules", None, "train.kernels cpu: RMSNorm modules computed in one pass per row")
 # derived by the report, never stored
 declare("cost_usd", "USD", False, "train_s × the report's price per hour (`--price-per-hour`)", group="report",
         stored=False, device=WALL_TIME)  # train_s's timing: contention inflates it too

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import read_result, run_cli, run_dirs, tiny_base, write_experiment
-from harness.cpu_kernels import FastDropout, counter_dropout, fuse_lora, swap_dropouts
+from harness.cpu_kernels import FastDropout, counter_dropout, fuse_lora, fuse_rms_norms, rms_norm, swap_dropouts
 
 
 def test_dropout_drops_each_element_with_probability_p_and_scales_the_rest():
@@ -102,6 +102,30 @@ def test_fused_lora_forward_computes_what_peft_does(variant):
     assert not torch.allclose(base, expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("trains_weight", [False, True])
+def test_one_pass_rms_norm_matches_llamas_forward_and_backward(trains_weight):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(96, eps=1e-5)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.weight.requires_grad_(trains_weight)
+    x = torch.randn(3, 17, 96, requires_grad=True)
+    upstream = torch.randn(3, 17, 96)
+    expected = norm(x)
+    expected.backward(upstream)
+    want = (x.grad.clone(), norm.weight.grad.clone() if trains_weight else None)
+    x.grad, norm.weight.grad = None, None
+    assert fuse_rms_norms(torch.nn.Sequential(norm)) == 1
+    got = norm(x)
+    got.backward(upstream)
+    assert torch.allclose(got, expected, atol=1e-5) and torch.allclose(x.grad, want[0], atol=1e-5)
+    if trains_weight:
+        assert torch.allclose(norm.weight.grad, want[1], rtol=1e-4, atol=1e-4)
+    assert rms_norm(x.double(), norm.weight.double(), 1e-5) is None  # float32 only: Llama's own path
+    assert torch.equal(norm(x.detach().double()), LlamaRMSNorm.forward(norm, x.detach().double()))
+
+
 def test_a_run_with_cpu_kernels_records_them_and_matches_the_plain_run(tmp_path):
     path = write_experiment(tmp_path, "kern", base=tiny_base(eval={"latency": False}),
                             grid={"train.kernels": ["none", "cpu"]})
@@ -112,6 +136,7 @@ def test_a_run_with_cpu_kernels_records_them_and_matches_the_plain_run(tmp_path)
     assert runs["cpu"]["status"] == runs["none"]["status"] == "ok"
     m, plain = runs["cpu"]["metrics"], runs["none"]["metrics"]
     assert m["kernels_dropout_modules"] == m["kernels_lora_modules"] == 14  # 2 layers × 7 adapted linears
+    assert m["kernels_norm_modules"] == 5  # 2 per layer and the final one
     assert "kernels_dropout_modules" not in plain or plain["kernels_dropout_modules"] is None
     # another random stream, the same distribution: after 3 steps the losses agree closely, not bitwise
     assert m["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-3)
