@@ -74,8 +74,8 @@ class TrainCfg(Section):
         "computes the SFT loss, the logits are never materialised (less memory); the loss is accumulated in "
         "fp32 chunks, so losses are close to, not bitwise equal to, those of `none`. cpu: ftbench's CPU "
         "kernels after the method (harness/cpu_kernels.py): dropout masks from a counter-based generator in one "
-        "pass (the same Bernoulli(p), another random stream) and LoRA's up-projection, scaling and add as one "
-        "addmm; not bit-identical to `none`")
+        "pass (the same Bernoulli(p), another random stream), LoRA's up-projection, scaling and add as one "
+        "addmm, and RMSNorm in one pass per row; not bit-identical to `none`")
     attn_implementation: Literal["auto", "sdpa_varlen", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 on CUDA in bf16/fp16 when the `flash_attn` package is "
         "installed, else sdpa_varlen; both run each example of a packed row on its own (padding-free varlen "
