@@ -32,6 +32,9 @@ __all__ = ["FastDropout", "apply_cpu_kernels", "counter_dropout", "fuse_lora", "
 
 #: elements per independently seeded chunk (four per 64-bit draw)
 CHUNK = 4096
+#: numba's fast-math flags without `nnan`/`ninf`: NaN and inf pass through as in torch (a NaN input stays NaN
+#: where the dropout keeps it and where it drops it, as under torch's mask)
+_FAST = {"nsz", "contract", "arcp", "reassoc", "afn"}
 _KERNEL = None
 
 
@@ -45,8 +48,7 @@ def _kernel():
         golden, mix1, mix2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
         stride = np.uint64(0xD1B54A32D192ED03)
 
-        # no `nnan`/`ninf`: a NaN input stays NaN where it is kept and where it is dropped, as with torch's mask
-        @njit(parallel=True, cache=True, fastmath={"nsz", "contract", "arcp", "reassoc", "afn"})
+        @njit(parallel=True, cache=True, fastmath=_FAST)
         def drop(x, out, seed, threshold, scale):
             n = x.size
             for c in prange((n + CHUNK - 1) // CHUNK):
@@ -122,31 +124,23 @@ def swap_dropouts(model: nn.Module) -> int:
             module.__class__ = FastDropout
             swapped += 1
     if swapped:
-        from numba import set_num_threads
-
-        set_num_threads(max(1, min(torch.get_num_threads(), _numba_threads())))
         _kernel()
     return swapped
-
-
-def _numba_threads() -> int:
-    from numba import config
-
-    return config.NUMBA_NUM_THREADS
 
 
 def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """peft's `lora.Linear.forward` with the up-projection, scaling and add in one addmm, where that is the
     same computation; peft's own forward everywhere else."""
     active = self.active_adapters
-    if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1 or active[0] not in self.lora_A
-            or active[0] in self.lora_variant or self.lora_B[active[0]].bias is not None):
+    name = active[0] if len(active) == 1 else None
+    if (args or kwargs or self.disable_adapters or self.merged or name not in self.lora_A
+            or name in self.lora_variant or self.lora_B[name].bias is not None
+            or torch.is_autocast_enabled(x.device.type)
+            or not x.dtype == self.lora_A[name].weight.dtype == self.lora_B[name].weight.dtype
+            == self.get_base_layer().weight.dtype):  # one dtype throughout: the base's output is in it too
         return type(self).forward(self, x, *args, **kwargs)
-    name = active[0]
     lora_A, lora_B = self.lora_A[name], self.lora_B[name]
     result = self.base_layer(x)
-    if result.dtype != lora_B.weight.dtype or x.dtype != lora_A.weight.dtype:
-        return type(self).forward(self, x, *args, **kwargs)
     h = lora_A(self.lora_dropout[name](x))
     shape = result.shape
     return torch.addmm(result.reshape(-1, shape[-1]), h.reshape(-1, h.shape[-1]), lora_B.weight.t(),
@@ -158,10 +152,8 @@ def fuse_lora(model: nn.Module) -> int:
     per instance (other models in the process keep peft's); returns how many."""
     import types
 
-    try:
-        from peft.tuners.lora.layer import Linear
-    except ImportError:
-        return 0
+    from peft.tuners.lora.layer import Linear
+
     fused = 0
     for module in model.modules():
         if type(module) is Linear:
@@ -171,7 +163,6 @@ def fuse_lora(model: nn.Module) -> int:
 
 
 _NORM_KERNELS = None
-_FAST = {"nsz", "contract", "arcp", "reassoc", "afn"}  # no nnan/ninf: NaN and inf pass through as in torch
 
 
 def _norm_kernels():
@@ -264,6 +255,10 @@ _LLAMA_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"
 
 
 def apply_cpu_kernels(model: nn.Module) -> dict:
-    """The three kernels on `model`, in place; the counts, as run metrics."""
+    """The three kernels on `model`, in place; the counts, as run metrics. numba's parallel kernels take as
+    many threads as torch has (fewer when a sweep runs several workers), not every core."""
+    from numba import config, set_num_threads
+
+    set_num_threads(max(1, min(torch.get_num_threads(), config.NUMBA_NUM_THREADS)))
     return {"kernels_dropout_modules": swap_dropouts(model), "kernels_lora_modules": fuse_lora(model),
             "kernels_norm_modules": fuse_rms_norms(model)}
