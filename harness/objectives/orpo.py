@@ -87,16 +87,18 @@ class OrpoLoss:
         return loss / self.grad_accum
 
 
-def pair_log_odds(model, chosen: list[dict], rejected: list[dict], collator, batch_size: int, device: str):
-    """Log-odds of each chosen and each rejected answer under `model`."""
+def answer_log_odds(sums, examples: list[dict]):
+    """Log-odds of each answer from its summed log-probability (`answer_scores`) and its label count."""
     import torch
 
-    def side(examples):
-        sums, _ = answer_scores(model, examples, collator, batch_size, device)
-        counts = torch.tensor([max(1, sum(1 for label in e["labels"][1:] if label != -100)) for e in examples])
-        return log_odds(sums / counts)
+    counts = torch.tensor([max(1, sum(1 for label in e["labels"][1:] if label != -100)) for e in examples])
+    return log_odds(sums / counts)
 
-    return side(chosen), side(rejected)
+
+def pair_log_odds(model, chosen: list[dict], rejected: list[dict], collator, batch_size: int, device: str):
+    """Log-odds of each chosen and each rejected answer under `model`."""
+    return tuple(answer_log_odds(answer_scores(model, side, collator, batch_size, device)[0], side)
+                 for side in (chosen, rejected))
 
 
 class Orpo(ScoredUnderReward, PreferenceObjective):
@@ -125,17 +127,20 @@ class Orpo(ScoredUnderReward, PreferenceObjective):
 
         spec, padded = ctx.spec, make_collator(tokenizer, packing=False)  # one row per answer
         size = spec.eval.batch_size
-        pairs = encode_pairs(tokenizer, val_records, spec.data, spec.train.seq_len)
+        chosen, rejected = encode_pairs(tokenizer, val_records, spec.data, spec.train.seq_len)
+        to_start = hasattr(model, "disable_adapter") and bool(getattr(model, "peft_config", None))
         model.eval()
         with torch.no_grad():
-            held_out = pair_log_odds(model, *pairs, padded, size, ctx.device)
+            # one pass over the chosen answers gives their log-odds and, for the KL, the policy's distributions
+            sums, policy = answer_scores(model, chosen, padded, size, ctx.device, distributions=to_start)
+            rejected_sums, _ = answer_scores(model, rejected, padded, size, ctx.device)
+            held_out = answer_log_odds(sums, chosen), answer_log_odds(rejected_sums, rejected)
             train = pair_log_odds(model, *encode_pairs(tokenizer, train_records[:TRAIN_PAIRS_SCORED], spec.data,
                                                        spec.train.seq_len), padded, size, ctx.device)
             kl = None
-            if hasattr(model, "disable_adapter") and getattr(model, "peft_config", None):
-                _, policy = answer_scores(model, pairs[0], padded, size, ctx.device, distributions=True)
+            if to_start:
                 with model.disable_adapter():  # the start run's model
-                    _, start = answer_scores(model, pairs[0], padded, size, ctx.device, distributions=True)
+                    _, start = answer_scores(model, chosen, padded, size, ctx.device, distributions=True)
                 kl = mean_kl(policy, start)
         metrics.update(pair_figures(*held_out), pref_accuracy_train=pair_figures(*train)["pref_accuracy"],
                        kl_to_ref=kl, **self.loss.figures)
