@@ -13,9 +13,25 @@ import math
 from harness.objectives.base import RUN_REF
 
 
-def reward_problems(objective: str, spec, plan, reward: str | None,
-                    field: str = "reward") -> list[tuple[str, str, str]]:
-    """A `reward: run:<…>` (or the option `field`) names a finished (or planned) run of objective `reward`."""
+def reward_problems(spec, plan, options) -> list[tuple[str, str, str]]:
+    """The reward options of `options`: a `reward: run:<…>` names a finished (or planned) `reward` run; a
+    `held_out_reward` checks `reward` — it needs one, must differ from it, and as a run is a reward run."""
+    problems = _reward_run_problems(spec, plan, options.reward, "reward")
+    held, field = options.held_out_reward, "objective.held_out_reward"
+    if held is None:
+        return problems
+    if options.reward is None:
+        return [*problems, plan.problem(spec, field, "scores the held-out samples that `objective.reward` draws: "
+                                        "set `reward` too (the reward this one checks)")]
+    if held == options.reward:
+        return [*problems, plan.problem(spec, field, f"is the training reward `{held}` itself: name a second reward "
+                                        "model the policy never trains against (another seed's reward run: other "
+                                        "pairs, another head)")]
+    return [*problems, *_reward_run_problems(spec, plan, held, "held_out_reward")]
+
+
+def _reward_run_problems(spec, plan, reward: str | None, field: str) -> list[tuple[str, str, str]]:
+    """A `run:<…>` reward option names a finished (or planned) run of objective `reward`."""
     if reward is None or not reward.startswith(RUN_REF):
         return []
     _, reward_run, found = plan.resolve(spec, reward, field)
@@ -24,21 +40,6 @@ def reward_problems(objective: str, spec, plan, reward: str | None,
                                       "run, not a `reward` run (objective: reward); name a reward model's run or "
                                       "a rule reward")]
     return found
-
-
-def held_out_reward_problems(objective: str, spec, plan, options) -> list[tuple[str, str, str]]:
-    """`held_out_reward` checks `reward`: it needs one, must differ from it, and as a run is a reward run."""
-    held = options.held_out_reward
-    if held is None:
-        return []
-    field = "objective.held_out_reward"
-    if options.reward is None:
-        return [plan.problem(spec, field, "scores the held-out samples that `objective.reward` draws: set `reward` "
-                             "too (the reward this one checks)")]
-    if held == options.reward:
-        return [plan.problem(spec, field, f"is the training reward `{held}` itself: name a second reward model the "
-                             "policy never trains against (another seed's reward run: other pairs, another head)")]
-    return reward_problems(objective, spec, plan, held, "held_out_reward")
 
 
 def reward_function(reward: str, ctx):
@@ -164,8 +165,7 @@ class ScoredUnderReward(HeldOutScoring):
         return [*super().held_models(config), *reward_runs(o.reward, o.held_out_reward)]
 
     def check(self, spec, plan) -> list[tuple[str, str, str]]:
-        return [*super().check(spec, plan), *reward_problems(self.name, spec, plan, self.options.reward),
-                *held_out_reward_problems(self.name, spec, plan, self.options)]
+        return [*super().check(spec, plan), *reward_problems(spec, plan, self.options)]
 
     def before_training(self, model, tokenizer, ctx, val_set, collator, prompts, metrics) -> None:
         super().before_training(model, tokenizer, ctx, val_set, collator, prompts, metrics)

@@ -19,8 +19,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from harness.objectives.base import RUN_REF, Objective, StartOptions
-from harness.objectives.parts.held_out_reward import (HeldOutScoring, held_out_reward_problems, reward_problems,
-                                                     reward_runs)
+from harness.objectives.parts.held_out_reward import HeldOutScoring, reward_problems, reward_runs
 
 
 class RlOptions(StartOptions):
@@ -154,8 +153,7 @@ class RlObjective(HeldOutScoring, Objective):
             problems.append(plan.problem(spec, "objective.reward", f"objective `{self.name}` needs a reward: "
                                          f"`{RUN_REF}<slug of a reward run>` or a rule reward "
                                          f"({', '.join(RULE_REWARDS.names())})"))
-        problems.extend(reward_problems(self.name, spec, plan, o.reward))
-        problems.extend(held_out_reward_problems(self.name, spec, plan, o))
+        problems.extend(reward_problems(spec, plan, o))
         if o.start:
             problems.extend(PreferenceObjective._check_start(self, spec, plan))
         return problems
