@@ -162,19 +162,13 @@ def reward_model_table(summary: pd.DataFrame) -> Table:
 
 def policy_table(summary: pd.DataFrame) -> Table:
     """One row per policy configuration (RL and offline preference tuning side by side)."""
-    before, after, before_se, after_se, length, speed, share = RL
+    length, speed, share = RL[4:]
     held = np.isfinite(summary[f"{HELD_OUT[1].key}_mean"]).any()
     rows = []
     for _, row in summary.iterrows():
-        gain = row[f"{after.key}_mean"] - row[f"{before.key}_mean"]
-        checked = []
-        if held:
-            checked = [Cell(_change(row, *HELD_OUT), sortable(row[f"{HELD_OUT[1].key}_mean"])),
-                       number_cell(row[f"{HELD_OUT[1].key}_mean"] - row[f"{HELD_OUT[0].key}_mean"], "{:+.3f}")]
         rows.append([Cell(row["config"], row["config"]), Cell(row["objective"], row["objective"]),
                      spec_cell(row, "method.name"), spec_cell(row, "objective.beta"),
-                     Cell(_change(row, before, after, before_se, after_se), sortable(row[f"{after.key}_mean"])),
-                     number_cell(gain, "{:+.3f}"), *checked,
+                     *_change_cells(row, *RL[:4]), *(_change_cells(row, *HELD_OUT) if held else ()),
                      *(metric_cell(row, m, False) for m in (KL_REF, ACCURACY, QUALITY[0], _COST["train_s"],
                                                             _COST["peak_mem_train_mb"], _COST["trainable_params"],
                                                             share, speed, length))])
@@ -190,9 +184,11 @@ def policy_table(summary: pd.DataFrame) -> Table:
                  columns, rows)
 
 
-def _change(row, before: Metric, after: Metric, before_se: Metric, after_se: Metric) -> str:
-    """"start ± h → after ± h"."""
-    return f"{_interval(row, before, before_se)} → {_interval(row, after, after_se)}"
+def _change_cells(row, before: Metric, after: Metric, before_se: Metric, after_se: Metric) -> list[Cell]:
+    """"start ± h → after ± h" (sorted by after) and the change."""
+    return [Cell(f"{_interval(row, before, before_se)} → {_interval(row, after, after_se)}",
+                 sortable(row[f"{after.key}_mean"])),
+            number_cell(row[f"{after.key}_mean"] - row[f"{before.key}_mean"], "{:+.3f}")]
 
 
 def rlhf_findings(models: pd.DataFrame, policies: pd.DataFrame) -> list[str]:
